@@ -1,0 +1,238 @@
+"""Settings: every environment variable the service reads, read once, in `cli.py`.
+
+`load(environ)` returns a frozen `Settings` or raises `ConfigError` naming the variable at fault.
+Nothing else reads `os.environ`. Secrets are `starlette.datastructures.Secret`s so they never show
+in a `repr`, a log line or an error message; `str(secret)` gives the value where it is needed.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Final, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from starlette.datastructures import Secret
+
+from service.errors import ConfigError
+
+DEFAULT_API_BASE_URL: Final = "https://api.agora.io/api/conversational-ai-agent"
+DEFAULT_PCU_CAP: Final = 20
+LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
+_APP_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_APP_FILE_KEYS: Final = frozenset(
+    {"app_id", "webhook_secrets", "customer_id", "customer_secret", "app_certificate", "pcu_cap"}
+)
+
+LogFormat = Literal["json", "console"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AppSettings:
+    """One Agora project (App ID) served by this deployment."""
+
+    app_id: str
+    webhook_secrets: tuple[Secret, ...] = ()
+    customer_id: str | None = None
+    customer_secret: Secret | None = None
+    app_certificate: Secret | None = None
+    pcu_cap: int = DEFAULT_PCU_CAP
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    database_url: Secret | None = None
+    apps: Mapping[str, AppSettings] = field(default_factory=lambda: MappingProxyType({}))
+    read_api_tokens: tuple[Secret, ...] = ()
+    agora_api_base_url: str = DEFAULT_API_BASE_URL
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_level: str = "info"
+    log_format: LogFormat = "json"
+    reconcile_interval_s: float = 60.0
+    history_grace_s: float = 600.0
+
+    def app(self, app_id: str) -> AppSettings | None:
+        return self.apps.get(app_id)
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        if self.database_url is None:
+            raise ConfigError("DATABASE_URL is not set")
+        return str(self.database_url)
+
+
+def load(environ: Mapping[str, str]) -> Settings:
+    """Read and validate every setting; raise `ConfigError` naming the first bad variable."""
+    env = {key: value for key, value in environ.items() if value.strip() != ""}
+    apps: dict[str, AppSettings] = {}
+    if "LEDGER_APPS_FILE" in env:
+        for app in _apps_from_file(Path(env["LEDGER_APPS_FILE"])):
+            _add_app(apps, app, source="LEDGER_APPS_FILE")
+    env_app = _app_from_env(env)
+    if env_app is not None:
+        _add_app(apps, env_app, source="AGORA_APP_ID")
+    database_url = env.get("DATABASE_URL")
+    return Settings(
+        database_url=Secret(_database_url(database_url)) if database_url else None,
+        apps=MappingProxyType(apps),
+        read_api_tokens=tuple(Secret(t) for t in _csv(env.get("READ_API_TOKENS", ""))),
+        agora_api_base_url=_http_url(env, "AGORA_API_BASE_URL", DEFAULT_API_BASE_URL),
+        host=env.get("HOST", "127.0.0.1"),
+        port=_int(env, "PORT", 8000, minimum=1, maximum=65535),
+        log_level=_choice(env, "LOG_LEVEL", "info", LOG_LEVELS),
+        log_format="console"
+        if _choice(env, "LOG_FORMAT", "json", ("json", "console")) == "console"
+        else "json",
+        reconcile_interval_s=_float(env, "RECONCILE_INTERVAL_S", 60.0),
+        history_grace_s=_float(env, "HISTORY_GRACE_S", 600.0),
+    )
+
+
+def _app_from_env(env: Mapping[str, str]) -> AppSettings | None:
+    app_id = env.get("AGORA_APP_ID")
+    if app_id is None:
+        for dependent in (
+            "AGORA_WEBHOOK_SECRETS",
+            "AGORA_CUSTOMER_ID",
+            "AGORA_CUSTOMER_SECRET",
+            "AGORA_APP_CERTIFICATE",
+        ):
+            if dependent in env:
+                raise ConfigError(f"{dependent} is set but AGORA_APP_ID is not")
+        return None
+    if not _APP_ID.match(app_id):
+        raise ConfigError("AGORA_APP_ID must be 1-64 letters, digits, '-' or '_'")
+    customer_id, customer_secret = env.get("AGORA_CUSTOMER_ID"), env.get("AGORA_CUSTOMER_SECRET")
+    if (customer_id is None) != (customer_secret is None):
+        missing = "AGORA_CUSTOMER_SECRET" if customer_secret is None else "AGORA_CUSTOMER_ID"
+        raise ConfigError(f"{missing} is required when the other REST credential is set")
+    certificate = env.get("AGORA_APP_CERTIFICATE")
+    return AppSettings(
+        app_id=app_id,
+        webhook_secrets=tuple(Secret(s) for s in _csv(env.get("AGORA_WEBHOOK_SECRETS", ""))),
+        customer_id=customer_id,
+        customer_secret=Secret(customer_secret) if customer_secret is not None else None,
+        app_certificate=Secret(certificate) if certificate is not None else None,
+        pcu_cap=_int(env, "PCU_CAP", DEFAULT_PCU_CAP, minimum=1),
+    )
+
+
+def _apps_from_file(path: Path) -> list[AppSettings]:
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"LEDGER_APPS_FILE cannot be read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"LEDGER_APPS_FILE is not valid TOML: {exc}") from None
+    entries = document.get("apps", [])
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise ConfigError("LEDGER_APPS_FILE must contain [[apps]] tables")
+    return [
+        _app_from_table(entry, where=f"LEDGER_APPS_FILE [[apps]] #{i + 1}")
+        for i, entry in enumerate(entries)
+    ]
+
+
+def _app_from_table(entry: dict[str, object], *, where: str) -> AppSettings:
+    unknown = sorted(set(entry) - _APP_FILE_KEYS)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r}")
+    app_id = entry.get("app_id")
+    if not isinstance(app_id, str) or not _APP_ID.match(app_id):
+        raise ConfigError(f"{where}: app_id must be 1-64 letters, digits, '-' or '_'")
+    secrets = entry.get("webhook_secrets", [])
+    if isinstance(secrets, str):
+        secrets = _csv(secrets)
+    if not isinstance(secrets, list) or not all(isinstance(s, str) and s for s in secrets):
+        raise ConfigError(f"{where}: webhook_secrets must be a list of non-empty strings")
+    cap = entry.get("pcu_cap", DEFAULT_PCU_CAP)
+    if not isinstance(cap, int) or isinstance(cap, bool) or cap < 1:
+        raise ConfigError(f"{where}: pcu_cap must be a positive integer")
+    strings: dict[str, str | None] = {}
+    for key in ("customer_id", "customer_secret", "app_certificate"):
+        value = entry.get(key)
+        if value is not None and (not isinstance(value, str) or not value):
+            raise ConfigError(f"{where}: {key} must be a non-empty string")
+        strings[key] = value
+    if (strings["customer_id"] is None) != (strings["customer_secret"] is None):
+        raise ConfigError(f"{where}: customer_id and customer_secret go together")
+    return AppSettings(
+        app_id=app_id,
+        webhook_secrets=tuple(Secret(s) for s in secrets),
+        customer_id=strings["customer_id"],
+        customer_secret=_secret(strings["customer_secret"]),
+        app_certificate=_secret(strings["app_certificate"]),
+        pcu_cap=cap,
+    )
+
+
+def _add_app(apps: dict[str, AppSettings], app: AppSettings, *, source: str) -> None:
+    if app.app_id in apps:
+        raise ConfigError(f"{source}: app {app.app_id!r} is configured twice")
+    apps[app.app_id] = app
+
+
+def _secret(value: str | None) -> Secret | None:
+    return Secret(value) if value is not None else None
+
+
+def _csv(raw: str) -> list[str]:
+    return [part.strip() for part in raw.split(",") if part.strip()]
+
+
+def _int(
+    env: Mapping[str, str], key: str, default: int, *, minimum: int, maximum: int | None = None
+) -> int:
+    raw = env.get(key)
+    if raw is None:
+        return default
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{key} must be an integer, got {raw!r}") from None
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
+        raise ConfigError(f"{key} must be {bound}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], key: str, default: float) -> float:
+    raw = env.get(key)
+    if raw is None:
+        return default
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{key} must be a number of seconds, got {raw!r}") from None
+    if not 0 <= value < float("inf"):
+        raise ConfigError(f"{key} must be zero or more seconds, got {raw!r}")
+    return value
+
+
+def _choice(env: Mapping[str, str], key: str, default: str, choices: tuple[str, ...]) -> str:
+    value = env.get(key, default).strip().lower()
+    if value not in choices:
+        raise ConfigError(f"{key} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def _http_url(env: Mapping[str, str], key: str, default: str) -> str:
+    value = env.get(key, default).strip().rstrip("/")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"{key} must be an http(s) URL")
+    return value
+
+
+def _database_url(raw: str) -> str:
+    """Accept postgres://, postgresql:// and postgresql+psycopg://; answer the psycopg form."""
+    parts = urlsplit(raw.strip())
+    if parts.scheme not in ("postgres", "postgresql", "postgresql+psycopg"):
+        # Never echo the URL: it may carry a password.
+        raise ConfigError("DATABASE_URL must be a postgresql:// URL")
+    return urlunsplit(parts._replace(scheme="postgresql+psycopg"))

@@ -1,0 +1,112 @@
+"""Every error the service raises on purpose.
+
+    ServiceError                      base; message defaults to the class docstring
+    ├── ConfigError                   a setting has a wrong value (start-up only)
+    ├── IllegalTransition             the lifecycle table has no entry (state unchanged)
+    ├── RequestRejected               answered to the caller as JSON {"error", "detail"?}
+    │   ├── UnknownApp                404 unknown_app
+    │   ├── PayloadTooLarge           413 payload_too_large
+    │   ├── InvalidSignature          401 invalid_signature
+    │   ├── MalformedEvent            400 invalid_notification
+    │   ├── Unauthorized              401 unauthorized
+    │   ├── NotFound                  404 not_found
+    │   └── InvalidParameter          400 invalid_parameter
+    └── Unavailable                   503 unavailable: a dependency (the database) is down
+
+`status_hint` is the HTTP status an edge should answer with; `code` is the stable string in the
+JSON body. Raise specific errors, catch them at the edges (`app.py`), chain with `from exc`.
+No message may carry a secret, a token or a raw body.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class ServiceError(Exception):
+    """The service failed."""
+
+    status_hint: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+    @property
+    def detail(self) -> str:
+        return str(self)
+
+
+class ConfigError(ServiceError):
+    """The configuration is invalid."""
+
+
+class IllegalTransition(ServiceError):
+    """The lifecycle has no transition for this state and event."""
+
+
+class RequestRejected(ServiceError):
+    """The request was rejected."""
+
+    status_hint = 400
+    code = "bad_request"
+    # Whether the JSON answer carries "detail"; the contract gives it only to some errors.
+    show_detail: ClassVar[bool] = False
+
+
+class UnknownApp(RequestRejected):
+    """No app with this App ID is configured."""
+
+    status_hint = 404
+    code = "unknown_app"
+
+
+class PayloadTooLarge(RequestRejected):
+    """The body is larger than the limit."""
+
+    status_hint = 413
+    code = "payload_too_large"
+
+
+class InvalidSignature(RequestRejected):
+    """The notification signature is missing or does not match."""
+
+    status_hint = 401
+    code = "invalid_signature"
+
+
+class MalformedEvent(RequestRejected):
+    """The notification is not a valid Agora NCS notification."""
+
+    status_hint = 400
+    code = "invalid_notification"
+    show_detail = True
+
+
+class Unauthorized(RequestRejected):
+    """A valid bearer token is required."""
+
+    status_hint = 401
+    code = "unauthorized"
+
+
+class NotFound(RequestRejected):
+    """No such resource."""
+
+    status_hint = 404
+    code = "not_found"
+
+
+class InvalidParameter(RequestRejected):
+    """A query parameter is invalid."""
+
+    status_hint = 400
+    code = "invalid_parameter"
+    show_detail = True
+
+
+class Unavailable(ServiceError):
+    """A dependency is unavailable; retry later."""
+
+    status_hint = 503
+    code = "unavailable"

@@ -1,0 +1,128 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from service import config
+from service.errors import ConfigError
+
+
+def test_defaults_follow_the_contract() -> None:
+    settings = config.load({})
+    assert settings.database_url is None
+    assert settings.apps == {}
+    assert settings.agora_api_base_url == "https://api.agora.io/api/conversational-ai-agent"
+    assert (settings.host, settings.port) == ("127.0.0.1", 8000)
+    assert (settings.log_level, settings.log_format) == ("info", "json")
+    assert (settings.reconcile_interval_s, settings.history_grace_s) == (60.0, 600.0)
+
+
+def test_one_app_from_the_environment() -> None:
+    settings = config.load(
+        {
+            "AGORA_APP_ID": "app1",
+            "AGORA_WEBHOOK_SECRETS": "old, new",
+            "AGORA_CUSTOMER_ID": "cid",
+            "AGORA_CUSTOMER_SECRET": "csecret",
+            "PCU_CAP": "50",
+            "READ_API_TOKENS": "t1,t2",
+            "DATABASE_URL": "postgres://u:p@db:5432/ledger",
+        }
+    )
+    app = settings.apps["app1"]
+    assert [str(s) for s in app.webhook_secrets] == ["old", "new"]
+    assert (app.customer_id, str(app.customer_secret), app.pcu_cap) == ("cid", "csecret", 50)
+    assert [str(t) for t in settings.read_api_tokens] == ["t1", "t2"]
+    assert settings.sqlalchemy_url == "postgresql+psycopg://u:p@db:5432/ledger"
+
+
+def test_secrets_never_show_in_repr() -> None:
+    settings = config.load(
+        {
+            "AGORA_APP_ID": "app1",
+            "AGORA_WEBHOOK_SECRETS": "hush-webhook",
+            "AGORA_CUSTOMER_ID": "cid",
+            "AGORA_CUSTOMER_SECRET": "hush-customer",
+            "AGORA_APP_CERTIFICATE": "hush-cert",
+            "READ_API_TOKENS": "hush-token",
+            "DATABASE_URL": "postgresql://u:hush-db@h/d",
+        }
+    )
+    text = repr(settings)
+    for secret in ("hush-webhook", "hush-customer", "hush-cert", "hush-token", "hush-db"):
+        assert secret not in text
+
+
+def test_several_apps_from_a_file_plus_one_from_the_environment(tmp_path: Path) -> None:
+    apps_file = tmp_path / "apps.toml"
+    apps_file.write_text(
+        """
+[[apps]]
+app_id = "a1"
+webhook_secrets = ["s1", "s1b"]
+customer_id = "c1"
+customer_secret = "cs1"
+pcu_cap = 5
+
+[[apps]]
+app_id = "a2"
+webhook_secrets = "s2"
+"""
+    )
+    settings = config.load(
+        {"LEDGER_APPS_FILE": str(apps_file), "AGORA_APP_ID": "a3", "AGORA_WEBHOOK_SECRETS": "s3"}
+    )
+    assert sorted(settings.apps) == ["a1", "a2", "a3"]
+    assert settings.apps["a1"].pcu_cap == 5
+    assert settings.apps["a2"].pcu_cap == 20
+    assert [str(s) for s in settings.apps["a2"].webhook_secrets] == ["s2"]
+
+
+@pytest.mark.parametrize(
+    ("env", "names"),
+    [
+        ({"PORT": "eighty"}, "PORT"),
+        ({"PORT": "70000"}, "PORT"),
+        ({"PCU_CAP": "0", "AGORA_APP_ID": "a"}, "PCU_CAP"),
+        ({"LOG_LEVEL": "loud"}, "LOG_LEVEL"),
+        ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
+        ({"RECONCILE_INTERVAL_S": "-1"}, "RECONCILE_INTERVAL_S"),
+        ({"HISTORY_GRACE_S": "soon"}, "HISTORY_GRACE_S"),
+        ({"AGORA_API_BASE_URL": "ftp://x"}, "AGORA_API_BASE_URL"),
+        ({"DATABASE_URL": "mysql://u:secretpw@h/d"}, "DATABASE_URL"),
+        ({"AGORA_WEBHOOK_SECRETS": "s"}, "AGORA_WEBHOOK_SECRETS is set but AGORA_APP_ID"),
+        ({"AGORA_APP_ID": "has space"}, "AGORA_APP_ID"),
+        ({"AGORA_APP_ID": "a", "AGORA_CUSTOMER_ID": "c"}, "AGORA_CUSTOMER_SECRET"),
+        ({"LEDGER_APPS_FILE": "/nonexistent/apps.toml"}, "LEDGER_APPS_FILE"),
+    ],
+)
+def test_bad_values_fail_naming_the_variable(env: dict[str, str], names: str) -> None:
+    with pytest.raises(ConfigError, match=names) as raised:
+        config.load(env)
+    assert "secretpw" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("not toml [", "not valid TOML"),
+        ("[[apps]]\nwebhook_secrets = ['s']", "#1: app_id"),
+        ("[[apps]]\napp_id = 'a'\npcu_cap = -1", "pcu_cap"),
+        ("[[apps]]\napp_id = 'a'\ncolour = 'red'", "unknown key 'colour'"),
+        ("[[apps]]\napp_id = 'a'\ncustomer_id = 'c'", "customer_id and customer_secret"),
+        ("[[apps]]\napp_id = 'a'\n[[apps]]\napp_id = 'a'", "configured twice"),
+    ],
+)
+def test_bad_apps_files_fail_naming_the_entry(tmp_path: Path, content: str, message: str) -> None:
+    apps_file = tmp_path / "apps.toml"
+    apps_file.write_text(content)
+    with pytest.raises(ConfigError, match=message):
+        config.load({"LEDGER_APPS_FILE": str(apps_file)})
+
+
+def test_the_environment_app_may_not_repeat_a_file_app(tmp_path: Path) -> None:
+    apps_file = tmp_path / "apps.toml"
+    apps_file.write_text("[[apps]]\napp_id = 'a'\n")
+    with pytest.raises(ConfigError, match="configured twice"):
+        config.load({"LEDGER_APPS_FILE": str(apps_file), "AGORA_APP_ID": "a"})

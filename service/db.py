@@ -1,0 +1,63 @@
+"""Engine factories and the database facts every part shares. No engine exists at import.
+
+The service speaks to PostgreSQL through SQLAlchemy Core on psycopg 3 (`postgresql+psycopg://`).
+Use cases own their transactions (`async with engine.begin() as conn:`); repositories take the
+connection and never commit.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Final
+
+from sqlalchemy import exc, text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from service import errors
+
+# How long a request waits for a pooled connection, and a new connection for the server, before
+# we answer 503: Agora gives a webhook 10 seconds, and a quick 503 makes it retry.
+POOL_TIMEOUT_S: Final = 5.0
+CONNECT_TIMEOUT_S: Final = 3
+
+
+def create_engine(url: str, *, pool_size: int = 10, max_overflow: int = 10) -> AsyncEngine:
+    """An async engine with a bounded pool; stale connections are replaced on checkout."""
+    return create_async_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        pool_timeout=POOL_TIMEOUT_S,
+        pool_pre_ping=True,
+        connect_args={"connect_timeout": CONNECT_TIMEOUT_S, "application_name": "convoai-ledger"},
+    )
+
+
+def migrations_path() -> Path:
+    """The alembic script directory: inside the wheel when installed, else beside `service/`."""
+    packaged = Path(__file__).parent / "migrations"
+    return packaged if packaged.is_dir() else Path(__file__).parent.parent / "migrations"
+
+
+def is_unavailable(error: BaseException) -> bool:
+    """Whether a driver error means the database is down or unreachable, not that we erred."""
+    if isinstance(error, exc.TimeoutError | ConnectionError | OSError):
+        return True
+    if isinstance(error, exc.DBAPIError):
+        return error.connection_invalidated or isinstance(
+            error, exc.OperationalError | exc.InterfaceError
+        )
+    return False
+
+
+def unavailable_from(error: BaseException) -> errors.Unavailable:
+    return errors.Unavailable(f"database unavailable ({type(error).__name__})")
+
+
+async def schema_revision(conn: AsyncConnection) -> str | None:
+    """The alembic revision the database is at, or None before the first migration."""
+    exists = await conn.scalar(text("SELECT to_regclass('alembic_version') IS NOT NULL"))
+    if not exists:
+        return None
+    revision = await conn.scalar(text("SELECT version_num FROM alembic_version"))
+    return str(revision) if revision is not None else None

@@ -1,0 +1,217 @@
+"""The schema, as SQLAlchemy Core tables; alembic revisions must match it exactly.
+
+Postgres holds the invariants: `(app_id, notice_id)` is unique (dedupe), states and sources are
+CHECKed, transitions are append-only (a trigger created by the first revision refuses UPDATE and
+DELETE), and every agent has at most one history and one history job.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    Table,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+NAMING_CONVENTION: Final = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata: Final = MetaData(naming_convention=NAMING_CONVENTION)
+
+_STATES = "'IDLE', 'STARTING', 'RUNNING', 'STOPPING', 'STOPPED', 'RECOVERING', 'FAILED'"
+
+
+def _timestamp(name: str, *, nullable: bool = True, default_now: bool = False) -> Column[object]:
+    return Column(
+        name,
+        DateTime(timezone=True),
+        nullable=nullable,
+        server_default=func.now() if default_now else None,
+    )
+
+
+notification: Final = Table(
+    "notification",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("app_id", Text, nullable=False),
+    Column("notice_id", Text, nullable=False),
+    Column("product_id", Integer, nullable=False),
+    Column("event_type", Integer, nullable=False),
+    Column("agent_id", Text),
+    Column("outcome", Text, nullable=False),
+    _timestamp("event_at"),
+    Column("notify_ms", BigInteger),
+    _timestamp("received_at", nullable=False, default_now=True),
+    Column("body", JSONB, nullable=False),
+    UniqueConstraint("app_id", "notice_id"),
+    CheckConstraint("outcome IN ('accepted', 'ignored')", name="outcome"),
+    Index(None, "agent_id", "event_at", postgresql_where=text("agent_id IS NOT NULL")),
+    Index(None, "received_at"),
+)
+
+agent: Final = Table(
+    "agent",
+    metadata,
+    Column("agent_id", Text, primary_key=True),
+    Column("app_id", Text, nullable=False),
+    Column("name", Text),
+    Column("channel", Text),
+    Column("labels", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("state", Text, nullable=False, server_default="IDLE"),
+    # Event time of the observation that set `state` (orders live-state observations).
+    _timestamp("state_at"),
+    # Agora's `start_ts`: when the agent was created (the earliest any event reported).
+    _timestamp("started_at"),
+    _timestamp("stopped_at"),
+    Column("stop_status", Text),
+    Column("stop_message", Text),
+    # The interval the agent held a PCU slot: [active_from, active_until); open while active.
+    _timestamp("active_from"),
+    _timestamp("active_until"),
+    Column("warning", Text),
+    _timestamp("warning_at"),
+    _timestamp("last_event_at"),
+    _timestamp("first_seen_at", nullable=False, default_now=True),
+    _timestamp("updated_at", nullable=False, default_now=True),
+    CheckConstraint(f"state IN ({_STATES})", name="state"),
+    Index(None, "app_id", "state"),
+    Index(None, "app_id", "started_at"),
+)
+
+agent_transition: Final = Table(
+    "agent_transition",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("agent_id", Text, ForeignKey("agent.agent_id"), nullable=False),
+    Column("from_state", Text, nullable=False),
+    Column("to_state", Text, nullable=False),
+    Column("cause", Text, nullable=False),
+    Column("source", Text, nullable=False),
+    Column("notice_id", Text),
+    Column("inferred", Boolean, nullable=False, server_default=text("false")),
+    _timestamp("event_at", nullable=False),
+    _timestamp("received_at", nullable=False, default_now=True),
+    CheckConstraint(f"from_state IN ({_STATES})", name="from_state"),
+    CheckConstraint(f"to_state IN ({_STATES})", name="to_state"),
+    CheckConstraint("source IN ('webhook', 'reconcile')", name="source"),
+    Index(None, "agent_id", "event_at"),
+)
+
+agent_error: Final = Table(
+    "agent_error",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("agent_id", Text, ForeignKey("agent.agent_id"), nullable=False),
+    Column("notice_id", Text, nullable=False),
+    Column("position", Integer, nullable=False),
+    Column("module", Text),
+    Column("code", BigInteger),
+    Column("message", Text),
+    Column("turn_id", Text),
+    _timestamp("event_at"),
+    _timestamp("received_at", nullable=False, default_now=True),
+    UniqueConstraint("agent_id", "notice_id", "position"),
+)
+
+agent_metric: Final = Table(
+    "agent_metric",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("agent_id", Text, ForeignKey("agent.agent_id"), nullable=False),
+    Column("notice_id", Text, nullable=False),
+    Column("position", Integer, nullable=False),
+    Column("turn_id", Text),
+    Column("asr_ttlw", Integer),
+    Column("llm_ttfb", Integer),
+    Column("llm_ttfs", Integer),
+    Column("tts_ttfb", Integer),
+    Column("figures", JSONB, nullable=False),
+    _timestamp("event_at"),
+    UniqueConstraint("agent_id", "notice_id", "position"),
+)
+
+agent_turn: Final = Table(
+    "agent_turn",
+    metadata,
+    Column("agent_id", Text, ForeignKey("agent.agent_id"), nullable=False),
+    Column("turn_id", Integer, nullable=False),
+    _timestamp("start_at"),
+    _timestamp("end_at"),
+    Column("start_type", Text),
+    Column("end_type", Text),
+    Column("e2e_latency_ms", Integer),
+    Column("data", JSONB, nullable=False),
+    Column("source", Text, nullable=False),
+    PrimaryKeyConstraint("agent_id", "turn_id"),
+    CheckConstraint("source IN ('webhook', 'api')", name="source"),
+)
+
+call_state: Final = Table(
+    "call_state",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("agent_id", Text, ForeignKey("agent.agent_id"), nullable=False),
+    Column("notice_id", Text, nullable=False),
+    Column("direction", Text, nullable=False),
+    Column("state", Text, nullable=False),
+    _timestamp("reported_at"),
+    _timestamp("received_at", nullable=False, default_now=True),
+    UniqueConstraint("agent_id", "notice_id"),
+    CheckConstraint("direction IN ('inbound', 'outbound')", name="direction"),
+)
+
+history: Final = Table(
+    "history",
+    metadata,
+    Column("agent_id", Text, ForeignKey("agent.agent_id"), primary_key=True),
+    Column("status", Text, nullable=False, server_default="pending"),
+    Column("source", Text),
+    Column("contents", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
+    Column("reason", Text),
+    _timestamp("transcript_at"),
+    _timestamp("updated_at", nullable=False, default_now=True),
+    CheckConstraint("status IN ('pending', 'complete', 'unavailable')", name="status"),
+    CheckConstraint("source IS NULL OR source IN ('webhook', 'api')", name="source"),
+)
+
+# One durable job per stopped agent, enqueued in the transaction that records the stop.
+history_job: Final = Table(
+    "history_job",
+    metadata,
+    Column("agent_id", Text, ForeignKey("agent.agent_id"), primary_key=True),
+    Column("app_id", Text, nullable=False),
+    Column("status", Text, nullable=False, server_default="queued"),
+    _timestamp("due_at", nullable=False, default_now=True),
+    # When the stop was recorded here; HISTORY_GRACE_S counts from it.
+    _timestamp("stop_recorded_at", nullable=False, default_now=True),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("lease_owner", Text),
+    _timestamp("lease_expires_at"),
+    Column("last_error", Text),
+    _timestamp("created_at", nullable=False, default_now=True),
+    _timestamp("finished_at"),
+    CheckConstraint("status IN ('queued', 'running', 'done')", name="status"),
+    Index(None, "due_at", postgresql_where=text("status <> 'done'")),
+)

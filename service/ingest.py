@@ -1,0 +1,259 @@
+"""Use case: one verified notification, one transaction.
+
+`handle()` stores the delivery (dedupe on `(app_id, noticeId)`), locks the agent's row, applies the
+lifecycle and the event's effects (errors, metrics, turns, call states, transcript, history job)
+and commits, all before the webhook route answers 200. If the database is unreachable it raises
+`Unavailable` (503) so Agora retries; nothing is half-applied because it is one transaction.
+
+`observe()` is the lifecycle half on its own, for callers that hold a locked agent row and have
+something Agora said about it: the webhook path here, and reconciliation with `source="reconcile"`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+import structlog
+from sqlalchemy import exc
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from service import db, events, lifecycle, repositories
+from service.errors import IllegalTransition
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Outcome:
+    status: Literal["accepted", "duplicate", "ignored"]
+    agent_id: str | None = None
+    out_of_order: bool = False  # older than something already recorded for the agent
+    steps: tuple[lifecycle.Step, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Observation:
+    """Something Agora reported about one agent, at event time `at`."""
+
+    kind: lifecycle.Kind | None  # None: the event sets no state
+    at: datetime
+    started_at: datetime | None = None
+    stopped_at: datetime | None = None
+    stop_status: str | None = None
+    stop_message: str | None = None
+    name: str | None = None
+    channel: str | None = None
+    labels: Mapping[str, Any] | None = None
+    warning: str | None = None
+
+
+async def handle(
+    engine: AsyncEngine,
+    *,
+    app_id: str,
+    note: events.Notification,
+    received_at: datetime,
+) -> Outcome:
+    """Store and apply `note` in one committed transaction; raise `Unavailable` if the DB is down."""
+    try:
+        async with engine.begin() as conn:
+            return await _apply(conn, app_id=app_id, note=note, received_at=received_at)
+    except (exc.SQLAlchemyError, OSError) as error:
+        if db.is_unavailable(error):
+            raise db.unavailable_from(error) from error
+        raise
+
+
+async def _apply(
+    conn: AsyncConnection,
+    *,
+    app_id: str,
+    note: events.Notification,
+    received_at: datetime,
+) -> Outcome:
+    if not await repositories.record_notification(
+        conn, app_id=app_id, note=note, received_at=received_at
+    ):
+        return Outcome(status="duplicate", agent_id=note.agent_id)
+    event = note.event
+    if event is None:
+        return Outcome(status="ignored")
+    at = note.occurred_at or received_at
+    row, _ = await repositories.lock_agent(conn, agent_id=event.agent_id, app_id=app_id)
+    if row.app_id != app_id:
+        log.warning("agent_app_mismatch", stored_app_id=row.app_id, app_id=app_id)
+    steps = await observe(
+        conn,
+        row,
+        _observation(event, at),
+        source="webhook",
+        notice_id=note.notice_id,
+        received_at=received_at,
+    )
+    await _record_effects(conn, event, note=note, received_at=received_at)
+    out_of_order = row.last_event_at is not None and at < row.last_event_at
+    return Outcome(
+        status="accepted", agent_id=event.agent_id, out_of_order=out_of_order, steps=tuple(steps)
+    )
+
+
+def _observation(event: events.Event, at: datetime) -> Observation:
+    kind: lifecycle.Kind | None = None
+    stop: dict[str, Any] = {}
+    warning = None
+    if isinstance(event, events.AgentJoined):
+        kind = lifecycle.Kind.JOINED
+    elif isinstance(event, events.AgentLeft):
+        kind = (
+            lifecycle.Kind.LEFT_FAILED if event.status == "FAILED" else lifecycle.Kind.LEFT_STOPPED
+        )
+        stop = {
+            "stopped_at": event.stopped_at,
+            "stop_status": event.status,
+            "stop_message": event.message,
+        }
+    elif isinstance(event, events.AgentExpire):
+        warning = event.message or "Task exceeded maximum lifetime"
+    return Observation(
+        kind=kind,
+        at=at,
+        started_at=event.started_at,
+        name=event.name,
+        channel=event.channel,
+        labels=event.labels,
+        warning=warning,
+        **stop,
+    )
+
+
+async def observe(
+    conn: AsyncConnection,
+    row: repositories.AgentRow,
+    obs: Observation,
+    *,
+    source: repositories.Source,
+    notice_id: str | None,
+    received_at: datetime,
+) -> list[lifecycle.Step]:
+    """Apply `obs` to the locked agent `row`: state, transitions, bookkeeping, history job.
+
+    Returns the recorded steps (empty for redeliveries, stale or refused observations).
+    """
+    started_at = _earliest(row.started_at, obs.started_at)
+    steps: list[lifecycle.Step] = []
+    if obs.kind is not None:
+        try:
+            steps = lifecycle.plan(
+                row.state, obs.kind, at=obs.at, state_at=row.state_at, started_at=started_at
+            )
+        except IllegalTransition as refused:
+            log.warning(
+                "transition_refused",
+                state=row.state.value,
+                kind=obs.kind.value,
+                detail=str(refused),
+            )
+    values = _agent_values(row, obs, steps, started_at=started_at)
+    await repositories.update_agent(conn, row.agent_id, values, labels=obs.labels)
+    await repositories.add_transitions(
+        conn,
+        agent_id=row.agent_id,
+        steps=steps,
+        source=source,
+        notice_id=notice_id,
+        received_at=received_at,
+    )
+    if any(lifecycle.is_terminal(step.to_state) for step in steps):
+        await repositories.enqueue_history_job(conn, agent_id=row.agent_id, app_id=row.app_id)
+    for step in steps:
+        log.info(
+            "transition_applied",
+            from_state=step.from_state.value,
+            to_state=step.to_state.value,
+            cause=step.kind.value,
+            source=source,
+            inferred=step.inferred,
+        )
+    return steps
+
+
+def _agent_values(
+    row: repositories.AgentRow,
+    obs: Observation,
+    steps: list[lifecycle.Step],
+    *,
+    started_at: datetime | None,
+) -> dict[str, Any]:
+    """The agent columns `obs` changes; every rule is order-independent (first, min, max)."""
+    values: dict[str, Any] = {}
+    if row.name is None and obs.name:
+        values["name"] = obs.name
+    if row.channel is None and obs.channel:
+        values["channel"] = obs.channel
+    if started_at != row.started_at:
+        values["started_at"] = started_at
+    if row.last_event_at is None or obs.at > row.last_event_at:
+        values["last_event_at"] = obs.at
+    if obs.warning is not None:
+        values["warning"], values["warning_at"] = obs.warning, obs.at
+    active_from = row.active_from
+    for step in steps:
+        values["state"], values["state_at"] = step.to_state.value, step.at
+        if lifecycle.is_active(step.to_state) and active_from is None:
+            active_from = values["active_from"] = step.at
+        if lifecycle.is_terminal(step.to_state):
+            stopped_at = obs.stopped_at or step.at
+            values["stopped_at"] = stopped_at
+            values["stop_status"] = obs.stop_status or step.to_state.value
+            values["stop_message"] = obs.stop_message
+            if active_from is not None:
+                values["active_until"] = max(step.at, active_from)
+    return values
+
+
+async def _record_effects(
+    conn: AsyncConnection,
+    event: events.Event,
+    *,
+    note: events.Notification,
+    received_at: datetime,
+) -> None:
+    """What 103, 110, 111, 112, 201 and 202 carry besides the agent's own fields."""
+    agent_id, notice_id = event.agent_id, note.notice_id
+    if isinstance(event, events.AgentHistory):
+        contents = [{"role": m.role, "content": m.content, **m.extra} for m in event.contents]
+        await repositories.store_transcript(
+            conn, agent_id=agent_id, contents=contents, source="webhook"
+        )
+    elif isinstance(event, events.AgentError):
+        await repositories.add_errors(
+            conn,
+            agent_id=agent_id,
+            notice_id=notice_id,
+            items=event.errors,
+            at=note.occurred_at,
+            received_at=received_at,
+        )
+    elif isinstance(event, events.AgentMetrics):
+        await repositories.add_metrics(
+            conn, agent_id=agent_id, notice_id=notice_id, items=event.metrics, at=note.occurred_at
+        )
+    elif isinstance(event, events.TurnsFinished):
+        await repositories.upsert_turns(
+            conn, agent_id=agent_id, turns=event.turns, source="webhook"
+        )
+    elif isinstance(event, events.CallState):
+        await repositories.add_call_state(
+            conn, agent_id=agent_id, notice_id=notice_id, event=event, received_at=received_at
+        )
+
+
+def _earliest(current: datetime | None, new: datetime | None) -> datetime | None:
+    if current is None:
+        return new
+    if new is None:
+        return current
+    return min(current, new)

@@ -1,0 +1,63 @@
+"""Logging: structlog for our events, the stdlib (uvicorn, SQLAlchemy, alembic) routed through it.
+
+`configure(level=..., fmt=...)` is the first call of every CLI entrypoint. Output is one JSON object
+per line on stdout (`LOG_FORMAT=json`) or a console rendering for people (`console`). Context such
+as `agent_id` and `notice_id` is bound per request or job with `structlog.contextvars`.
+Never log a secret, a token or a raw body: log ids.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Final
+
+import structlog
+from structlog.typing import Processor
+
+# Noisy libraries kept at WARNING unless LOG_LEVEL=debug.
+_QUIET: Final = (
+    "uvicorn.access",
+    "sqlalchemy.engine",
+    "httpx",
+    "httpcore",
+    "alembic.runtime.migration",
+)
+
+
+def configure(*, level: str = "info", fmt: str = "json") -> None:
+    """Set up structlog and the stdlib root logger once per process."""
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.StackInfoRenderer(),
+    ]
+    renderer: Processor
+    if fmt == "console":
+        renderer = structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())
+    else:
+        shared.append(structlog.processors.dict_tracebacks)
+        renderer = structlog.processors.JSONRenderer()
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+    )
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    numeric = logging.getLevelNamesMapping()[level.upper()]
+    root.setLevel(numeric)
+    for name in _QUIET:
+        logging.getLogger(name).setLevel(numeric if numeric <= logging.DEBUG else logging.WARNING)
+    for name in ("uvicorn", "uvicorn.error"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True

@@ -1,0 +1,322 @@
+"""Write-side statements. Each takes the caller's connection first and never commits.
+
+Dedupe and serialisation are Postgres's job: `record_notification` is an
+`INSERT … ON CONFLICT DO NOTHING RETURNING`, `lock_agent` holds the agent's row lock until the
+caller's transaction ends, so two replicas applying notifications for one agent take turns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from sqlalchemy import RowMapping, func, literal, select, update
+from sqlalchemy.dialects.postgresql import JSONB, insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from service import events, lifecycle
+from service.tables import (
+    agent,
+    agent_error,
+    agent_metric,
+    agent_transition,
+    agent_turn,
+    call_state,
+    history,
+    history_job,
+    notification,
+)
+
+Source = Literal["webhook", "reconcile"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentRow:
+    """The columns the lifecycle needs to decide, read under the row lock."""
+
+    agent_id: str
+    app_id: str
+    name: str | None
+    channel: str | None
+    state: lifecycle.State
+    state_at: datetime | None
+    started_at: datetime | None
+    active_from: datetime | None
+    last_event_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: RowMapping) -> AgentRow:
+        return cls(
+            agent_id=row["agent_id"],
+            app_id=row["app_id"],
+            name=row["name"],
+            channel=row["channel"],
+            state=lifecycle.State(row["state"]),
+            state_at=row["state_at"],
+            started_at=row["started_at"],
+            active_from=row["active_from"],
+            last_event_at=row["last_event_at"],
+        )
+
+
+_AGENT_COLUMNS = (
+    agent.c.agent_id,
+    agent.c.app_id,
+    agent.c.name,
+    agent.c.channel,
+    agent.c.state,
+    agent.c.state_at,
+    agent.c.started_at,
+    agent.c.active_from,
+    agent.c.last_event_at,
+)
+
+
+async def record_notification(
+    conn: AsyncConnection,
+    *,
+    app_id: str,
+    note: events.Notification,
+    received_at: datetime,
+) -> bool:
+    """Store a verified delivery; False when `(app_id, noticeId)` is already stored."""
+    stmt = (
+        insert(notification)
+        .values(
+            app_id=app_id,
+            notice_id=note.notice_id,
+            product_id=note.product_id,
+            event_type=note.event_type,
+            agent_id=note.agent_id,
+            outcome="ignored" if note.ignored else "accepted",
+            event_at=note.occurred_at,
+            notify_ms=note.notify_ms,
+            received_at=received_at,
+            body=note.body,
+        )
+        .on_conflict_do_nothing(index_elements=[notification.c.app_id, notification.c.notice_id])
+        .returning(notification.c.id)
+    )
+    return (await conn.execute(stmt)).first() is not None
+
+
+async def lock_agent(conn: AsyncConnection, *, agent_id: str, app_id: str) -> tuple[AgentRow, bool]:
+    """The agent's row, locked until the transaction ends, created IDLE if unknown.
+
+    Answers `(row, created)`. A new agent also gets its `pending` history row.
+    """
+    locked = select(*_AGENT_COLUMNS).where(agent.c.agent_id == agent_id).with_for_update()
+    row = (await conn.execute(locked)).mappings().first()
+    if row is not None:
+        return AgentRow.from_row(row), False
+    created = (
+        insert(agent)
+        .values(agent_id=agent_id, app_id=app_id, state=lifecycle.State.IDLE.value)
+        .on_conflict_do_nothing(index_elements=[agent.c.agent_id])
+        .returning(*_AGENT_COLUMNS)
+    )
+    row = (await conn.execute(created)).mappings().first()
+    if row is None:  # another transaction created it between our two statements
+        row = (await conn.execute(locked)).mappings().one()
+        return AgentRow.from_row(row), False
+    await conn.execute(insert(history).values(agent_id=agent_id).on_conflict_do_nothing())
+    return AgentRow.from_row(row), True
+
+
+async def update_agent(
+    conn: AsyncConnection,
+    agent_id: str,
+    values: Mapping[str, Any],
+    *,
+    labels: Mapping[str, Any] | None = None,
+) -> None:
+    """Write computed agent fields and merge `labels` in (the caller holds the row lock)."""
+    extra: dict[str, Any] = {"updated_at": func.now()}
+    if labels:
+        extra["labels"] = agent.c.labels.op("||")(literal(dict(labels), JSONB))
+    await conn.execute(update(agent).where(agent.c.agent_id == agent_id).values(**values, **extra))
+
+
+async def add_transitions(
+    conn: AsyncConnection,
+    *,
+    agent_id: str,
+    steps: Sequence[lifecycle.Step],
+    source: Source,
+    notice_id: str | None,
+    received_at: datetime,
+) -> None:
+    """Append one transition row per step (the log is append-only; a trigger enforces it)."""
+    if not steps:
+        return
+    await conn.execute(
+        insert(agent_transition),
+        [
+            {
+                "agent_id": agent_id,
+                "from_state": step.from_state.value,
+                "to_state": step.to_state.value,
+                "cause": step.kind.value,
+                "source": source,
+                "notice_id": notice_id,
+                "inferred": step.inferred,
+                "event_at": step.at,
+                "received_at": received_at,
+            }
+            for step in steps
+        ],
+    )
+
+
+async def add_errors(
+    conn: AsyncConnection,
+    *,
+    agent_id: str,
+    notice_id: str,
+    items: Sequence[events.ErrorItem],
+    at: datetime | None,
+    received_at: datetime,
+) -> None:
+    if not items:
+        return
+    rows = [
+        {
+            "agent_id": agent_id,
+            "notice_id": notice_id,
+            "position": position,
+            "module": item.module,
+            "code": item.code,
+            "message": item.message,
+            "turn_id": item.turn_id,
+            "event_at": at,
+            "received_at": received_at,
+        }
+        for position, item in enumerate(items)
+    ]
+    await conn.execute(insert(agent_error).on_conflict_do_nothing(), rows)
+
+
+async def add_metrics(
+    conn: AsyncConnection,
+    *,
+    agent_id: str,
+    notice_id: str,
+    items: Sequence[events.MetricItem],
+    at: datetime | None,
+) -> None:
+    if not items:
+        return
+    rows = [
+        {
+            "agent_id": agent_id,
+            "notice_id": notice_id,
+            "position": position,
+            "turn_id": item.turn_id,
+            "asr_ttlw": _int_or_none(item.figures.get("asr_ttlw")),
+            "llm_ttfb": _int_or_none(item.figures.get("llm_ttfb")),
+            "llm_ttfs": _int_or_none(item.figures.get("llm_ttfs")),
+            "tts_ttfb": _int_or_none(item.figures.get("tts_ttfb")),
+            "figures": dict(item.figures),
+            "event_at": at,
+        }
+        for position, item in enumerate(items)
+    ]
+    await conn.execute(insert(agent_metric).on_conflict_do_nothing(), rows)
+
+
+async def upsert_turns(
+    conn: AsyncConnection,
+    *,
+    agent_id: str,
+    turns: Sequence[events.Turn],
+    source: Literal["webhook", "api"],
+) -> None:
+    """Store turns by `(agent_id, turn_id)`; a turn already stored is kept as it is."""
+    if not turns:
+        return
+    rows = [
+        {
+            "agent_id": agent_id,
+            "turn_id": turn.turn_id,
+            "start_at": turn.start_at,
+            "end_at": turn.end_at,
+            "start_type": turn.start_type,
+            "end_type": turn.end_type,
+            "e2e_latency_ms": turn.e2e_latency_ms,
+            "data": dict(turn.data),
+            "source": source,
+        }
+        for turn in {t.turn_id: t for t in turns}.values()
+    ]
+    await conn.execute(insert(agent_turn).on_conflict_do_nothing(), rows)
+
+
+async def add_call_state(
+    conn: AsyncConnection,
+    *,
+    agent_id: str,
+    notice_id: str,
+    event: events.CallState,
+    received_at: datetime,
+) -> None:
+    await conn.execute(
+        insert(call_state)
+        .values(
+            agent_id=agent_id,
+            notice_id=notice_id,
+            direction=event.direction,
+            state=event.state,
+            reported_at=event.reported_at,
+            received_at=received_at,
+        )
+        .on_conflict_do_nothing()
+    )
+
+
+async def store_transcript(
+    conn: AsyncConnection,
+    *,
+    agent_id: str,
+    contents: Sequence[Mapping[str, Any]],
+    source: Literal["webhook", "api"],
+) -> bool:
+    """Set the transcript and mark the history `complete`; True if it was written.
+
+    A webhook (103) transcript is what Agora pushed after the stop and always wins; an API
+    transcript never replaces a webhook one.
+    """
+    stmt = (
+        update(history)
+        .where(history.c.agent_id == agent_id)
+        .values(
+            status="complete",
+            source=source,
+            contents=list(contents),
+            reason=None,
+            transcript_at=func.now(),
+            updated_at=func.now(),
+        )
+        .returning(history.c.agent_id)
+    )
+    if source == "api":
+        stmt = stmt.where(history.c.source.is_distinct_from("webhook"))
+    return (await conn.execute(stmt)).first() is not None
+
+
+async def enqueue_history_job(conn: AsyncConnection, *, agent_id: str, app_id: str) -> bool:
+    """Record the durable history job for a stopped agent (once per agent); True if new."""
+    stmt = (
+        insert(history_job)
+        .values(agent_id=agent_id, app_id=app_id)
+        .on_conflict_do_nothing(index_elements=[history_job.c.agent_id])
+        .returning(history_job.c.agent_id)
+    )
+    return (await conn.execute(stmt)).first() is not None
+
+
+def _int_or_none(value: object) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return int(value)

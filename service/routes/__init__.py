@@ -1,0 +1,1 @@
+"""HTTP edges: thin handlers that read the request, call one function and answer JSON."""

@@ -1,0 +1,91 @@
+"""POST /v1/webhooks/agora/{app_id}: raw body → verify → parse → ingest, answered after commit.
+
+The checks run in the contract's order (unknown app, too large, bad signature, invalid), each
+before anything is stored. One log line per delivery records the outcome and duration.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Final
+
+import structlog
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from service import events, ingest, signatures
+from service.config import AppSettings, Settings
+from service.errors import PayloadTooLarge, RequestRejected, ServiceError, UnknownApp
+
+MAX_BODY_BYTES: Final = 1024 * 1024
+
+log = structlog.get_logger(__name__)
+
+
+async def receive(request: Request) -> Response:
+    structlog.contextvars.clear_contextvars()
+    started = time.perf_counter()
+    received_at = datetime.now(UTC)
+    outcome, status, reason = "rejected", 500, None
+    try:
+        app = _app(request.state.settings, request.path_params.get("app_id"))
+        structlog.contextvars.bind_contextvars(app_id=app.app_id)
+        body = await _read_body(request)
+        signatures.verify(body, request.headers, [str(s) for s in app.webhook_secrets])
+        note = events.parse(body)
+        structlog.contextvars.bind_contextvars(
+            notice_id=note.notice_id, agent_id=note.agent_id, event_type=note.event_type
+        )
+        result = await ingest.handle(
+            request.state.engine, app_id=app.app_id, note=note, received_at=received_at
+        )
+        outcome, status = result.status, 200
+        return JSONResponse({"status": result.status})
+    except RequestRejected as rejected:
+        status, reason = rejected.status_hint, rejected.code
+        raise
+    except ServiceError as failed:
+        outcome, status, reason = "failed", failed.status_hint, failed.code
+        raise
+    finally:
+        log.info(
+            "webhook_handled",
+            outcome=outcome,
+            status=status,
+            reason=reason,
+            duration_ms=round((time.perf_counter() - started) * 1000, 2),
+        )
+
+
+def _app(settings: Settings, app_id: str | None) -> AppSettings:
+    if app_id is None:
+        if len(settings.apps) != 1:
+            raise UnknownApp("POST /v1/webhooks/agora/{app_id} when several apps are configured")
+        return next(iter(settings.apps.values()))
+    app = settings.app(app_id)
+    if app is None:
+        raise UnknownApp()
+    return app
+
+
+async def _read_body(request: Request) -> bytes:
+    """The raw body, refused past `MAX_BODY_BYTES` without reading the rest."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise PayloadTooLarge()
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise PayloadTooLarge()
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+routes: Final = [
+    Route("/v1/webhooks/agora/{app_id}", receive, methods=["POST"]),
+    Route("/v1/webhooks/agora", receive, methods=["POST"]),
+]

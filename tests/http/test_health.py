@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from starlette.testclient import TestClient
+
+from service import config, schema
+from service.app import create_app
+from tests.factories import environment
+
+
+def test_healthz_answers_without_the_database() -> None:
+    settings = config.load(environment("postgresql://nobody@127.0.0.1:9/none"))
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/healthz").json() == {"status": "ok"}
+        response = client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["ok"] == []
+    assert "database" in response.json()["failing"]
+
+
+def test_readyz_is_ready_at_head(client: TestClient) -> None:
+    response = client.get("/readyz")
+    assert (response.status_code, response.json()) == (
+        200,
+        {"ok": ["database", "schema"], "failing": {}},
+    )
+
+
+def test_readyz_is_not_ready_before_migration(empty_database_url: str) -> None:
+    settings = config.load(environment(empty_database_url))
+    with TestClient(create_app(settings)) as client:
+        response = client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json() == {
+        "ok": ["database"],
+        "failing": {"schema": f"at nothing, expected {schema.head()}"},
+    }
+
+
+def test_a_read_request_answers_503_when_the_database_is_down(
+    make_settings: Callable[..., config.Settings],
+) -> None:
+    settings = config.load(environment("postgresql://nobody@127.0.0.1:9/none"))
+    with TestClient(create_app(settings)) as client:
+        response = client.get("/v1/agents/a1", headers={"Authorization": "Bearer reader-token-one"})
+    assert (response.status_code, response.json()) == (503, {"error": "unavailable"})

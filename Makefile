@@ -4,9 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 LOCAL := $(BIN)/python -m service.localdb run --data .data --
-SOURCES := service tests migrations
+SOURCES := service tests migrations benchmarks
 
-.PHONY: install run test test-unit test-integration lint fmt migrate revision db-up db-down clean
+.PHONY: install run test test-unit test-integration lint fmt bench migrate revision db-up db-down clean
 
 install: $(STAMP)
 
@@ -29,6 +29,13 @@ test-unit: install
 
 test-integration: install
 	$(BIN)/python -m pytest tests/integration tests/http
+
+# Speed and memory figures (never part of make test): every benchmarks/bench_*.py in turn.
+bench: install
+	@for script in benchmarks/bench_*.py; do \
+		[ -e "$$script" ] || continue; \
+		echo "== $$script"; $(BIN)/python "$$script" || exit 1; \
+	done
 
 lint: install
 	$(BIN)/ruff format --check $(SOURCES)

@@ -15,13 +15,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 from collections.abc import Sequence
 
 import structlog
 import uvicorn
 from starlette.applications import Starlette
 
-from service import app, config, logs, schema
+from service import app, config, logs, schema, shutdown
 from service.errors import ConfigError
 
 log = structlog.get_logger(__name__)
@@ -74,21 +75,35 @@ def _serve(settings: config.Settings, args: argparse.Namespace) -> int:
         workers=args.workers,
         apps=sorted(settings.apps),
     )
-    target: str | Starlette = (
-        app.create_app(settings) if args.workers == 1 else "service.cli:app_from_environment"
+    if args.workers > 1:
+        uvicorn.run(
+            "service.cli:app_from_environment",
+            host=settings.host,
+            port=settings.port,
+            workers=args.workers,
+            factory=True,
+            log_config=None,
+            access_log=False,
+            server_header=False,
+            timeout_graceful_shutdown=settings.shutdown_timeout_s,
+        )
+        return 0
+    draining = threading.Event()
+    server = shutdown.Server(
+        uvicorn.Config(
+            app.create_app(settings, draining=draining),
+            host=settings.host,
+            port=settings.port,
+            log_config=None,
+            access_log=False,
+            server_header=False,
+            timeout_graceful_shutdown=settings.shutdown_timeout_s,
+        ),
+        draining=draining,
+        drain_s=settings.shutdown_drain_s,
     )
-    uvicorn.run(
-        target,
-        host=settings.host,
-        port=settings.port,
-        workers=args.workers if args.workers > 1 else None,
-        factory=args.workers > 1,
-        log_config=None,
-        access_log=False,
-        server_header=False,
-        timeout_graceful_shutdown=20,
-    )
-    return 0
+    server.run()
+    return 0 if server.started else 1
 
 
 def app_from_environment() -> Starlette:

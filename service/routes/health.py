@@ -1,4 +1,5 @@
-"""Probes: /healthz (the process answers) and /readyz (database reachable, schema at head)."""
+"""Probes: /healthz (the process answers) and /readyz (not shutting down, database reachable,
+schema at head)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ async def healthz(request: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     failing: dict[str, str] = {}
-    if getattr(request.state, "draining", None) and request.state.draining.is_set():
+    if request.state.draining.is_set():
         failing["shutdown"] = "draining"
     try:
         async with request.state.engine.connect() as conn:

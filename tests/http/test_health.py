@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 from starlette.testclient import TestClient
@@ -45,3 +46,16 @@ def test_a_read_request_answers_503_when_the_database_is_down(
     with TestClient(create_app(settings)) as client:
         response = client.get("/v1/agents/a1", headers={"Authorization": "Bearer reader-token-one"})
     assert (response.status_code, response.json()) == (503, {"error": "unavailable"})
+
+
+def test_readyz_fails_at_once_while_draining(make_settings: Callable[..., config.Settings]) -> None:
+    draining = threading.Event()
+    with TestClient(create_app(make_settings(), draining=draining)) as client:
+        assert client.get("/readyz").status_code == 200
+        draining.set()
+        response = client.get("/readyz")
+        assert client.get("/healthz").status_code == 200
+    assert (response.status_code, response.json()) == (
+        503,
+        {"ok": ["database", "schema"], "failing": {"shutdown": "draining"}},
+    )

@@ -1,8 +1,10 @@
-"""SIGTERM under load: a real `serve` drains, finishes what it acknowledged, and exits 0."""
+"""SIGTERM under load: a real `serve` drains, finishes what it acknowledged, and exits 0;
+Ctrl-C (SIGINT) skips the drain."""
 
 from __future__ import annotations
 
 import json
+import signal
 import threading
 import time
 import uuid
@@ -124,3 +126,13 @@ def test_sigterm_under_load_loses_no_acknowledged_delivery(
         row["agent_id"] for row in sql.rows("SELECT agent_id FROM agent WHERE state = 'RUNNING'")
     }
     assert {a.agent_id for a in acknowledged} <= running
+
+
+def test_ctrl_c_stops_at_once_without_draining(database_url: str, tmp_path: Path) -> None:
+    env = environment(database_url, SHUTDOWN_DRAIN_S="60")
+    with serving(env, tmp_path) as (server,):
+        started = time.monotonic()
+        exit_code = server.terminate(signal.SIGINT, timeout=30)
+        elapsed = time.monotonic() - started
+    assert exit_code == 0
+    assert elapsed < 10

@@ -17,6 +17,7 @@ import os
 import sys
 import threading
 from collections.abc import Sequence
+from typing import Any
 
 import structlog
 import uvicorn
@@ -76,34 +77,41 @@ def _serve(settings: config.Settings, args: argparse.Namespace) -> int:
         apps=sorted(settings.apps),
     )
     if args.workers > 1:
-        uvicorn.run(
-            "service.cli:app_from_environment",
-            host=settings.host,
-            port=settings.port,
-            workers=args.workers,
-            factory=True,
-            log_config=None,
-            access_log=False,
-            server_header=False,
-            timeout_graceful_shutdown=settings.shutdown_timeout_s,
-        )
-        return 0
+        return _serve_processes(settings, args.workers)
     draining = threading.Event()
     server = shutdown.Server(
-        uvicorn.Config(
-            app.create_app(settings, draining=draining),
-            host=settings.host,
-            port=settings.port,
-            log_config=None,
-            access_log=False,
-            server_header=False,
-            timeout_graceful_shutdown=settings.shutdown_timeout_s,
-        ),
+        _uvicorn_config(settings, app.create_app(settings, draining=draining)),
         draining=draining,
         drain_s=settings.shutdown_drain_s,
     )
     server.run()
     return 0 if server.started else 1
+
+
+def _serve_processes(settings: config.Settings, workers: int) -> int:
+    """uvicorn's supervisor over `workers` processes (graceful on SIGTERM, without the drain)."""
+    uvicorn.run(
+        "service.cli:app_from_environment",
+        factory=True,
+        workers=workers,
+        **_uvicorn_options(settings),
+    )
+    return 0
+
+
+def _uvicorn_config(settings: config.Settings, application: Starlette) -> uvicorn.Config:
+    return uvicorn.Config(application, **_uvicorn_options(settings))
+
+
+def _uvicorn_options(settings: config.Settings) -> dict[str, Any]:
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "log_config": None,
+        "access_log": False,
+        "server_header": False,
+        "timeout_graceful_shutdown": settings.shutdown_timeout_s,
+    }
 
 
 def app_from_environment() -> Starlette:

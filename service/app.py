@@ -2,6 +2,7 @@
 
 `create_app(settings)` builds everything in one `Starlette(...)` call. The lifespan creates the
 database engine and yields it as typed state; handlers reach it as `request.state.engine`.
+`draining` is set by the SIGTERM handler (`service/shutdown.py`) so that `/readyz` fails.
 Every error is answered as JSON: `ServiceError`s with their contract body, anything else as a
 logged 500 (or 503 when the database is what failed).
 """
@@ -9,6 +10,7 @@ logged 500 (or 503 when the database is what failed).
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import AsyncIterator
 from typing import TypedDict
 
@@ -31,17 +33,27 @@ log = structlog.get_logger(__name__)
 class State(TypedDict):
     settings: Settings
     engine: AsyncEngine
+    draining: threading.Event
 
 
-def create_app(settings: Settings, *, engine: AsyncEngine | None = None) -> Starlette:
-    """The application; pass `engine` to share one (tests), else the lifespan creates its own."""
+def create_app(
+    settings: Settings,
+    *,
+    engine: AsyncEngine | None = None,
+    draining: threading.Event | None = None,
+) -> Starlette:
+    """The application; pass `engine` to share one (tests), else the lifespan creates its own.
+
+    `draining`, once set, makes `/readyz` answer 503 (the process is shutting down).
+    """
+    shutting_down = draining if draining is not None else threading.Event()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
         own = engine is None
         active = engine if engine is not None else db.create_engine(settings.sqlalchemy_url)
         try:
-            yield {"settings": settings, "engine": active}
+            yield {"settings": settings, "engine": active, "draining": shutting_down}
         finally:
             if own:
                 await active.dispose()

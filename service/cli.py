@@ -15,13 +15,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 from collections.abc import Sequence
+from typing import Any
 
 import structlog
 import uvicorn
 from starlette.applications import Starlette
 
-from service import app, config, logs, schema
+from service import app, config, logs, schema, shutdown
 from service.errors import ConfigError
 
 log = structlog.get_logger(__name__)
@@ -74,21 +76,42 @@ def _serve(settings: config.Settings, args: argparse.Namespace) -> int:
         workers=args.workers,
         apps=sorted(settings.apps),
     )
-    target: str | Starlette = (
-        app.create_app(settings) if args.workers == 1 else "service.cli:app_from_environment"
+    if args.workers > 1:
+        return _serve_processes(settings, args.workers)
+    draining = threading.Event()
+    server = shutdown.Server(
+        _uvicorn_config(settings, app.create_app(settings, draining=draining)),
+        draining=draining,
+        drain_s=settings.shutdown_drain_s,
     )
+    server.run()
+    return 0 if server.started else 1
+
+
+def _serve_processes(settings: config.Settings, workers: int) -> int:
+    """uvicorn's supervisor over `workers` processes (graceful on SIGTERM, without the drain)."""
     uvicorn.run(
-        target,
-        host=settings.host,
-        port=settings.port,
-        workers=args.workers if args.workers > 1 else None,
-        factory=args.workers > 1,
-        log_config=None,
-        access_log=False,
-        server_header=False,
-        timeout_graceful_shutdown=20,
+        "service.cli:app_from_environment",
+        factory=True,
+        workers=workers,
+        **_uvicorn_options(settings),
     )
     return 0
+
+
+def _uvicorn_config(settings: config.Settings, application: Starlette) -> uvicorn.Config:
+    return uvicorn.Config(application, **_uvicorn_options(settings))
+
+
+def _uvicorn_options(settings: config.Settings) -> dict[str, Any]:
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "log_config": None,
+        "access_log": False,
+        "server_header": False,
+        "timeout_graceful_shutdown": settings.shutdown_timeout_s,
+    }
 
 
 def app_from_environment() -> Starlette:

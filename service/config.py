@@ -22,6 +22,11 @@ from service.errors import ConfigError
 
 DEFAULT_API_BASE_URL: Final = "https://api.agora.io/api/conversational-ai-agent"
 DEFAULT_PCU_CAP: Final = 20
+DEFAULT_RETENTION_DAYS: Final = 30
+# SIGTERM handling of `serve` (service/shutdown.py): both together stay well inside the pod's
+# terminationGracePeriodSeconds (45 in deploy/kubernetes).
+DEFAULT_SHUTDOWN_DRAIN_S: Final = 5.0
+DEFAULT_SHUTDOWN_TIMEOUT_S: Final = 20
 LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
 _APP_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _APP_FILE_KEYS: Final = frozenset(
@@ -55,6 +60,10 @@ class Settings:
     log_format: LogFormat = "json"
     reconcile_interval_s: float = 60.0
     history_grace_s: float = 600.0
+    # Stored raw notifications older than this are pruned by the worker; 0 keeps them forever.
+    notification_retention_days: int = DEFAULT_RETENTION_DAYS
+    shutdown_drain_s: float = DEFAULT_SHUTDOWN_DRAIN_S
+    shutdown_timeout_s: int = DEFAULT_SHUTDOWN_TIMEOUT_S
 
     def app(self, app_id: str) -> AppSettings | None:
         return self.apps.get(app_id)
@@ -90,6 +99,11 @@ def load(environ: Mapping[str, str]) -> Settings:
         else "json",
         reconcile_interval_s=_float(env, "RECONCILE_INTERVAL_S", 60.0),
         history_grace_s=_float(env, "HISTORY_GRACE_S", 600.0),
+        notification_retention_days=_int(
+            env, "NOTIFICATION_RETENTION_DAYS", DEFAULT_RETENTION_DAYS, minimum=0
+        ),
+        shutdown_drain_s=_float(env, "SHUTDOWN_DRAIN_S", DEFAULT_SHUTDOWN_DRAIN_S),
+        shutdown_timeout_s=_int(env, "SHUTDOWN_TIMEOUT_S", DEFAULT_SHUTDOWN_TIMEOUT_S, minimum=1),
     )
 
 

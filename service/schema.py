@@ -1,7 +1,7 @@
 """The database schema's version: migrate to head, and tell whether a database is at head.
 
 Revisions live in `migrations/` (alembic). `upgrade()` backs `convoai-ledger migrate` (a Kubernetes
-Job before each rollout, and `make run`); `/readyz` compares the database with `head()`.
+Job before each rollout, and `make run`); `/readyz` asks `serves()` about the database's revision.
 """
 
 from __future__ import annotations
@@ -31,6 +31,24 @@ def head() -> str:
     if len(heads) != 1:
         raise RuntimeError(f"migrations must have exactly one head, found {len(heads)}")
     return heads[0]
+
+
+@cache
+def known() -> frozenset[str]:
+    """Every revision in the script directory."""
+    script = ScriptDirectory.from_config(alembic_config())
+    return frozenset(revision.revision for revision in script.walk_revisions())
+
+
+def serves(revision: str | None) -> bool:
+    """Whether this build can serve a database at `revision`.
+
+    At head, yes; behind head or empty, no. At a revision this build does not know, yes: that is
+    a newer release's, migrated by the Job that runs before its rollout, and revisions applied
+    before a rollout only add (expand/contract), so the pods still running this release keep
+    serving until they are replaced.
+    """
+    return revision is not None and (revision == head() or revision not in known())
 
 
 def upgrade(url: str, revision: str = "head") -> None:

@@ -1,4 +1,5 @@
-"""Probes: /healthz (the process answers) and /readyz (database reachable, schema at head)."""
+"""Probes: /healthz (the process answers) and /readyz (not shutting down, database reachable,
+schema at this build's head or a newer release's; see `schema.serves`)."""
 
 from __future__ import annotations
 
@@ -18,12 +19,12 @@ async def healthz(request: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     failing: dict[str, str] = {}
-    if getattr(request.state, "draining", None) and request.state.draining.is_set():
+    if request.state.draining.is_set():
         failing["shutdown"] = "draining"
     try:
         async with request.state.engine.connect() as conn:
             revision = await db.schema_revision(conn)
-        if revision != schema.head():
+        if not schema.serves(revision):
             failing["schema"] = f"at {revision or 'nothing'}, expected {schema.head()}"
     except (exc.SQLAlchemyError, OSError) as error:
         failing["database"] = f"unreachable ({type(error).__name__})"

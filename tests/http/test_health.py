@@ -1,12 +1,13 @@
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 from starlette.testclient import TestClient
 
 from service import config, schema
 from service.app import create_app
-from tests.factories import environment
+from tests.factories import Sql, environment
 
 
 def test_healthz_answers_without_the_database() -> None:
@@ -45,3 +46,27 @@ def test_a_read_request_answers_503_when_the_database_is_down(
     with TestClient(create_app(settings)) as client:
         response = client.get("/v1/agents/a1", headers={"Authorization": "Bearer reader-token-one"})
     assert (response.status_code, response.json()) == (503, {"error": "unavailable"})
+
+
+def test_readyz_stays_ready_when_a_newer_release_has_migrated_the_database(
+    client: TestClient, sql: Sql
+) -> None:
+    sql.execute("UPDATE alembic_version SET version_num = 'f00dfeedbeef'")
+    response = client.get("/readyz")
+    assert (response.status_code, response.json()) == (
+        200,
+        {"ok": ["database", "schema"], "failing": {}},
+    )
+
+
+def test_readyz_fails_at_once_while_draining(make_settings: Callable[..., config.Settings]) -> None:
+    draining = threading.Event()
+    with TestClient(create_app(make_settings(), draining=draining)) as client:
+        assert client.get("/readyz").status_code == 200
+        draining.set()
+        response = client.get("/readyz")
+        assert client.get("/healthz").status_code == 200
+    assert (response.status_code, response.json()) == (
+        503,
+        {"ok": ["database", "schema"], "failing": {"shutdown": "draining"}},
+    )

@@ -16,6 +16,16 @@ def test_defaults_follow_the_contract() -> None:
     assert (settings.host, settings.port) == ("127.0.0.1", 8000)
     assert (settings.log_level, settings.log_format) == ("info", "json")
     assert (settings.reconcile_interval_s, settings.history_grace_s) == (60.0, 600.0)
+    assert settings.notification_retention_days == 30
+    assert (settings.shutdown_drain_s, settings.shutdown_timeout_s) == (5.0, 20)
+
+
+def test_retention_and_shutdown_periods_are_read_from_the_environment() -> None:
+    settings = config.load(
+        {"NOTIFICATION_RETENTION_DAYS": "0", "SHUTDOWN_DRAIN_S": "0", "SHUTDOWN_TIMEOUT_S": "3"}
+    )
+    assert settings.notification_retention_days == 0
+    assert (settings.shutdown_drain_s, settings.shutdown_timeout_s) == (0.0, 3)
 
 
 def test_one_app_from_the_environment() -> None:
@@ -89,6 +99,11 @@ webhook_secrets = "s2"
         ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
         ({"RECONCILE_INTERVAL_S": "-1"}, "RECONCILE_INTERVAL_S"),
         ({"HISTORY_GRACE_S": "soon"}, "HISTORY_GRACE_S"),
+        ({"NOTIFICATION_RETENTION_DAYS": "-1"}, "NOTIFICATION_RETENTION_DAYS"),
+        ({"NOTIFICATION_RETENTION_DAYS": "1.5"}, "NOTIFICATION_RETENTION_DAYS"),
+        ({"SHUTDOWN_DRAIN_S": "-2"}, "SHUTDOWN_DRAIN_S"),
+        ({"SHUTDOWN_TIMEOUT_S": "later"}, "SHUTDOWN_TIMEOUT_S"),
+        ({"SHUTDOWN_TIMEOUT_S": "0"}, "SHUTDOWN_TIMEOUT_S"),
         ({"AGORA_API_BASE_URL": "ftp://x"}, "AGORA_API_BASE_URL"),
         ({"DATABASE_URL": "mysql://u:secretpw@h/d"}, "DATABASE_URL"),
         ({"AGORA_WEBHOOK_SECRETS": "s"}, "AGORA_WEBHOOK_SECRETS is set but AGORA_APP_ID"),

@@ -8,6 +8,7 @@ logged 500 (or 503 when the database is what failed).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from typing import TypedDict
@@ -20,7 +21,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from service import db
+from service import db, worker
 from service.config import Settings
 from service.errors import RequestRejected, ServiceError
 from service.routes import dashboard, health, webhooks
@@ -33,15 +34,23 @@ class State(TypedDict):
     engine: AsyncEngine
 
 
-def create_app(settings: Settings, *, engine: AsyncEngine | None = None) -> Starlette:
-    """The application; pass `engine` to share one (tests), else the lifespan creates its own."""
+def create_app(
+    settings: Settings, *, engine: AsyncEngine | None = None, with_worker: bool = False
+) -> Starlette:
+    """The application; pass `engine` to share one (tests), else the lifespan creates its own.
+
+    `with_worker` also runs the background worker (`worker.run`) for the app's lifetime.
+    """
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
         own = engine is None
         active = engine if engine is not None else db.create_engine(settings.sqlalchemy_url)
         try:
-            yield {"settings": settings, "engine": active}
+            async with contextlib.AsyncExitStack() as stack:
+                if with_worker:
+                    await stack.enter_async_context(_background_worker(settings, active))
+                yield {"settings": settings, "engine": active}
         finally:
             if own:
                 await active.dispose()
@@ -56,6 +65,19 @@ def create_app(settings: Settings, *, engine: AsyncEngine | None = None) -> Star
         },
         lifespan=lifespan,
     )
+
+
+@contextlib.asynccontextmanager
+async def _background_worker(settings: Settings, engine: AsyncEngine) -> AsyncIterator[None]:
+    """`worker.run` as a task from start-up to shutdown, sharing the app's engine."""
+    stop = asyncio.Event()
+    async with worker.open_deps(settings, engine=engine) as deps:
+        task = asyncio.create_task(worker.run(deps, stop=stop, duties=worker.duties(deps)))
+        try:
+            yield
+        finally:
+            stop.set()
+            await task
 
 
 async def _service_error(request: Request, error: Exception) -> Response:

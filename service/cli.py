@@ -13,6 +13,7 @@ fault (exit code 2), then configures logging.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import sys
 from collections.abc import Sequence
@@ -21,8 +22,9 @@ import structlog
 import uvicorn
 from starlette.applications import Starlette
 
-from service import app, config, logs, schema
+from service import app, config, logs, schema, worker
 from service.errors import ConfigError
+from service.simulator import command
 
 log = structlog.get_logger(__name__)
 
@@ -55,6 +57,16 @@ def _parser() -> argparse.ArgumentParser:
     serve.set_defaults(run=_serve)
     migrate = sub.add_parser("migrate", help="upgrade the database schema to the newest revision")
     migrate.set_defaults(run=_migrate)
+    work = sub.add_parser(
+        "worker", help="collect histories (and run periodic duties) until SIGTERM"
+    )
+    work.set_defaults(run=_worker)
+    simulate = sub.add_parser(
+        "simulate",
+        help="play Agora: serve its REST API and send signed sessions to a running service",
+    )
+    command.add_arguments(simulate)
+    simulate.set_defaults(run=_simulate)
     return parser
 
 
@@ -74,8 +86,13 @@ def _serve(settings: config.Settings, args: argparse.Namespace) -> int:
         workers=args.workers,
         apps=sorted(settings.apps),
     )
+    if args.with_worker and args.workers > 1:
+        print("convoai-ledger: --with-worker needs --workers 1", file=sys.stderr)
+        return 2
     target: str | Starlette = (
-        app.create_app(settings) if args.workers == 1 else "service.cli:app_from_environment"
+        app.create_app(settings, with_worker=args.with_worker)
+        if args.workers == 1
+        else "service.cli:app_from_environment"
     )
     uvicorn.run(
         target,
@@ -105,3 +122,14 @@ def _migrate(settings: config.Settings, args: argparse.Namespace) -> int:
     schema.upgrade(settings.sqlalchemy_url)
     log.info("migrated", revision=schema.head())
     return 0
+
+
+def _worker(settings: config.Settings, args: argparse.Namespace) -> int:
+    if settings.database_url is None:
+        print("convoai-ledger: configuration error: DATABASE_URL is required", file=sys.stderr)
+        return 2
+    return asyncio.run(worker.main(settings))
+
+
+def _simulate(settings: config.Settings, args: argparse.Namespace) -> int:
+    return asyncio.run(command.main(settings, args))

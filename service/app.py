@@ -73,11 +73,19 @@ async def _background_worker(settings: Settings, engine: AsyncEngine) -> AsyncIt
     stop = asyncio.Event()
     async with worker.open_deps(settings, engine=engine) as deps:
         task = asyncio.create_task(worker.run(deps, stop=stop, duties=worker.duties(deps)))
+        task.add_done_callback(_worker_ended)
         try:
             yield
         finally:
             stop.set()
             await task
+
+
+def _worker_ended(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error(
+            "worker_crashed", error=type(task.exception()).__name__, exc_info=task.exception()
+        )
 
 
 async def _service_error(request: Request, error: Exception) -> Response:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-from sqlalchemy import ColumnElement, RowMapping, and_, func, literal, or_, select, update
+from sqlalchemy import ColumnElement, RowMapping, Select, and_, func, literal, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.tables import agent, history, history_job
@@ -74,13 +74,10 @@ def _lease(lease_s: float) -> ColumnElement[datetime]:
     return func.now() + func.make_interval(0, 0, 0, 0, 0, 0, literal(lease_s))
 
 
-async def claim(conn: AsyncConnection, *, owner: str, lease_s: float) -> Job | None:
-    """Lease the job due longest (or one whose lease expired) to `owner`; None when none is due."""
-    due = (
-        select(
-            history_job.c.agent_id,
-            history_job.c.lease_owner.label("previous_owner"),
-        )
+def _due() -> Select[tuple[str, str | None]]:
+    """The next claimable job, locked; rows other workers hold are skipped, not waited for."""
+    return (
+        select(history_job.c.agent_id, history_job.c.lease_owner.label("previous_owner"))
         .where(
             history_job.c.status != "done",
             history_job.c.due_at <= func.now(),
@@ -89,8 +86,12 @@ async def claim(conn: AsyncConnection, *, owner: str, lease_s: float) -> Job | N
         .order_by(history_job.c.due_at)
         .limit(1)
         .with_for_update(skip_locked=True)
-        .cte("due")
     )
+
+
+async def claim(conn: AsyncConnection, *, owner: str, lease_s: float) -> Job | None:
+    """Lease the job due longest (or one whose lease expired) to `owner`; None when none is due."""
+    due = _due().cte("due")
     stmt = (
         update(history_job)
         .where(history_job.c.agent_id == due.c.agent_id)

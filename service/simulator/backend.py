@@ -230,27 +230,7 @@ class Backend:
             "llm_ttfs": self.rng.randint(600, 1200),
             "tts_ttfb": self.rng.randint(80, 200),
         }
-        agent.turns.append(
-            {
-                "agent_id": agent.agent_id,
-                "channel": agent.channel,
-                "turn_id": turn_id,
-                "start": {
-                    "start_at": now_ms - 2500,
-                    "type": "voice_input",
-                    "metadata": {"speech_duration_ms": 1800, "interrupt_duration_ms": 160},
-                },
-                "end": {"end_at": now_ms, "type": "ok"},
-                "metrics": {
-                    "e2e_latency_ms": sum(figures.values()) // 2,
-                    "segmented_latency_ms": {
-                        "asr_ttlw": figures["asr_ttlw"],
-                        "llm_ttft": figures["llm_ttfb"],
-                        "tts_ttfb": figures["tts_ttfb"],
-                    },
-                },
-            }
-        )
+        agent.turns.append(_turn(agent, turn_id, figures, end_ms=now_ms))
         events: list[tuple[int, dict[str, Any]]] = [
             (111, agent.payload(metrics=[{"turn_id": turn_id, **figures}]))
         ]
@@ -334,18 +314,7 @@ class Backend:
         limit = _integer(params, "limit", LIST_LIMIT)
         if limit < 1:
             raise SimError(400, "InvalidFieldValue", "limit must be at least 1")
-        channel = params.get("channel")
-        matching = sorted(
-            (
-                a
-                for a in self.agents.values()
-                if a.app_id == app_id
-                and lifecycle.State(a.state).code in states
-                and since <= a.start_ts <= until
-                and (channel is None or a.channel == channel)
-            ),
-            key=lambda a: (a.start_ts, a.agent_id),
-        )
+        matching = self._matching(app_id, states, since, until, params.get("channel"))
         start = 0
         cursor = params.get("cursor")
         if cursor:
@@ -366,6 +335,22 @@ class Backend:
             "meta": {"cursor": following[0].agent_id if following else "", "total": len(matching)},
             "status": "ok",
         }
+
+    def _matching(
+        self, app_id: str, states: set[int], since: int, until: int, channel: str | None
+    ) -> list[SimAgent]:
+        """The list's matches in page order: by start time, then agent_id."""
+        return sorted(
+            (
+                a
+                for a in self.agents.values()
+                if a.app_id == app_id
+                and lifecycle.State(a.state).code in states
+                and since <= a.start_ts <= until
+                and (channel is None or a.channel == channel)
+            ),
+            key=lambda a: (a.start_ts, a.agent_id),
+        )
 
     def history(self, app_id: str, agent_id: str) -> dict[str, Any]:
         agent = self._agent(app_id, agent_id)
@@ -419,6 +404,31 @@ class Backend:
         if agent.state not in LIVE:
             raise SimError(404, "TaskNotFound", "agent not found or has exited")
         return agent
+
+
+def _turn(
+    agent: SimAgent, turn_id: int, figures: Mapping[str, int], *, end_ms: int
+) -> dict[str, Any]:
+    """A turn as event 112 carries it (2.5 s of user speech, then the answer)."""
+    return {
+        "agent_id": agent.agent_id,
+        "channel": agent.channel,
+        "turn_id": turn_id,
+        "start": {
+            "start_at": end_ms - 2500,
+            "type": "voice_input",
+            "metadata": {"speech_duration_ms": 1800, "interrupt_duration_ms": 160},
+        },
+        "end": {"end_at": end_ms, "type": "ok"},
+        "metrics": {
+            "e2e_latency_ms": sum(figures.values()) // 2,
+            "segmented_latency_ms": {
+                "asr_ttlw": figures["asr_ttlw"],
+                "llm_ttft": figures["llm_ttfb"],
+                "tts_ttfb": figures["tts_ttfb"],
+            },
+        },
+    }
 
 
 def _rest_turn(turn: Mapping[str, Any]) -> dict[str, Any]:

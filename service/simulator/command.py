@@ -110,30 +110,39 @@ async def main(settings: Settings, args: argparse.Namespace) -> int:
     log.info("simulator_serving", api_base_url=simulator.api_base_url, target=args.target)
     try:
         if await _target_ready(args.target, stop):
-            assert simulator.sender is not None
-            summary = await sessions.run(
-                simulator.backend,
-                app_id=app_id,
-                agents=args.agents,
-                rate=args.rate,
-                duration_s=args.duration,
-                stop=stop,
-                seed=args.seed,
-            )
-            await simulator.sender.drain(timeout=60)
-            log.info(
-                "simulation_finished",
-                started=summary.started,
-                refused_at_cap=summary.rejected,
-                stopped=summary.stopped,
-                failed=summary.failed,
-                **simulator.sender.stats(),
-            )
+            await _run_sessions(simulator, args, app_id=app_id, stop=stop)
         if not args.exit_when_done:
             await stop.wait()
     finally:
         await simulator.stop()
     return 0
+
+
+async def _run_sessions(
+    simulator: Simulator, args: argparse.Namespace, *, app_id: str, stop: asyncio.Event
+) -> None:
+    assert simulator.sender is not None
+    summary = await sessions.run(
+        simulator.backend,
+        app_id=app_id,
+        agents=args.agents,
+        rate=args.rate,
+        duration_s=args.duration,
+        stop=stop,
+        seed=args.seed,
+    )
+    # Interrupted: the service is probably stopping too; do not wait long on it.
+    await simulator.sender.drain(timeout=5 if stop.is_set() else 60)
+    log.info(
+        "simulation_finished",
+        sessions={
+            "started": summary.started,
+            "refused_at_cap": summary.rejected,
+            "stopped": summary.stopped,
+            "failed": summary.failed,
+        },
+        deliveries=simulator.sender.stats(),
+    )
 
 
 async def _target_ready(target: str, stop: asyncio.Event) -> bool:

@@ -173,8 +173,11 @@ def test_two_workers_racing_over_200_stopped_agents_do_every_job_exactly_once(
             run.stop(agent_id, notify=[102])
         run.delivered(timeout=60)
         assert sql.value("SELECT count(*) FROM history_job WHERE status = 'queued'") == 200
+        # Every job falls due at the same moment, once both workers are surely up.
+        sql.execute("UPDATE history_job SET due_at = now() + interval '2 seconds'")
         workers = [run.worker(f"worker-{i}") for i in range(2)]
         try:
+            poll(lambda: all('"worker_started"' in w.output() for w in workers))
             poll(
                 lambda: sql.value("SELECT count(*) FROM history_job WHERE status = 'done'") == 200,
                 timeout=60,

@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 LOCAL := $(BIN)/python -m service.localdb run --data .data --
 SOURCES := service tests migrations benchmarks
 
-.PHONY: install run test test-unit test-integration lint fmt bench migrate revision db-up db-down clean
+.PHONY: install run demo test test-unit test-integration lint fmt bench migrate revision db-up db-down clean
 
 install: $(STAMP)
 
@@ -19,6 +19,20 @@ $(STAMP): pyproject.toml
 # Without DATABASE_URL an embedded PostgreSQL keeps its data in .data/postgres.
 run: install
 	$(LOCAL) sh -c '$(BIN)/convoai-ledger migrate && exec $(BIN)/convoai-ledger serve --with-worker'
+
+# make run plus the Agora simulator on :8090: signed sessions flow in (PCU cap 20, so some joins are
+# refused), the worker fetches histories and turns from the simulator. Its own data in .data/demo.
+DEMO_ENV := PORT=8000 AGORA_APP_ID=demo-app AGORA_WEBHOOK_SECRETS=demo-ncs-secret \
+	AGORA_CUSTOMER_ID=demo-customer AGORA_CUSTOMER_SECRET=demo-customer-secret \
+	AGORA_API_BASE_URL=http://127.0.0.1:8090/api/conversational-ai-agent HISTORY_GRACE_S=30
+demo: install
+	env $(DEMO_ENV) $(BIN)/python -m service.localdb run --data .data/demo -- sh -c '\
+		$(BIN)/convoai-ledger migrate || exit 1; \
+		$(BIN)/convoai-ledger simulate --target http://127.0.0.1:8000 --port 8090 \
+			--agents 2000 --rate 1 --duration 25 --shuffle --duplicates 0.05 & sim=$$!; \
+		$(BIN)/convoai-ledger serve --with-worker & web=$$!; \
+		trap "kill $$web $$sim 2>/dev/null" INT TERM; \
+		wait $$web; kill $$sim 2>/dev/null; wait'
 
 # The whole suite against TEST_DATABASE_URL if set, else a throw-away embedded PostgreSQL.
 test: lint

@@ -9,6 +9,7 @@ logged 500 (or 503 when the database is what failed).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import threading
 from collections.abc import AsyncIterator
@@ -22,7 +23,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from service import db
+from service import db, worker
 from service.config import Settings
 from service.errors import RequestRejected, ServiceError
 from service.routes import dashboard, health, webhooks
@@ -41,10 +42,12 @@ def create_app(
     *,
     engine: AsyncEngine | None = None,
     draining: threading.Event | None = None,
+    with_worker: bool = False,
 ) -> Starlette:
     """The application; pass `engine` to share one (tests), else the lifespan creates its own.
 
     `draining`, once set, makes `/readyz` answer 503 (the process is shutting down).
+    `with_worker` also runs the background worker (`worker.run`) for the app's lifetime.
     """
     shutting_down = draining if draining is not None else threading.Event()
 
@@ -53,7 +56,10 @@ def create_app(
         own = engine is None
         active = engine if engine is not None else db.create_engine(settings.sqlalchemy_url)
         try:
-            yield {"settings": settings, "engine": active, "draining": shutting_down}
+            async with contextlib.AsyncExitStack() as stack:
+                if with_worker:
+                    await stack.enter_async_context(_background_worker(settings, active))
+                yield {"settings": settings, "engine": active, "draining": shutting_down}
         finally:
             if own:
                 await active.dispose()
@@ -68,6 +74,27 @@ def create_app(
         },
         lifespan=lifespan,
     )
+
+
+@contextlib.asynccontextmanager
+async def _background_worker(settings: Settings, engine: AsyncEngine) -> AsyncIterator[None]:
+    """`worker.run` as a task from start-up to shutdown, sharing the app's engine."""
+    stop = asyncio.Event()
+    async with worker.open_deps(settings, engine=engine) as deps:
+        task = asyncio.create_task(worker.run(deps, stop=stop, duties=worker.duties(deps)))
+        task.add_done_callback(_worker_ended)
+        try:
+            yield
+        finally:
+            stop.set()
+            await task
+
+
+def _worker_ended(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error(
+            "worker_crashed", error=type(task.exception()).__name__, exc_info=task.exception()
+        )
 
 
 async def _service_error(request: Request, error: Exception) -> Response:

@@ -13,6 +13,7 @@ fault (exit code 2), then configures logging.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import sys
 import threading
@@ -23,8 +24,9 @@ import structlog
 import uvicorn
 from starlette.applications import Starlette
 
-from service import app, config, logs, schema, shutdown
+from service import app, config, logs, schema, shutdown, worker
 from service.errors import ConfigError
+from service.simulator import command
 
 log = structlog.get_logger(__name__)
 
@@ -57,6 +59,16 @@ def _parser() -> argparse.ArgumentParser:
     serve.set_defaults(run=_serve)
     migrate = sub.add_parser("migrate", help="upgrade the database schema to the newest revision")
     migrate.set_defaults(run=_migrate)
+    work = sub.add_parser(
+        "worker", help="collect histories (and run periodic duties) until SIGTERM"
+    )
+    work.set_defaults(run=_worker)
+    simulate = sub.add_parser(
+        "simulate",
+        help="play Agora: serve its REST API and send signed sessions to a running service",
+    )
+    command.add_arguments(simulate)
+    simulate.set_defaults(run=_simulate)
     return parser
 
 
@@ -76,11 +88,16 @@ def _serve(settings: config.Settings, args: argparse.Namespace) -> int:
         workers=args.workers,
         apps=sorted(settings.apps),
     )
+    if args.with_worker and args.workers > 1:
+        print("convoai-ledger: --with-worker needs --workers 1", file=sys.stderr)
+        return 2
     if args.workers > 1:
         return _serve_processes(settings, args.workers)
     draining = threading.Event()
     server = shutdown.Server(
-        _uvicorn_config(settings, app.create_app(settings, draining=draining)),
+        _uvicorn_config(
+            settings, app.create_app(settings, draining=draining, with_worker=args.with_worker)
+        ),
         draining=draining,
         drain_s=settings.shutdown_drain_s,
     )
@@ -128,3 +145,14 @@ def _migrate(settings: config.Settings, args: argparse.Namespace) -> int:
     schema.upgrade(settings.sqlalchemy_url)
     log.info("migrated", revision=schema.head())
     return 0
+
+
+def _worker(settings: config.Settings, args: argparse.Namespace) -> int:
+    if settings.database_url is None:
+        print("convoai-ledger: configuration error: DATABASE_URL is required", file=sys.stderr)
+        return 2
+    return asyncio.run(worker.main(settings))
+
+
+def _simulate(settings: config.Settings, args: argparse.Namespace) -> int:
+    return asyncio.run(command.main(settings, args))

@@ -64,6 +64,17 @@ class Settings:
     notification_retention_days: int = DEFAULT_RETENTION_DAYS
     shutdown_drain_s: float = DEFAULT_SHUTDOWN_DRAIN_S
     shutdown_timeout_s: int = DEFAULT_SHUTDOWN_TIMEOUT_S
+    # Agora REST calls: per-attempt timeout, then retries of 429/5xx/transport errors with
+    # exponential backoff and full jitter, bounded by attempts and by total time.
+    agora_timeout_s: float = 10.0
+    agora_retry_attempts: int = 6
+    agora_retry_timeout_s: float = 60.0
+    agora_retry_wait_initial_s: float = 0.5
+    agora_retry_wait_max_s: float = 10.0
+    # The history worker: jobs in flight per process, claim lease, idle poll period.
+    history_concurrency: int = 8
+    history_lease_s: float = 60.0
+    history_poll_s: float = 2.0
 
     def app(self, app_id: str) -> AppSettings | None:
         return self.apps.get(app_id)
@@ -104,6 +115,14 @@ def load(environ: Mapping[str, str]) -> Settings:
         ),
         shutdown_drain_s=_float(env, "SHUTDOWN_DRAIN_S", DEFAULT_SHUTDOWN_DRAIN_S),
         shutdown_timeout_s=_int(env, "SHUTDOWN_TIMEOUT_S", DEFAULT_SHUTDOWN_TIMEOUT_S, minimum=1),
+        agora_timeout_s=_float(env, "AGORA_TIMEOUT_S", 10.0, positive=True),
+        agora_retry_attempts=_int(env, "AGORA_RETRY_ATTEMPTS", 6, minimum=1, maximum=100),
+        agora_retry_timeout_s=_float(env, "AGORA_RETRY_TIMEOUT_S", 60.0, positive=True),
+        agora_retry_wait_initial_s=_float(env, "AGORA_RETRY_WAIT_INITIAL_S", 0.5),
+        agora_retry_wait_max_s=_float(env, "AGORA_RETRY_WAIT_MAX_S", 10.0),
+        history_concurrency=_int(env, "HISTORY_CONCURRENCY", 8, minimum=1, maximum=256),
+        history_lease_s=_float(env, "HISTORY_LEASE_S", 60.0, positive=True),
+        history_poll_s=_float(env, "HISTORY_POLL_S", 2.0, positive=True),
     )
 
 
@@ -215,7 +234,7 @@ def _int(
     return value
 
 
-def _float(env: Mapping[str, str], key: str, default: float) -> float:
+def _float(env: Mapping[str, str], key: str, default: float, *, positive: bool = False) -> float:
     raw = env.get(key)
     if raw is None:
         return default
@@ -225,6 +244,8 @@ def _float(env: Mapping[str, str], key: str, default: float) -> float:
         raise ConfigError(f"{key} must be a number of seconds, got {raw!r}") from None
     if not 0 <= value < float("inf"):
         raise ConfigError(f"{key} must be zero or more seconds, got {raw!r}")
+    if positive and value == 0:
+        raise ConfigError(f"{key} must be more than zero seconds, got {raw!r}")
     return value
 
 

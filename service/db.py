@@ -7,9 +7,12 @@ connection and never commit.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Final
 
+import psycopg
+from psycopg import sql
 from sqlalchemy import exc, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -61,3 +64,32 @@ async def schema_revision(conn: AsyncConnection) -> str | None:
         return None
     revision = await conn.scalar(text("SELECT version_num FROM alembic_version"))
     return str(revision) if revision is not None else None
+
+
+# What `notifications` raises when its connection fails or drops.
+LISTEN_ERRORS: Final = (psycopg.Error, OSError)
+
+
+def libpq_url(url: str) -> str:
+    """The plain `postgresql://` form of a SQLAlchemy URL, for a direct psycopg connection."""
+    scheme, sep, rest = url.partition("://")
+    return f"postgresql{sep}{rest}" if scheme.startswith("postgresql") else url
+
+
+async def notifications(url: str, channel: str) -> AsyncIterator[str]:
+    """`LISTEN channel` on a dedicated connection and yield each payload; raises when it drops.
+
+    The first item is an empty string once listening starts, so a caller can catch up on anything
+    sent while it was not connected.
+    """
+    conn = await psycopg.AsyncConnection.connect(
+        libpq_url(url),
+        autocommit=True,
+        connect_timeout=CONNECT_TIMEOUT_S,
+        application_name="convoai-ledger-listen",
+    )
+    async with conn:
+        await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+        yield ""
+        async for notice in conn.notifies():
+            yield notice.payload

@@ -20,7 +20,7 @@ import structlog
 from sqlalchemy import exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from service import db, events, lifecycle, repositories
+from service import db, events, jobs, lifecycle, repositories
 from service.errors import IllegalTransition
 
 log = structlog.get_logger(__name__)
@@ -228,6 +228,8 @@ async def _record_effects(
         await repositories.store_transcript(
             conn, agent_id=agent_id, contents=contents, source="webhook"
         )
+        # A job waiting out the grace period for this transcript can finish now.
+        await jobs.expedite(conn, agent_id=agent_id)
     elif isinstance(event, events.AgentError):
         await repositories.add_errors(
             conn,

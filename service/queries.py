@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service.tables import agent, agent_error, agent_transition
+from service.tables import agent, agent_error, agent_transition, agent_turn, history
 
 
 def rfc3339(value: datetime | None) -> str | None:
@@ -81,4 +81,41 @@ def _error(row: Any) -> dict[str, Any]:
         "turn_id": row["turn_id"],
         "notice_id": row["notice_id"],
         "at": rfc3339(row["event_at"]),
+    }
+
+
+async def agent_history(conn: AsyncConnection, agent_id: str) -> dict[str, Any] | None:
+    """The agent's session record (CONTRACT §6), or None if the agent is unknown."""
+    row = (
+        (await conn.execute(select(history).where(history.c.agent_id == agent_id)))
+        .mappings()
+        .first()
+    )
+    if row is None:
+        return None
+    turns = await conn.execute(
+        select(agent_turn).where(agent_turn.c.agent_id == agent_id).order_by(agent_turn.c.turn_id)
+    )
+    return {
+        "agent_id": agent_id,
+        "status": row["status"],
+        "source": row["source"],
+        "contents": [
+            {"role": item.get("role"), "content": item.get("content")} for item in row["contents"]
+        ],
+        "turns": [_turn(t) for t in turns.mappings()],
+        "reason": row["reason"],
+    }
+
+
+def _turn(row: Any) -> dict[str, Any]:
+    return {
+        "turn_id": row["turn_id"],
+        "start_at": rfc3339(row["start_at"]),
+        "end_at": rfc3339(row["end_at"]),
+        "start_type": row["start_type"],
+        "end_type": row["end_type"],
+        "e2e_latency_ms": row["e2e_latency_ms"],
+        "source": row["source"],
+        "data": row["data"],
     }

@@ -16,7 +16,7 @@ from sqlalchemy import RowMapping, func, literal, select, update
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service import events, lifecycle
+from service import events, jobs, lifecycle
 from service.tables import (
     agent,
     agent_error,
@@ -305,15 +305,35 @@ async def store_transcript(
     return (await conn.execute(stmt)).first() is not None
 
 
+async def mark_history_unavailable(conn: AsyncConnection, *, agent_id: str, reason: str) -> bool:
+    """Settle a still-`pending` history as `unavailable` with `reason`; True if it was pending.
+
+    A transcript stored later (`store_transcript`) still makes it `complete`.
+    """
+    stmt = (
+        update(history)
+        .where(history.c.agent_id == agent_id, history.c.status == "pending")
+        .values(status="unavailable", reason=reason, updated_at=func.now())
+        .returning(history.c.agent_id)
+    )
+    return (await conn.execute(stmt)).first() is not None
+
+
 async def enqueue_history_job(conn: AsyncConnection, *, agent_id: str, app_id: str) -> bool:
-    """Record the durable history job for a stopped agent (once per agent); True if new."""
+    """Record the durable history job for a stopped agent (once per agent); True if new.
+
+    Listening workers are notified when the caller's transaction commits.
+    """
     stmt = (
         insert(history_job)
         .values(agent_id=agent_id, app_id=app_id)
         .on_conflict_do_nothing(index_elements=[history_job.c.agent_id])
         .returning(history_job.c.agent_id)
     )
-    return (await conn.execute(stmt)).first() is not None
+    created = (await conn.execute(stmt)).first() is not None
+    if created:
+        await jobs.notify(conn, agent_id)
+    return created
 
 
 def _int_or_none(value: object) -> int | None:

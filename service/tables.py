@@ -40,6 +40,10 @@ NAMING_CONVENTION: Final = {
 metadata: Final = MetaData(naming_convention=NAMING_CONVENTION)
 
 _STATES = "'IDLE', 'STARTING', 'RUNNING', 'STOPPING', 'STOPPED', 'RECOVERING', 'FAILED'"
+# ok: answered 200; skipped: not needed (a webhook transcript was there first); not_found: 404;
+# rejected: another 4xx or an unreadable body; gave_up: retries exhausted; not_configured: no
+# REST credentials for the app.
+_CALL_OUTCOMES = "'ok', 'skipped', 'not_found', 'rejected', 'gave_up', 'not_configured'"
 
 
 def _timestamp(name: str, *, nullable: bool = True, default_now: bool = False) -> Column[object]:
@@ -212,6 +216,12 @@ history_job: Final = Table(
     Column("last_error", Text),
     _timestamp("created_at", nullable=False, default_now=True),
     _timestamp("finished_at"),
+    # How each Agora call ended; NULL until it has (a job taken over after a crash redoes only
+    # the calls without an outcome, and a settled call is never made again).
+    Column("history_call", Text),
+    Column("turns_call", Text),
     CheckConstraint("status IN ('queued', 'running', 'done')", name="status"),
+    CheckConstraint(f"history_call IN ({_CALL_OUTCOMES})", name="history_call"),
+    CheckConstraint(f"turns_call IN ({_CALL_OUTCOMES})", name="turns_call"),
     Index(None, "due_at", postgresql_where=text("status <> 'done'")),
 )

@@ -36,4 +36,16 @@ async def get_agent(request: Request) -> Response:
     return JSONResponse(found)
 
 
-routes: Final = [Route("/v1/agents/{agent_id}", get_agent, methods=["GET"])]
+async def get_history(request: Request) -> Response:
+    require_reader(request)
+    async with request.state.engine.connect() as conn:
+        found = await queries.agent_history(conn, request.path_params["agent_id"])
+    if found is None:
+        raise NotFound()
+    return JSONResponse(found)
+
+
+routes: Final = [
+    Route("/v1/agents/{agent_id}", get_agent, methods=["GET"]),
+    Route("/v1/agents/{agent_id}/history", get_history, methods=["GET"]),
+]

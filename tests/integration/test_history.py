@@ -1,0 +1,215 @@
+"""History on STOPPED (CONTRACT §5) end to end: simulator over real HTTP, service, worker, Postgres."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+
+from tests.factories import Sql, poll
+from tests.simulation import ledger
+
+pytestmark = pytest.mark.slow
+
+
+def job(sql: Sql, agent_id: str) -> dict[str, object]:
+    """The agent's history job ({} until the stop has been recorded)."""
+    rows = sql.rows("SELECT * FROM history_job WHERE agent_id = %(id)s", id=agent_id)
+    assert len(rows) <= 1
+    return rows[0] if rows else {}
+
+
+def test_a_transcript_sent_before_the_stop_completes_the_history_without_asking_agora(
+    database_url: str, sql: Sql, tmp_path: Path
+) -> None:
+    with ledger(database_url, tmp_path) as run:
+        agent_id = run.start("early-103")
+        run.stop(agent_id, notify=[103, 102, 112])
+        run.delivered()
+        poll(lambda: job(sql, agent_id).get("status") == "done")
+        history = run.history(agent_id)
+        assert run.calls("history", agent_id) == 0
+        assert run.calls("turns", agent_id) == 1
+    assert history["status"] == "complete"
+    assert history["source"] == "webhook"
+    assert history["reason"] is None
+    assert history["contents"] == [
+        {"role": "user", "content": "question 0"},
+        {"role": "assistant", "content": "answer 0"},
+        {"role": "user", "content": "question 1"},
+        {"role": "assistant", "content": "answer 1"},
+    ]
+    assert [t["turn_id"] for t in history["turns"]] == [1, 2]
+    assert job(sql, agent_id)["history_call"] == "skipped"
+
+
+def test_a_transcript_sent_after_the_stop_completes_the_waiting_history(
+    database_url: str, sql: Sql, tmp_path: Path
+) -> None:
+    with ledger(database_url, tmp_path, HISTORY_GRACE_S="300") as run:
+        agent_id = run.start("late-103")
+        run.stop(agent_id, notify=[102, 112])
+        # /history answers 404 once the agent stopped: the job waits out the grace period.
+        poll(
+            lambda: (
+                job(sql, agent_id).get("status") == "queued"
+                and job(sql, agent_id).get("turns_call")
+            )
+        )
+        assert run.history(agent_id)["status"] == "pending"
+        # The 103 arrives late, on its own.
+        run.send(agent_id, 103, contents=[{"role": "user", "content": "late words"}])
+        history = run.settled(agent_id)
+        done = poll(lambda: (j := job(sql, agent_id)).get("status") == "done" and j)
+        assert run.calls("history", agent_id) == 1
+    assert (history["status"], history["source"]) == ("complete", "webhook")
+    assert history["contents"] == [{"role": "user", "content": "late words"}]
+    assert done["history_call"] == "not_found"
+
+
+def test_without_a_webhook_the_transcript_from_the_history_api_is_kept(
+    database_url: str, sql: Sql, tmp_path: Path
+) -> None:
+    with ledger(database_url, tmp_path, sim={"keep_history_after_stop": True}) as run:
+        agent_id = run.start("api-only", turns=3)
+        run.stop(agent_id, notify=[102])
+        poll(lambda: job(sql, agent_id).get("status") == "done")
+        history = run.history(agent_id)
+        assert run.calls("history", agent_id) == 1
+    assert (history["status"], history["source"], history["reason"]) == ("complete", "api", None)
+    assert len(history["contents"]) == 6
+    assert [t["source"] for t in history["turns"]] == ["api", "api", "api"]
+
+
+def test_with_no_transcript_anywhere_the_history_is_unavailable_after_the_grace_period(
+    database_url: str, sql: Sql, tmp_path: Path
+) -> None:
+    with ledger(database_url, tmp_path, HISTORY_GRACE_S="1") as run:
+        agent_id = run.start("silent")
+        run.stop(agent_id, notify=[102])
+        history = run.settled(agent_id)
+        assert run.calls("history", agent_id) == 1
+        assert (history["status"], history["reason"]) == ("unavailable", "history_not_found")
+        assert history["source"] is None and history["contents"] == []
+        assert job(sql, agent_id).get("status") == "done"
+        # A transcript that turns up later still completes it, and nothing is fetched again.
+        run.send(agent_id, 103, contents=[{"role": "user", "content": "hi"}])
+        poll(lambda: run.history(agent_id)["status"] == "complete")
+        assert run.calls("history", agent_id) == 1
+
+
+def test_rate_limits_and_outages_are_retried_until_the_history_arrives(
+    database_url: str, tmp_path: Path
+) -> None:
+    with ledger(database_url, tmp_path, sim={"keep_history_after_stop": True}) as run:
+        run.sim.call(run.sim.backend.inject, "history", [429, 503], retry_after="1")
+        agent_id = run.start("flaky")
+        run.stop(agent_id, notify=[102])
+        history = run.settled(agent_id)
+        calls = [c for c in run.sim.backend.calls if c.endpoint == "history"]
+    assert [c.status for c in calls] == [429, 503, 200]
+    assert calls[1].at - calls[0].at >= 0.95  # Retry-After: 1 was honoured
+    assert (history["status"], history["source"]) == ("complete", "api")
+
+
+def test_turns_spread_over_several_pages_are_all_stored(
+    database_url: str, sql: Sql, tmp_path: Path
+) -> None:
+    with ledger(database_url, tmp_path) as run:
+        agent_id = run.start("chatty", turns=450, quiet_turns=True)
+        run.stop(agent_id, notify=[102, 103])
+        poll(lambda: job(sql, agent_id).get("status") == "done")
+        assert run.calls("turns", agent_id) == 3
+    assert sql.value("SELECT count(*) FROM agent_turn WHERE source = 'api'") == 450
+    assert sql.value("SELECT max(turn_id) FROM agent_turn") == 450
+
+
+def test_a_job_whose_worker_died_is_taken_over_after_its_lease_and_done_once(
+    database_url: str, sql: Sql, tmp_path: Path
+) -> None:
+    with ledger(
+        database_url,
+        tmp_path,
+        with_worker=False,
+        sim={"keep_history_after_stop": True},
+        HISTORY_LEASE_S="1.5",
+        LOG_LEVEL="info",
+    ) as run:
+        agent_id = run.start("orphan")
+        run.sim.call(run.sim.backend.inject, "history", latency_s=30)
+        run.stop(agent_id, notify=[102])
+        run.delivered()
+        first = run.worker("worker-a")
+        owner = poll(lambda: job(sql, agent_id).get("lease_owner"))
+        first.terminate(signal.SIGKILL)
+        run.sim.call(run.sim.backend.inject, "history", latency_s=0)
+        second = run.worker("worker-b")
+        try:
+            done = poll(lambda: (j := job(sql, agent_id)).get("status") == "done" and j, timeout=20)
+            history = run.settled(agent_id)
+        finally:
+            second.terminate()
+        log = second.output()
+    assert done["attempts"] == 2  # claimed by the dead worker, then once more
+    assert done["lease_owner"] is None and done["finished_at"] is not None
+    assert (history["status"], history["source"]) == ("complete", "api")
+    assert "history_job_taken_over" in log and str(owner) in log
+    assert log.count('"history_settled"') == 1
+
+
+def test_two_workers_racing_over_200_stopped_agents_do_every_job_exactly_once(
+    database_url: str, sql: Sql, tmp_path: Path
+) -> None:
+    with ledger(
+        database_url,
+        tmp_path,
+        with_worker=False,
+        sim={"keep_history_after_stop": True},
+        LOG_LEVEL="info",
+    ) as run:
+        agents = [run.start(f"agent-{i}", turns=1) for i in range(200)]
+        for agent_id in agents:
+            run.stop(agent_id, notify=[102])
+        run.delivered(timeout=60)
+        assert sql.value("SELECT count(*) FROM history_job WHERE status = 'queued'") == 200
+        # Every job falls due at the same moment, once both workers are surely up.
+        sql.execute("UPDATE history_job SET due_at = now() + interval '2 seconds'")
+        workers = [run.worker(f"worker-{i}") for i in range(2)]
+        try:
+            poll(lambda: all('"worker_started"' in w.output() for w in workers))
+            poll(
+                lambda: sql.value("SELECT count(*) FROM history_job WHERE status = 'done'") == 200,
+                timeout=60,
+            )
+        finally:
+            for worker in workers:
+                worker.terminate()
+        history_calls = {a: run.calls("history", a) for a in agents}
+        turns_calls = {a: run.calls("turns", a) for a in agents}
+    assert set(history_calls.values()) == {1}
+    assert set(turns_calls.values()) == {1}
+    assert sql.rows("SELECT DISTINCT attempts FROM history_job") == [{"attempts": 1}]
+    assert (
+        sql.value("SELECT count(*) FROM history WHERE status = 'complete' AND source = 'api'")
+        == 200
+    )
+    settled = [w.output().count('"history_settled"') for w in workers]
+    assert sum(settled) == 200 and min(settled) > 0  # both took part
+
+
+def test_a_worker_told_to_stop_finishes_its_job_first(
+    database_url: str, sql: Sql, tmp_path: Path
+) -> None:
+    with ledger(
+        database_url, tmp_path, with_worker=False, sim={"keep_history_after_stop": True}
+    ) as run:
+        agent_id = run.start("graceful")
+        run.sim.call(run.sim.backend.inject, "history", latency_s=1.0)
+        run.stop(agent_id, notify=[102])
+        worker = run.worker("worker")
+        poll(lambda: job(sql, agent_id).get("status") == "running")
+        code = worker.terminate(signal.SIGTERM)
+        assert code == 0
+        assert job(sql, agent_id).get("status") == "done"
+        assert run.history(agent_id)["status"] == "complete"

@@ -1,0 +1,79 @@
+"""The worker loop in-process: shutdown releases what it cannot finish; duties run on schedule."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from starlette.testclient import TestClient
+
+from service import config, worker
+from service.simulator import server
+from tests.factories import APP_ID, Sql, deliver, payload, post
+from tests.simulation import CUSTOMER_ID, CUSTOMER_SECRET, sim_app
+
+
+async def until(check: Callable[[], object], timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await asyncio.to_thread(check):
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)
+
+
+def test_a_job_still_in_flight_when_the_grace_runs_out_is_released_for_another_worker(
+    client: TestClient, sql: Sql, make_settings: Callable[..., config.Settings]
+) -> None:
+    post(client, deliver(101, payload("a1", start_ts=1751400000)))
+    post(client, deliver(102, payload("a1", start_ts=1751400000, stop_ts=1751400612)))
+    with server.in_thread([sim_app()]) as sim:
+        sim.call(sim.backend.join, APP_ID, name="a1", channel="chan-a1", agent_id="a1")
+        sim.call(sim.backend.inject, "history", latency_s=2.0)
+        settings = make_settings(
+            AGORA_API_BASE_URL=sim.api_base_url,
+            AGORA_CUSTOMER_ID=CUSTOMER_ID,
+            AGORA_CUSTOMER_SECRET=CUSTOMER_SECRET,
+            HISTORY_POLL_S="0.1",
+        )
+
+        async def scenario() -> None:
+            stop = asyncio.Event()
+            async with worker.open_deps(settings) as deps:
+                task = asyncio.create_task(worker.run(deps, stop=stop, shutdown_grace_s=0.2))
+                await until(
+                    lambda: (
+                        sql.value("SELECT status FROM history_job WHERE agent_id = 'a1'")
+                        == "running"
+                    )
+                )
+                stop.set()
+                await asyncio.wait_for(task, timeout=10)
+
+        asyncio.run(scenario())
+    job = sql.rows("SELECT * FROM history_job WHERE agent_id = 'a1'")[0]
+    assert (job["status"], job["lease_owner"], job["history_call"]) == ("queued", None, None)
+    assert job["attempts"] == 1
+    assert sql.value("SELECT status FROM history WHERE agent_id = 'a1'") == "pending"
+
+
+def test_periodic_duties_run_every_interval_until_the_worker_stops(
+    make_settings: Callable[..., config.Settings],
+) -> None:
+    settings = make_settings(HISTORY_POLL_S="0.05")
+    ticks: list[float] = []
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+
+        async def tick() -> None:
+            ticks.append(asyncio.get_running_loop().time())
+            if len(ticks) == 3:
+                stop.set()
+            if len(ticks) == 2:
+                raise RuntimeError("a failing duty does not stop the others")
+
+        async with worker.open_deps(settings) as deps:
+            duty = worker.Duty(name="tick", interval_s=0.05, run=tick)
+            await asyncio.wait_for(worker.run(deps, stop=stop, duties=[duty]), timeout=10)
+
+    asyncio.run(scenario())
+    assert len(ticks) == 3

@@ -1,0 +1,275 @@
+"""The Agora REST client against `httpx.MockTransport` (Agora is the only thing faked)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+
+from service import accesstoken, agora, config, lifecycle
+
+T = TypeVar("T")
+BASE = "http://agora.test/api/conversational-ai-agent"
+PROJECT = "/api/conversational-ai-agent/v2/projects/app-one"
+CERTIFICATE = "5CFd2fd1755d40ecb72977518be15d3b"
+
+
+def settings(**overrides: str) -> config.Settings:
+    env = {
+        "AGORA_APP_ID": "app-one",
+        "AGORA_CUSTOMER_ID": "cid",
+        "AGORA_CUSTOMER_SECRET": "csecret",
+        "AGORA_API_BASE_URL": BASE,
+        "AGORA_RETRY_ATTEMPTS": "4",
+        "AGORA_RETRY_WAIT_INITIAL_S": "0.001",
+        "AGORA_RETRY_WAIT_MAX_S": "0.002",
+        "AGORA_RETRY_TIMEOUT_S": "5",
+    }
+    return config.load({**env, **overrides})
+
+
+def call(
+    handler: Callable[[httpx.Request], httpx.Response],
+    action: Callable[[agora.AgoraClient], Awaitable[T]],
+    **overrides: str,
+) -> T:
+    """Run `action` with a client whose every request is answered by `handler`."""
+    conf = settings(**overrides)
+
+    async def run() -> T:
+        async with httpx.AsyncClient(
+            base_url=conf.agora_api_base_url, transport=httpx.MockTransport(handler)
+        ) as http:
+            return await action(agora.Agora(http, conf).for_app("app-one"))
+
+    return asyncio.run(run())
+
+
+def answers(*responses: httpx.Response | Exception) -> tuple[list[httpx.Request], Any]:
+    """A handler answering `responses` in order, and the list of requests it saw."""
+    seen: list[httpx.Request] = []
+    queue: Iterator[httpx.Response | Exception] = iter(responses)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        answer = next(queue)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    return seen, handler
+
+
+def test_history_is_fetched_with_basic_auth_and_typed() -> None:
+    seen, handler = answers(
+        httpx.Response(
+            200,
+            json={
+                "agent_id": "a1",
+                "start_ts": 1751400000,
+                "status": "RUNNING",
+                "contents": [{"role": "user", "content": "hello."}],
+            },
+        )
+    )
+    history = call(handler, lambda client: client.history("a1"))
+    assert history == agora.History(
+        agent_id="a1",
+        status="RUNNING",
+        started_at=datetime(2025, 7, 1, 20, 0, tzinfo=UTC),
+        contents=({"role": "user", "content": "hello."},),
+    )
+    (request,) = seen
+    assert request.url.path == f"{PROJECT}/agents/a1/history"
+    assert request.headers["authorization"] == "Basic " + base64.b64encode(b"cid:csecret").decode()
+
+
+def test_an_app_certificate_means_a_fresh_agora_token_per_call() -> None:
+    seen, handler = answers(
+        httpx.Response(200, json={"agent_id": "a1", "status": "STOPPED", "start_ts": 1751400000}),
+        httpx.Response(200, json={"agent_id": "a1", "status": "STOPPED", "start_ts": 1751400000}),
+    )
+
+    async def twice(client: agora.AgoraClient) -> None:
+        await client.query("a1", channel="sess-1")
+        await client.query("a1", channel="sess-1")
+
+    call(handler, twice, AGORA_APP_CERTIFICATE=CERTIFICATE)
+    headers = [r.headers["authorization"] for r in seen]
+    assert all(h.startswith("agora token=007") for h in headers)
+    token = accesstoken.parse(headers[0].removeprefix("agora token="))
+    assert token.app_id == "app-one" and accesstoken.verify(token, CERTIFICATE)
+    assert token.services[0].name == "sess-1"
+    assert headers[0] != headers[1]  # minted per call (fresh salt)
+
+
+def test_rate_limits_and_server_errors_are_retried_until_success() -> None:
+    seen, handler = answers(
+        httpx.Response(429, headers={"Retry-After": "0"}, json={"detail": "slow", "reason": "x"}),
+        httpx.Response(503, json={"detail": "down", "reason": "ServiceUnavailable"}),
+        httpx.ConnectError("refused"),
+        httpx.Response(200, json={"agent_id": "a1", "status": "RUNNING", "contents": []}),
+    )
+    history = call(handler, lambda client: client.history("a1"))
+    assert history.status == "RUNNING"
+    assert len(seen) == 4
+
+
+def test_retries_stop_after_the_configured_attempts() -> None:
+    seen, handler = answers(*[httpx.Response(502) for _ in range(10)])
+    with pytest.raises(agora.AgoraUnavailable) as caught:
+        call(handler, lambda client: client.history("a1"), AGORA_RETRY_ATTEMPTS="3")
+    assert len(seen) == 3
+    assert caught.value.status == 502
+
+
+def test_a_retry_after_longer_than_the_time_budget_ends_the_call_at_once() -> None:
+    seen, handler = answers(httpx.Response(429, headers={"Retry-After": "120"}))
+    with pytest.raises(agora.AgoraUnavailable) as caught:
+        call(handler, lambda client: client.history("a1"))
+    assert len(seen) == 1
+    assert caught.value.retry_after == 120.0
+
+
+@pytest.mark.parametrize(
+    ("body", "reason", "detail"),
+    [
+        # API v2.7+
+        (
+            {"detail": "agent not found or has exited", "reason": "TaskNotFound"},
+            "TaskNotFound",
+            "agent not found or has exited",
+        ),
+        # the older format
+        (
+            {
+                "message": "task not found",
+                "requestResponse": {},
+                "statusCode": "TaskNotFound",
+                "taskId": "t-1",
+            },
+            "TaskNotFound",
+            "task not found",
+        ),
+        # no body at all
+        (None, None, None),
+    ],
+)
+def test_client_errors_are_final_and_both_error_formats_are_read(
+    body: dict[str, Any] | None, reason: str | None, detail: str | None
+) -> None:
+    response = httpx.Response(404, json=body) if body is not None else httpx.Response(404)
+    seen, handler = answers(response)
+    with pytest.raises(agora.AgoraRejected) as caught:
+        call(handler, lambda client: client.history("a1"))
+    assert len(seen) == 1
+    assert (caught.value.status, caught.value.reason, caught.value.agora_detail) == (
+        404,
+        reason,
+        detail,
+    )
+
+
+def test_the_list_follows_cursors_across_every_page() -> None:
+    def page(ids: list[str], cursor: str) -> httpx.Response:
+        items = [{"start_ts": 1751400000, "status": "RUNNING", "agent_id": i} for i in ids]
+        return httpx.Response(
+            200,
+            json={
+                "data": {"count": len(items), "list": items},
+                "meta": {"cursor": cursor, "total": 5},
+                "status": "ok",
+            },
+        )
+
+    seen, handler = answers(page(["a", "b"], "c"), page(["c", "d"], "e"), page(["e"], ""))
+    since = datetime(2026, 1, 1, tzinfo=UTC)
+    found = call(
+        handler,
+        lambda client: client.list_agents(
+            states=(lifecycle.State.STARTING, lifecycle.State.RUNNING), since=since, page_size=2
+        ),
+    )
+    assert [a.agent_id for a in found] == ["a", "b", "c", "d", "e"]
+    assert found[0].state is lifecycle.State.RUNNING
+    assert [dict(r.url.params) for r in seen] == [
+        {"state": "1,2", "limit": "2", "from_time": "1767225600"},
+        {"state": "1,2", "limit": "2", "from_time": "1767225600", "cursor": "c"},
+        {"state": "1,2", "limit": "2", "from_time": "1767225600", "cursor": "e"},
+    ]
+    assert all(r.url.path == f"{PROJECT}/agents" for r in seen)
+
+
+def test_turns_are_read_page_by_page_until_the_last() -> None:
+    def page(index: int, total: int, turn_ids: list[int]) -> httpx.Response:
+        turns = [
+            {
+                "turn_id": t,
+                "start": {"start_at": 1751400001000, "type": "voice_input"},
+                "end": {"end_at": 1751400002000, "type": "ok"},
+                "metrics": {"e2e_latency_ms": 900},
+            }
+            for t in turn_ids
+        ]
+        pagination = {"page_index": index, "total_pages": total, "is_last_page": index == total}
+        return httpx.Response(
+            200,
+            json={
+                "agent_id": "a1",
+                "total_turn_count": 5,
+                "pagination": pagination,
+                "turns": turns,
+            },
+        )
+
+    seen, handler = answers(page(1, 3, [1, 2]), page(2, 3, [3, 4]), page(3, 3, [5]))
+    turns = call(handler, lambda client: client.turns("a1", page_size=2))
+    assert [t.turn_id for t in turns.turns] == [1, 2, 3, 4, 5]
+    assert (turns.total_turn_count, turns.pages) == (5, 3)
+    assert turns.turns[0].e2e_latency_ms == 900
+    assert [r.url.params["page_index"] for r in seen] == ["1", "2", "3"]
+
+
+def test_an_unreadable_success_is_malformed_not_retried() -> None:
+    seen, handler = answers(httpx.Response(200, content=b"<html>"))
+    with pytest.raises(agora.AgoraMalformed):
+        call(handler, lambda client: client.query("a1"))
+    assert len(seen) == 1
+
+
+def test_an_app_without_rest_credentials_is_not_configured() -> None:
+    conf = config.load({"AGORA_APP_ID": "app-one", "AGORA_API_BASE_URL": BASE})
+    with pytest.raises(agora.AgoraNotConfigured):
+        agora.Agora(httpx.AsyncClient(), conf).for_app("app-one")
+    with pytest.raises(agora.AgoraNotConfigured):
+        agora.Agora(httpx.AsyncClient(), conf).for_app("other-app")
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        ("7", 7.0),
+        ("Sat, 21 Nov 2026 10:00:30 GMT", 30.0),
+        ("Sat, 21 Nov 2026 09:59:00 GMT", 0.0),  # already past
+        ("soon", None),
+        (None, None),
+    ],
+)
+def test_retry_after_takes_seconds_or_an_http_date(
+    header: str | None, seconds: float | None
+) -> None:
+    now = datetime(2026, 11, 21, 10, 0, 0, tzinfo=UTC)
+    assert agora.parse_retry_after(header, now=now) == seconds
+
+
+def test_full_jitter_stays_within_the_exponential_ceiling() -> None:
+    policy = agora.RetryPolicy(wait_initial_s=0.5, wait_max_s=10.0)
+    for failures, ceiling in [(1, 0.5), (2, 1.0), (3, 2.0), (6, 10.0), (60, 10.0)]:
+        waits = [policy.full_jitter(failures) for _ in range(200)]
+        assert all(0 <= w <= ceiling for w in waits)
+        assert max(waits) > ceiling / 2  # spread over the whole range, not a fixed delay

@@ -8,7 +8,8 @@
 - wakes on `pg_notify` from the webhook transaction that enqueued a job, and otherwise polls every
   `HISTORY_POLL_S` (which also picks up jobs whose lease expired under a dead worker);
 - extends the lease of the jobs in flight every third of `HISTORY_LEASE_S` (heartbeat);
-- runs each `Duty` every `interval_s` (reconciliation adds itself to `duties()`).
+- runs each `Duty` at start and then every `interval_s`: notification retention, and
+  reconciliation.
 
 On `stop` (SIGTERM) it claims nothing more, gives the jobs in flight `SHUTDOWN_GRACE_S` to finish,
 then cancels the rest and releases their jobs for another worker, and returns.
@@ -21,13 +22,14 @@ import contextlib
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Final
 
 import structlog
 from sqlalchemy import exc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service import agora, db, history, jobs
+from service import agora, db, history, jobs, retention
 from service.config import Settings
 
 log = structlog.get_logger(__name__)
@@ -48,8 +50,18 @@ class Duty:
 
 
 def duties(deps: history.Deps) -> list[Duty]:
-    """The periodic duties of a worker process (none yet besides history jobs)."""
-    return []
+    """The periodic duties of a worker process, besides history jobs."""
+    settings = deps.settings
+
+    async def prune() -> int:
+        return await retention.prune(
+            deps.engine, retention_days=settings.notification_retention_days, now=datetime.now(UTC)
+        )
+
+    keep_forever = settings.notification_retention_days == 0
+    return [
+        Duty(name="retention", interval_s=0 if keep_forever else retention.INTERVAL_S, run=prune)
+    ]
 
 
 @contextlib.asynccontextmanager
@@ -221,12 +233,13 @@ async def _listen(deps: history.Deps, wake: asyncio.Event) -> None:
 
 
 async def _periodic(duty: Duty) -> None:
+    """Run `duty` at start (a worker restarted often still does it), then every interval."""
     while True:
-        await asyncio.sleep(duty.interval_s)
         try:
             await duty.run()
         except Exception as error:  # a failing duty must not stop the worker
             log.error("duty_failed", duty=duty.name, error=type(error).__name__, exc_info=error)
+        await asyncio.sleep(duty.interval_s)
 
 
 async def _wait_any(*events: asyncio.Event, timeout: float) -> None:

@@ -77,3 +77,27 @@ def test_periodic_duties_run_every_interval_until_the_worker_stops(
 
     asyncio.run(scenario())
     assert len(ticks) == 3
+
+
+def test_the_worker_prunes_notifications_past_the_retention_age(
+    client: TestClient, sql: Sql, make_settings: Callable[..., config.Settings]
+) -> None:
+    post(client, deliver(101, payload("recent", start_ts=1751400000)))
+    post(client, deliver(101, payload("old", start_ts=1751400000)))
+    sql.execute(
+        "UPDATE notification SET received_at = now() - interval '8 days' WHERE agent_id = 'old'"
+    )
+    settings = make_settings(NOTIFICATION_RETENTION_DAYS="7", HISTORY_POLL_S="0.05")
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        async with worker.open_deps(settings) as deps:
+            assert [d.name for d in worker.duties(deps)] == ["retention"]
+            task = asyncio.create_task(worker.run(deps, stop=stop, duties=worker.duties(deps)))
+            await until(lambda: sql.count("notification") == 1)
+            stop.set()
+            await asyncio.wait_for(task, timeout=10)
+
+    asyncio.run(scenario())
+    assert sql.rows("SELECT agent_id FROM notification") == [{"agent_id": "recent"}]
+    assert sql.count("agent") == 2

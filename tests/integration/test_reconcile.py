@@ -278,6 +278,44 @@ def test_a_pass_cut_short_by_agora_503s_repairs_nothing_wrongly_and_the_next_com
     assert duplicated_transitions(sql) == []
 
 
+def test_a_pass_killed_half_way_leaves_whole_repairs_and_releases_its_lease(
+    database_url: str, sql: Sql, tmp_path: Path
+) -> None:
+    with losing_ledger(database_url, tmp_path) as run:
+        unleft = [run.start(f"unleft-{i}", turns=0) for i in range(16)]
+        for agent_id in unleft:
+            run.stop(agent_id)
+        sent(run)
+        run.sim.call(run.sim.backend.inject, "query", latency_s=0.5)
+        env = {**run.env, "RECONCILE_GRACE_S": "0", "LOG_LEVEL": "error"}
+        command = [sys.executable, "-m", "service", "reconcile", "--once"]
+        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
+        try:
+            poll(lambda: sql.value("SELECT count(*) FROM history_job") > 0)
+        finally:
+            process.kill()
+            process.wait()
+        closed = sql.value("SELECT count(*) FROM agent WHERE state = 'STOPPED'")
+        # Every agent is either untouched or wholly repaired: stop, interval, transition, job.
+        assert (
+            sql.rows(
+                "SELECT agent_id FROM agent a WHERE (state = 'STOPPED') <> ("
+                " stopped_at IS NOT NULL AND active_until IS NOT NULL"
+                " AND EXISTS (SELECT 1 FROM history_job j WHERE j.agent_id = a.agent_id)"
+                " AND EXISTS (SELECT 1 FROM agent_transition t"
+                "  WHERE t.agent_id = a.agent_id AND t.cause = 'reconcile_stopped'))"
+            )
+            == []
+        )
+        run.sim.call(run.sim.backend.inject, "query", latency_s=0)
+        rest = reconcile_once(run)
+        expected = truth(run)
+    assert 0 < closed < 16
+    assert (rest.outcome, rest.repairs["closed"]) == ("completed", 16 - closed)
+    assert ours(sql) == expected
+    assert duplicated_transitions(sql) == []
+
+
 def test_two_workers_reconciling_at_once_record_every_repair_once(
     database_url: str, sql: Sql, tmp_path: Path
 ) -> None:

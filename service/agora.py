@@ -240,8 +240,9 @@ class AgoraClient:
     ) -> list[AgentSummary]:
         """Every agent in any of `states`, across all pages (`meta.cursor` until it is empty).
 
-        One listing per state: Agora's list page shows `state=0,1,2`, its API definition (and the
-        SDK generated from it) says one state per query, and one per call is right under both.
+        One listing per state: Agora's REST reference shows a comma-separated `state=0,1,2`, its
+        API definition (and the SDK generated from it) one state per query; one per call works
+        under both readings.
         An agent seen in two listings (it changed state in between) is kept once, as last seen.
         Agora's defaults are state RUNNING and a window of the last 2 hours; pass `since` to
         look further back (sessions may last up to 72 hours).

@@ -238,21 +238,32 @@ class AgoraClient:
         channel: str | None = None,
         page_size: int = LIST_PAGE_SIZE,
     ) -> list[AgentSummary]:
-        """Every agent matching, across all pages (`meta.cursor` until it comes back empty).
+        """Every agent in any of `states`, across all pages (`meta.cursor` until it is empty).
 
+        One listing per state: Agora's REST reference shows a comma-separated `state=0,1,2`, its
+        API definition (and the SDK generated from it) one state per query; one per call works
+        under both readings.
+        An agent seen in two listings (it changed state in between) is kept once, as last seen.
         Agora's defaults are state RUNNING and a window of the last 2 hours; pass `since` to
         look further back (sessions may last up to 72 hours).
         """
-        params: dict[str, str | int] = {
-            "state": ",".join(str(s.code) for s in states),
-            "limit": page_size,
-        }
-        if since is not None:
-            params["from_time"] = int(since.timestamp())
-        if until is not None:
-            params["to_time"] = int(until.timestamp())
-        if channel is not None:
-            params["channel"] = channel
+        found: dict[str, AgentSummary] = {}
+        for state in dict.fromkeys(states):
+            params: dict[str, str | int] = {"state": state.code, "limit": page_size}
+            if since is not None:
+                params["from_time"] = int(since.timestamp())
+            if until is not None:
+                params["to_time"] = int(until.timestamp())
+            if channel is not None:
+                params["channel"] = channel
+            for summary in await self._list_pages(params, channel=channel):
+                found.pop(summary.agent_id, None)
+                found[summary.agent_id] = summary
+        return list(found.values())
+
+    async def _list_pages(
+        self, params: dict[str, str | int], *, channel: str | None
+    ) -> list[AgentSummary]:
         found: list[AgentSummary] = []
         seen: set[str] = set()
         for _ in range(MAX_PAGES):
@@ -263,7 +274,7 @@ class AgoraClient:
             if not cursor or cursor in seen:
                 return found
             seen.add(cursor)
-            params["cursor"] = cursor
+            params = {**params, "cursor": cursor}
         raise AgoraMalformed("list pagination did not end", endpoint="list")
 
     async def history(self, agent_id: str, *, channel: str | None = None) -> History:

@@ -24,7 +24,7 @@ import structlog
 import uvicorn
 from starlette.applications import Starlette
 
-from service import app, config, logs, schema, shutdown, worker
+from service import app, config, logs, reconcile, schema, shutdown, worker
 from service.errors import ConfigError
 from service.simulator import command
 
@@ -63,6 +63,15 @@ def _parser() -> argparse.ArgumentParser:
         "worker", help="collect histories (and run periodic duties) until SIGTERM"
     )
     work.set_defaults(run=_worker)
+    reconcile_cmd = sub.add_parser(
+        "reconcile",
+        help="reconcile agents with Agora's REST API (the worker does it every interval)",
+    )
+    reconcile_cmd.add_argument(
+        "--once", action="store_true", required=True, help="one pass, then print a summary"
+    )
+    reconcile_cmd.add_argument("--app", help="only this App ID (default: every configured app)")
+    reconcile_cmd.set_defaults(run=_reconcile)
     simulate = sub.add_parser(
         "simulate",
         help="play Agora: serve its REST API and send signed sessions to a running service",
@@ -152,6 +161,30 @@ def _worker(settings: config.Settings, args: argparse.Namespace) -> int:
         print("convoai-ledger: configuration error: DATABASE_URL is required", file=sys.stderr)
         return 2
     return asyncio.run(worker.main(settings))
+
+
+def _reconcile(settings: config.Settings, args: argparse.Namespace) -> int:
+    """One pass per app; exit 0 only if every pass completed."""
+    if settings.database_url is None:
+        print("convoai-ledger: configuration error: DATABASE_URL is required", file=sys.stderr)
+        return 2
+    if args.app is not None and settings.app(args.app) is None:
+        print(f"convoai-ledger: unknown app {args.app!r}", file=sys.stderr)
+        return 2
+    if not settings.apps:
+        print("convoai-ledger: no apps configured", file=sys.stderr)
+        return 2
+    summaries = asyncio.run(_reconcile_once(settings, app_id=args.app))
+    for summary in summaries:
+        print(summary.describe())
+    return 0 if all(s.outcome == "completed" for s in summaries) else 1
+
+
+async def _reconcile_once(
+    settings: config.Settings, *, app_id: str | None
+) -> list[reconcile.Summary]:
+    async with worker.open_deps(settings) as deps:
+        return await reconcile.run(deps, app_id=app_id)
 
 
 def _simulate(settings: config.Settings, args: argparse.Namespace) -> int:

@@ -59,6 +59,11 @@ class Settings:
     log_level: str = "info"
     log_format: LogFormat = "json"
     reconcile_interval_s: float = 60.0
+    # Reconciliation leaves an Agora start or stop younger than this to its webhook, which may
+    # still be on its way; past it, a missing webhook is repaired (and counted as lost).
+    reconcile_grace_s: float = 60.0
+    # Agents active longer than Agora's 72-hour session limit plus this are queried every pass.
+    reconcile_watchdog_margin_s: float = 3600.0
     history_grace_s: float = 600.0
     # Stored raw notifications older than this are pruned by the worker; 0 keeps them forever.
     notification_retention_days: int = DEFAULT_RETENTION_DAYS
@@ -109,6 +114,8 @@ def load(environ: Mapping[str, str]) -> Settings:
         if _choice(env, "LOG_FORMAT", "json", ("json", "console")) == "console"
         else "json",
         reconcile_interval_s=_float(env, "RECONCILE_INTERVAL_S", 60.0),
+        reconcile_grace_s=_float(env, "RECONCILE_GRACE_S", 60.0),
+        reconcile_watchdog_margin_s=_float(env, "RECONCILE_WATCHDOG_MARGIN_S", 3600.0),
         history_grace_s=_float(env, "HISTORY_GRACE_S", 600.0),
         notification_retention_days=_int(
             env, "NOTIFICATION_RETENTION_DAYS", DEFAULT_RETENTION_DAYS, minimum=0

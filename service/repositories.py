@@ -1,4 +1,5 @@
-"""Write-side statements. Each takes the caller's connection first and never commits.
+"""Write-side statements (and the reads reconciliation decides on: `unsettled_agents`,
+`tracked_agents`, `last_alive_at`). Each takes the caller's connection first and never commits.
 
 Dedupe and serialisation are Postgres's job: `record_notification` is an
 `INSERT … ON CONFLICT DO NOTHING RETURNING`, `lock_agent` holds the agent's row lock until the
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import RowMapping, func, literal, select, update
+from sqlalchemy import RowMapping, and_, func, literal, or_, select, update
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -340,3 +341,92 @@ def _int_or_none(value: object) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     return int(value)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Tracked:
+    """An agent as reconciliation compares it with Agora's list (read without a lock)."""
+
+    agent_id: str
+    state: lifecycle.State
+    started_at: datetime | None  # Agora's start_ts, else when it became active here
+
+
+_TRACKED_COLUMNS = (
+    agent.c.agent_id,
+    agent.c.state,
+    func.coalesce(agent.c.started_at, agent.c.active_from).label("started_at"),
+)
+_ACTIVE_STATES = [state.value for state in lifecycle.ACTIVE]
+
+
+def _tracked(row: RowMapping) -> Tracked:
+    return Tracked(
+        agent_id=row["agent_id"],
+        state=lifecycle.State(row["state"]),
+        started_at=row["started_at"],
+    )
+
+
+async def unsettled_agents(
+    conn: AsyncConnection, *, app_id: str, idle_since: datetime
+) -> list[Tracked]:
+    """The agents of `app_id` that Agora may still have to settle: every active one (holding a
+    PCU slot), and every IDLE one first seen since `idle_since`."""
+    stmt = select(*_TRACKED_COLUMNS).where(
+        agent.c.app_id == app_id,
+        or_(
+            agent.c.state.in_(_ACTIVE_STATES),
+            and_(
+                agent.c.state == lifecycle.State.IDLE.value,
+                agent.c.first_seen_at >= idle_since,
+            ),
+        ),
+    )
+    return [_tracked(row) for row in (await conn.execute(stmt)).mappings()]
+
+
+async def tracked_agents(conn: AsyncConnection, *, agent_ids: Sequence[str]) -> list[Tracked]:
+    """The agents among `agent_ids` that we know, in any state."""
+    if not agent_ids:
+        return []
+    stmt = select(*_TRACKED_COLUMNS).where(agent.c.agent_id.in_(agent_ids))
+    return [_tracked(row) for row in (await conn.execute(stmt)).mappings()]
+
+
+async def mark_seen_live(conn: AsyncConnection, *, agent_ids: Sequence[str], at: datetime) -> int:
+    """Record that Agora listed or reported these agents live at `at`; answers the rows moved.
+
+    Only active agents are touched, and `seen_live_at` only moves forward.
+    """
+    if not agent_ids:
+        return 0
+    stmt = (
+        update(agent)
+        .where(
+            agent.c.agent_id.in_(agent_ids),
+            agent.c.state.in_(_ACTIVE_STATES),
+            or_(agent.c.seen_live_at.is_(None), agent.c.seen_live_at < at),
+        )
+        .values(seen_live_at=at)
+    )
+    return (await conn.execute(stmt)).rowcount
+
+
+async def last_alive_at(conn: AsyncConnection, *, agent_id: str) -> datetime | None:
+    """The latest time anything we hold says the agent was alive.
+
+    The greatest of: a reconciliation pass seeing it live, its latest event time, the time its
+    current state was set, its start. (Greatest ignores NULLs.)
+    """
+    stmt = select(
+        func.greatest(
+            agent.c.seen_live_at,
+            agent.c.last_event_at,
+            agent.c.state_at,
+            agent.c.active_from,
+            agent.c.started_at,
+        )
+    ).where(agent.c.agent_id == agent_id)
+    value: datetime | None = (await conn.execute(stmt)).scalar_one_or_none()
+    return value

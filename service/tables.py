@@ -97,6 +97,8 @@ agent: Final = Table(
     Column("warning", Text),
     _timestamp("warning_at"),
     _timestamp("last_event_at"),
+    # When a reconciliation pass last saw Agora list or report the agent live (service/reconcile.py).
+    _timestamp("seen_live_at"),
     _timestamp("first_seen_at", nullable=False, default_now=True),
     _timestamp("updated_at", nullable=False, default_now=True),
     CheckConstraint(f"state IN ({_STATES})", name="state"),

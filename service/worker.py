@@ -9,7 +9,7 @@
   `HISTORY_POLL_S` (which also picks up jobs whose lease expired under a dead worker);
 - extends the lease of the jobs in flight every third of `HISTORY_LEASE_S` (heartbeat);
 - runs each `Duty` at start and then every `interval_s`: notification retention, and
-  reconciliation.
+  reconciliation against Agora every `RECONCILE_INTERVAL_S` (`reconcile.run`, all apps).
 
 On `stop` (SIGTERM) it claims nothing more, gives the jobs in flight `SHUTDOWN_GRACE_S` to finish,
 then cancels the rest and releases their jobs for another worker, and returns.
@@ -29,7 +29,7 @@ import structlog
 from sqlalchemy import exc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service import agora, db, history, jobs, retention
+from service import agora, db, history, jobs, reconcile, retention
 from service.config import Settings
 
 log = structlog.get_logger(__name__)
@@ -58,9 +58,13 @@ def duties(deps: history.Deps) -> list[Duty]:
             deps.engine, retention_days=settings.notification_retention_days, now=datetime.now(UTC)
         )
 
+    async def reconcile_apps() -> list[reconcile.Summary]:
+        return await reconcile.run(deps)
+
     keep_forever = settings.notification_retention_days == 0
     return [
-        Duty(name="retention", interval_s=0 if keep_forever else retention.INTERVAL_S, run=prune)
+        Duty(name="retention", interval_s=0 if keep_forever else retention.INTERVAL_S, run=prune),
+        Duty(name="reconcile", interval_s=settings.reconcile_interval_s, run=reconcile_apps),
     ]
 
 

@@ -36,6 +36,8 @@ FAST = {
     "HISTORY_POLL_S": "0.2",
     "HISTORY_LEASE_S": "10",
     "HISTORY_GRACE_S": "60",
+    # The service stops at once at the end of a test (no drain before it stops accepting).
+    "SHUTDOWN_DRAIN_S": "0",
 }
 
 

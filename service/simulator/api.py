@@ -7,10 +7,11 @@
     GET  …/agents/{agent_id}/history
     GET  …/agents/{agent_id}/turns
 
-Every request first waits the added latency, then answers the next injected fault status if
-any (429 with `Retry-After`), then checks auth: HTTP Basic with the app's customer ID and secret,
-or `agora token=` with an AccessToken2 signed by the app's certificate for this App ID. Errors are
-`{"detail", "reason"}` (or the older `{"message", "statusCode", "taskId"}` with `legacy_errors`).
+Every request first waits the added latency, then answers the next injected fault status if one
+is due (429 with `Retry-After`), then checks auth: HTTP Basic with the app's customer ID and
+secret, or `agora token=` with an AccessToken2 signed by the app's certificate for this App ID.
+Errors are `{"detail", "reason"}` (or the older `{"message", "statusCode", "taskId"}` with
+`legacy_errors`).
 """
 
 from __future__ import annotations
@@ -72,7 +73,9 @@ async def _answer(
         await asyncio.sleep(delay)
     agent_id = request.path_params.get("agent_id")
     try:
-        if fault.statuses:
+        if fault.statuses and fault.after > 0:
+            fault.after -= 1
+        elif fault.statuses:
             status = fault.statuses.popleft()
             headers = (
                 {"Retry-After": fault.retry_after} if status == 429 and fault.retry_after else {}

@@ -11,7 +11,10 @@ Rules, from Agora's docs (`shared/reference/agora-convoai.md` §3, §4):
   stopped one too ("not found or has exited").
 - list: `state` defaults to 2 (RUNNING), `from_time`/`to_time` (Unix seconds, on the start time)
   to the last 2 hours, `limit` to 20; `cursor` is the agent_id the page starts at, and
-  `meta.cursor` is empty on the last page.
+  `meta.cursor` is empty on the last page. Agora's reference shows `state` comma-separated, its API
+  definition says one state per query: both are accepted, unless `single_state_list` refuses a
+  list (400) as the stricter reading would. Pages are ordered by (start time, agent_id) and a
+  cursor whose agent has since left the listing resumes where that agent would be.
 - history answers only while the agent is RUNNING (`keep_history_after_stop` lifts that).
 - turns: `page_index` from 1, `page_size` 10-200 (default 50); `pagination.is_last_page`.
 """
@@ -111,11 +114,13 @@ class Call:
 
 @dataclass(slots=True)
 class Fault:
-    """Statuses to answer first (consumed in order), and latency added to every request."""
+    """Statuses to answer (consumed in order) once `after` more requests were answered normally,
+    and latency added to every request."""
 
     statuses: deque[int] = field(default_factory=deque)
     retry_after: str | None = "1"
     latency_s: float = 0.0
+    after: int = 0
 
 
 # Notifications of one agent, in the order they happen; a batch may be shuffled by the sender.
@@ -132,6 +137,7 @@ class Backend:
         keep_history_after_stop: bool = False,
         send_history_webhook: bool = True,
         legacy_errors: bool = False,
+        single_state_list: bool = False,
         latency_s: float = 0.0,
         seed: int | None = None,
     ) -> None:
@@ -141,6 +147,7 @@ class Backend:
         self.keep_history_after_stop = keep_history_after_stop
         self.send_history_webhook = send_history_webhook
         self.legacy_errors = legacy_errors
+        self.single_state_list = single_state_list
         self.latency_s = latency_s
         self.agents: dict[str, SimAgent] = {}
         self.calls: list[Call] = []
@@ -156,11 +163,14 @@ class Backend:
         *,
         retry_after: str | None = "1",
         latency_s: float | None = None,
+        after: int = 0,
     ) -> None:
-        """Answer `statuses` to the next requests of `endpoint`; `latency_s` on all of them."""
+        """Answer `statuses` to the requests of `endpoint` that follow the next `after` ones;
+        `latency_s` on all of them."""
         fault = self.faults[endpoint]
         fault.statuses.extend(statuses)
         fault.retry_after = retry_after
+        fault.after = after
         if latency_s is not None:
             fault.latency_s = latency_s
 
@@ -308,7 +318,7 @@ class Backend:
     def list_agents(self, app_id: str, params: Mapping[str, str]) -> dict[str, Any]:
         self._app(app_id)
         now = int(self.clock())
-        states = _states(params.get("state", "2"))
+        states = _states(params.get("state", "2"), single=self.single_state_list)
         since = _integer(params, "from_time", now - LIST_WINDOW_S)
         until = _integer(params, "to_time", now)
         limit = _integer(params, "limit", LIST_LIMIT)
@@ -318,10 +328,14 @@ class Backend:
         start = 0
         cursor = params.get("cursor")
         if cursor:
-            positions = [i for i, a in enumerate(matching) if a.agent_id == cursor]
-            if not positions:
+            at = self.agents.get(cursor)
+            if at is None or at.app_id != app_id:
                 raise SimError(400, "InvalidFieldValue", "cursor does not match any agent")
-            start = positions[0]
+            key = (at.start_ts, at.agent_id)
+            start = next(
+                (i for i, a in enumerate(matching) if (a.start_ts, a.agent_id) >= key),
+                len(matching),
+            )
         page = matching[start : start + limit]
         following = matching[start + limit : start + limit + 1]
         return {
@@ -439,7 +453,9 @@ def _rest_turn(turn: Mapping[str, Any]) -> dict[str, Any]:
     return {**turn, "metrics": metrics}
 
 
-def _states(raw: str) -> set[int]:
+def _states(raw: str, *, single: bool) -> set[int]:
+    if single and "," in raw:
+        raise SimError(400, "InvalidFieldValue", "state takes one value per query")
     try:
         return {int(part) for part in raw.split(",") if part.strip()}
     except ValueError:

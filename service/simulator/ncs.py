@@ -10,7 +10,9 @@ The notifications of one agent are sent one after the other (each after the prev
 attempt), so the service sees them in order unless retries reorder them, as with the real NCS.
 `shuffle` sends each end-of-session batch (102, 103, 112) in random order, `duplicates` sends a
 second copy of a delivered notification with probability P (Agora's "redundant" notifications),
-`drop` never sends one with probability P (a lost webhook, for reconciliation to find).
+`drop` never sends one with probability P (a lost webhook, for reconciliation to find), and
+`lose` never sends those it answers True for (lost webhooks a test chooses, e.g. every 101 of
+some agents).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class DeliveryPolicy:
     shuffle: bool = False
     duplicates: float = 0.0
     drop: float = 0.0
+    lose: Callable[[Outgoing], bool] | None = None
 
 
 @dataclass(slots=True, kw_only=True)
@@ -108,7 +111,8 @@ class Sender:
                 event_type=outgoing.event_type,
             )
             self.deliveries.append(delivery)
-            if self._rng.random() < self.policy.drop:
+            lost = self.policy.lose is not None and self.policy.lose(outgoing)
+            if lost or self._rng.random() < self.policy.drop:
                 delivery.outcome = "dropped"
                 continue
             after = self._tails.get(outgoing.agent_id)

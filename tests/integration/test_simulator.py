@@ -223,6 +223,27 @@ def test_the_list_defaults_to_running_agents_of_the_last_two_hours_twenty_per_pa
         assert set(bad.json()) == {"detail", "reason"}
 
 
+def test_the_list_may_insist_on_one_state_per_query_and_resumes_past_a_departed_cursor() -> None:
+    with simulator(single_state_list=True) as sim:
+        joined = [
+            sim.call(sim.backend.join, "app-one", name=f"a{i}", channel="c") for i in range(3)
+        ]
+        first, second, third = sorted(joined, key=lambda a: (a.start_ts, a.agent_id))
+        several = rest(sim, "GET", "agents", params={"state": "1,2"})
+        assert (several.status_code, several.json()["reason"]) == (400, "InvalidFieldValue")
+        page = rest(sim, "GET", "agents", params={"state": "2", "limit": 1}).json()
+        assert [i["agent_id"] for i in page["data"]["list"]] == [first.agent_id]
+        assert page["meta"]["cursor"] == second.agent_id
+        sim.call(sim.backend.stop, second.agent_id)  # the cursor's agent leaves the listing
+        params = {"state": "2", "limit": 1, "cursor": page["meta"]["cursor"]}
+        after = rest(sim, "GET", "agents", params=params).json()
+        assert [i["agent_id"] for i in after["data"]["list"]] == [third.agent_id]
+        assert after["meta"]["cursor"] == ""
+        sim.call(sim.backend.inject, "list", [503], after=1)
+        statuses = [rest(sim, "GET", "agents").status_code for _ in range(3)]
+        assert statuses == [200, 503, 200]
+
+
 def test_join_refuses_the_agent_past_the_pcu_cap_and_a_name_in_use() -> None:
     with simulator() as sim:
         body = {"properties": {"channel": "c"}}

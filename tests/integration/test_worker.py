@@ -92,7 +92,7 @@ def test_the_worker_prunes_notifications_past_the_retention_age(
     async def scenario() -> None:
         stop = asyncio.Event()
         async with worker.open_deps(settings) as deps:
-            assert [d.name for d in worker.duties(deps)] == ["retention"]
+            assert [d.name for d in worker.duties(deps)] == ["retention", "reconcile"]
             task = asyncio.create_task(worker.run(deps, stop=stop, duties=worker.duties(deps)))
             await until(lambda: sql.count("notification") == 1)
             stop.set()

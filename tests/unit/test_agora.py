@@ -175,19 +175,26 @@ def test_client_errors_are_final_and_both_error_formats_are_read(
     )
 
 
-def test_the_list_follows_cursors_across_every_page() -> None:
-    def page(ids: list[str], cursor: str) -> httpx.Response:
-        items = [{"start_ts": 1751400000, "status": "RUNNING", "agent_id": i} for i in ids]
-        return httpx.Response(
-            200,
-            json={
-                "data": {"count": len(items), "list": items},
-                "meta": {"cursor": cursor, "total": 5},
-                "status": "ok",
-            },
-        )
+def list_page(items: list[tuple[str, str]], cursor: str) -> httpx.Response:
+    listed = [{"start_ts": 1751400000, "status": s, "agent_id": i} for i, s in items]
+    return httpx.Response(
+        200,
+        json={
+            "data": {"count": len(listed), "list": listed},
+            "meta": {"cursor": cursor, "total": 5},
+            "status": "ok",
+        },
+    )
 
-    seen, handler = answers(page(["a", "b"], "c"), page(["c", "d"], "e"), page(["e"], ""))
+
+def test_the_list_follows_cursors_across_every_page_once_per_state() -> None:
+    running = [(i, "RUNNING") for i in "abcde"]
+    seen, handler = answers(
+        list_page([("s", "STARTING")], ""),
+        list_page(running[:2], "c"),
+        list_page(running[2:4], "e"),
+        list_page(running[4:], ""),
+    )
     since = datetime(2026, 1, 1, tzinfo=UTC)
     found = call(
         handler,
@@ -195,14 +202,34 @@ def test_the_list_follows_cursors_across_every_page() -> None:
             states=(lifecycle.State.STARTING, lifecycle.State.RUNNING), since=since, page_size=2
         ),
     )
-    assert [a.agent_id for a in found] == ["a", "b", "c", "d", "e"]
-    assert found[0].state is lifecycle.State.RUNNING
+    assert [a.agent_id for a in found] == ["s", "a", "b", "c", "d", "e"]
+    assert found[0].state is lifecycle.State.STARTING
+    assert found[1].state is lifecycle.State.RUNNING
     assert [dict(r.url.params) for r in seen] == [
-        {"state": "1,2", "limit": "2", "from_time": "1767225600"},
-        {"state": "1,2", "limit": "2", "from_time": "1767225600", "cursor": "c"},
-        {"state": "1,2", "limit": "2", "from_time": "1767225600", "cursor": "e"},
+        {"state": "1", "limit": "2", "from_time": "1767225600"},
+        {"state": "2", "limit": "2", "from_time": "1767225600"},
+        {"state": "2", "limit": "2", "from_time": "1767225600", "cursor": "c"},
+        {"state": "2", "limit": "2", "from_time": "1767225600", "cursor": "e"},
     ]
     assert all(r.url.path == f"{PROJECT}/agents" for r in seen)
+
+
+def test_an_agent_listed_under_two_states_is_kept_once_as_last_seen() -> None:
+    seen, handler = answers(
+        list_page([("a", "RUNNING"), ("b", "RUNNING")], ""),
+        list_page([("a", "STOPPING")], ""),
+    )
+    found = call(
+        handler,
+        lambda client: client.list_agents(
+            states=(lifecycle.State.RUNNING, lifecycle.State.STOPPING)
+        ),
+    )
+    assert [(a.agent_id, a.state) for a in found] == [
+        ("b", lifecycle.State.RUNNING),
+        ("a", lifecycle.State.STOPPING),
+    ]
+    assert len(seen) == 2
 
 
 def test_turns_are_read_page_by_page_until_the_last() -> None:

@@ -16,6 +16,7 @@ def test_defaults_follow_the_contract() -> None:
     assert (settings.host, settings.port) == ("127.0.0.1", 8000)
     assert (settings.log_level, settings.log_format) == ("info", "json")
     assert (settings.reconcile_interval_s, settings.history_grace_s) == (60.0, 600.0)
+    assert (settings.reconcile_grace_s, settings.reconcile_watchdog_margin_s) == (60.0, 3600.0)
     assert settings.notification_retention_days == 30
     assert (settings.shutdown_drain_s, settings.shutdown_timeout_s) == (5.0, 20)
 
@@ -98,6 +99,8 @@ webhook_secrets = "s2"
         ({"LOG_LEVEL": "loud"}, "LOG_LEVEL"),
         ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
         ({"RECONCILE_INTERVAL_S": "-1"}, "RECONCILE_INTERVAL_S"),
+        ({"RECONCILE_GRACE_S": "a minute"}, "RECONCILE_GRACE_S"),
+        ({"RECONCILE_WATCHDOG_MARGIN_S": "-60"}, "RECONCILE_WATCHDOG_MARGIN_S"),
         ({"HISTORY_GRACE_S": "soon"}, "HISTORY_GRACE_S"),
         ({"NOTIFICATION_RETENTION_DAYS": "-1"}, "NOTIFICATION_RETENTION_DAYS"),
         ({"NOTIFICATION_RETENTION_DAYS": "1.5"}, "NOTIFICATION_RETENTION_DAYS"),

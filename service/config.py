@@ -18,10 +18,12 @@ from urllib.parse import urlsplit, urlunsplit
 
 from starlette.datastructures import Secret
 
+from service import pcu
 from service.errors import ConfigError
 
 DEFAULT_API_BASE_URL: Final = "https://api.agora.io/api/conversational-ai-agent"
 DEFAULT_PCU_CAP: Final = 20
+DEFAULT_PCU_WARN_FRACTION: Final = 0.8
 LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
 _APP_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _APP_FILE_KEYS: Final = frozenset(
@@ -55,9 +57,18 @@ class Settings:
     log_format: LogFormat = "json"
     reconcile_interval_s: float = 60.0
     history_grace_s: float = 600.0
+    pcu_warn_fraction: float = DEFAULT_PCU_WARN_FRACTION
+    # prometheus-client's multiprocess directory; `serve --workers N` sets it for its workers.
+    metrics_multiprocess_dir: str | None = None
 
     def app(self, app_id: str) -> AppSettings | None:
         return self.apps.get(app_id)
+
+    def pcu_limits(self, app_id: str) -> pcu.Limits:
+        """The app's cap (the default for an app not configured) and the warning fraction."""
+        app = self.apps.get(app_id)
+        cap = app.pcu_cap if app is not None else DEFAULT_PCU_CAP
+        return pcu.Limits(cap=cap, warn_fraction=self.pcu_warn_fraction)
 
     @property
     def sqlalchemy_url(self) -> str:
@@ -90,6 +101,8 @@ def load(environ: Mapping[str, str]) -> Settings:
         else "json",
         reconcile_interval_s=_float(env, "RECONCILE_INTERVAL_S", 60.0),
         history_grace_s=_float(env, "HISTORY_GRACE_S", 600.0),
+        pcu_warn_fraction=_fraction(env, "PCU_WARN_FRACTION", DEFAULT_PCU_WARN_FRACTION),
+        metrics_multiprocess_dir=env.get("PROMETHEUS_MULTIPROC_DIR"),
     )
 
 
@@ -211,6 +224,19 @@ def _float(env: Mapping[str, str], key: str, default: float) -> float:
         raise ConfigError(f"{key} must be a number of seconds, got {raw!r}") from None
     if not 0 <= value < float("inf"):
         raise ConfigError(f"{key} must be zero or more seconds, got {raw!r}")
+    return value
+
+
+def _fraction(env: Mapping[str, str], key: str, default: float) -> float:
+    raw = env.get(key)
+    if raw is None:
+        return default
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{key} must be a number, got {raw!r}") from None
+    if not 0 < value <= 1:
+        raise ConfigError(f"{key} must be more than 0 and at most 1, got {raw!r}")
     return value
 
 

@@ -96,9 +96,27 @@ agent: Final = Table(
     _timestamp("first_seen_at", nullable=False, default_now=True),
     _timestamp("updated_at", nullable=False, default_now=True),
     CheckConstraint(f"state IN ({_STATES})", name="state"),
+    CheckConstraint(
+        "active_until IS NULL OR (active_from IS NOT NULL AND active_until >= active_from)",
+        name="active_interval",
+    ),
     Index(None, "app_id", "state"),
     Index(None, "app_id", "started_at"),
+    # PCU: edges by time (rollup upkeep, partial minutes) and "who was active at t" (GiST).
+    Index(None, "app_id", "active_from", postgresql_where=text("active_from IS NOT NULL")),
+    Index(None, "app_id", "active_until", postgresql_where=text("active_until IS NOT NULL")),
+    Index(
+        "ix_agent_active_range",
+        text("tstzrange(active_from, active_until)"),
+        postgresql_using="gist",
+        postgresql_where=text("active_from IS NOT NULL"),
+    ),
 )
+
+# GET /v1/agents lists newest first by this key (the start time, else when first seen), with
+# keyset pagination on (listed_at, agent_id).
+agent_listed_at: Final = func.coalesce(agent.c.started_at, agent.c.first_seen_at)
+Index("ix_agent_listed_at", agent_listed_at.desc(), agent.c.agent_id.desc())
 
 agent_transition: Final = Table(
     "agent_transition",
@@ -214,4 +232,29 @@ history_job: Final = Table(
     _timestamp("finished_at"),
     CheckConstraint("status IN ('queued', 'running', 'done')", name="status"),
     Index(None, "due_at", postgresql_where=text("status <> 'done'")),
+)
+
+# PCU rollup: per app and minute, the summary of the agents' interval edges inside that minute
+# (`service.pcu.Span` relative to the level just before the minute). Rewritten from the agent
+# rows, under a per-minute lock, by every transaction that moves an edge (`service.rollup`).
+pcu_minute: Final = Table(
+    "pcu_minute",
+    metadata,
+    Column("app_id", Text, nullable=False),
+    Column("minute", DateTime(timezone=True), nullable=False),
+    Column("delta", Integer, nullable=False),
+    Column("peak", Integer, nullable=False),
+    Column("area_us", BigInteger, nullable=False),
+    PrimaryKeyConstraint("app_id", "minute"),
+)
+
+# Where each app's current PCU stands against its thresholds; the row lock serialises the
+# transactions that change it, so each upward crossing is seen by exactly one of them.
+pcu_alarm: Final = Table(
+    "pcu_alarm",
+    metadata,
+    Column("app_id", Text, primary_key=True),
+    Column("level", Text, nullable=False, server_default="normal"),
+    _timestamp("changed_at", nullable=False, default_now=True),
+    CheckConstraint("level IN ('normal', 'warning', 'cap')", name="level"),
 )

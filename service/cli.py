@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 
 import structlog
 import uvicorn
@@ -77,6 +80,34 @@ def _serve(settings: config.Settings, args: argparse.Namespace) -> int:
     target: str | Starlette = (
         app.create_app(settings) if args.workers == 1 else "service.cli:app_from_environment"
     )
+    owned_metrics_dir = _metrics_dir_for_workers() if args.workers > 1 else None
+    try:
+        _run_uvicorn(settings, args, target)
+    finally:
+        if owned_metrics_dir is not None:
+            shutil.rmtree(owned_metrics_dir, ignore_errors=True)
+    return 0
+
+
+def _metrics_dir_for_workers() -> Path | None:
+    """Point the workers at an empty prometheus-client multiprocess directory (see `metrics`).
+
+    Set in our environment before uvicorn spawns the workers, which inherit it; they import
+    prometheus-client afresh and so count into files there. An operator's
+    `PROMETHEUS_MULTIPROC_DIR` is emptied of a previous run's files; otherwise a temporary
+    directory is made and answered, to be removed when serving ends.
+    """
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if given:
+        for stale in Path(given).glob("*.db"):
+            stale.unlink()
+        return None
+    made = Path(tempfile.mkdtemp(prefix="convoai-ledger-metrics-"))
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(made)
+    return made
+
+
+def _run_uvicorn(settings: config.Settings, args: argparse.Namespace, target: str | Starlette) -> None:
     uvicorn.run(
         target,
         host=settings.host,
@@ -88,7 +119,6 @@ def _serve(settings: config.Settings, args: argparse.Namespace) -> int:
         server_header=False,
         timeout_graceful_shutdown=20,
     )
-    return 0
 
 
 def app_from_environment() -> Starlette:

@@ -107,7 +107,9 @@ def _metrics_dir_for_workers() -> Path | None:
     return made
 
 
-def _run_uvicorn(settings: config.Settings, args: argparse.Namespace, target: str | Starlette) -> None:
+def _run_uvicorn(
+    settings: config.Settings, args: argparse.Namespace, target: str | Starlette
+) -> None:
     uvicorn.run(
         target,
         host=settings.host,

@@ -13,24 +13,30 @@ A `Span` summarises the edges inside `[start, end)` relative to the level just b
 its net `delta`, the highest relative level it reaches (`peak`) and the integral of the relative
 level over the span (`area`, in level·µs). Summaries of adjacent spans combine exactly
 (`Span.then`), which is what lets the database keep one summary per app and minute
-(`pcu_minute`, maintained in the ingest transaction) and answer a month of buckets by adding
-~43,000 minute summaries instead of sweeping ~2,000,000 edges.
+(`pcu_minute`, maintained in the ingest transaction, with the minute's edges beside it) and
+answer a month of buckets by adding ~43,000 minute rows instead of sweeping ~2,000,000 edges.
 
-A series over `[start, end)` in steps cuts each bucket into pieces (`pieces()`): the whole
-minutes inside it (read from the rollup) and, where a bucket edge is not on a minute boundary,
-the partial minutes at its head and tail (summarised from the agents' edges themselves).
-`fold()` walks the pieces from the level just before `start` and answers each bucket's exact
-maximum and time-weighted average.
+Each hour with edges also has a rollup row (`pcu_hour`) holding, for every minute position k,
+the summary of the hour's first k minutes and the highest level from minute k to the hour's end,
+so any run of whole minutes that starts or ends on an hour boundary is summarised in O(1).
+
+A series over `[start, end)` in steps cuts each bucket into pieces (`pieces()`): parts of
+minutes where a bucket edge is not on a minute boundary (read edge by edge from the minute's
+row), whole hours and hour prefixes or suffixes (from hour rows), and whole minutes strictly
+inside an hour (from minute rows). A month in hourly buckets, from any second, is ~2,200 pieces
+whatever the number of agents. `fold()` walks the pieces from the level just before `start` and
+answers each bucket's exact maximum and time-weighted average.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Final
+from typing import Final, Literal
 
 US_PER_S: Final = 1_000_000
 GRAIN_US: Final = 60 * US_PER_S  # the rollup's grain: one minute
@@ -103,14 +109,26 @@ def edges(intervals: Iterable[tuple[int, int | None]]) -> list[tuple[int, int]]:
     return out
 
 
+HOUR_US: Final = 60 * GRAIN_US
+MINUTES_PER_HOUR: Final = 60
+
+PieceKind = Literal["edges", "minutes", "hour"]
+
+
 @dataclass(frozen=True, slots=True)
 class Piece:
-    """Part of one bucket: whole rollup minutes (`raw` False) or edges read one by one."""
+    """Part of one bucket, and how the database summarises it.
+
+    `edges`: part of one minute, from the edges stored in its rollup row; `minutes`: whole
+    minutes strictly inside one hour, from their rollup rows; `hour`: whole minutes of one hour
+    that start at the hour or end with it (or the whole hour), from the hour's prefix and suffix
+    summaries in O(1).
+    """
 
     bucket: int
     start: int
     end: int
-    raw: bool
+    kind: PieceKind
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,19 +151,64 @@ def buckets(start: int, end: int, step: int) -> list[tuple[int, int]]:
 
 
 def pieces(grid: Sequence[tuple[int, int]]) -> list[Piece]:
-    """Each bucket as its partial head minute, its whole minutes, and its partial tail minute."""
+    """Each bucket cut into pieces, in time order (see `Piece`)."""
     out: list[Piece] = []
     for index, (start, end) in enumerate(grid):
         first, last = ceil_grain(start), floor_grain(end)
-        if first >= last:
-            out.append(Piece(index, start, end, raw=True))
+        if first >= last:  # no whole minute: one piece per minute touched
+            cuts = sorted({start, end, *range(first, end, GRAIN_US)})
+            out += [Piece(index, a, b, "edges") for a, b in itertools.pairwise(cuts) if a < b]
             continue
         if start < first:
-            out.append(Piece(index, start, first, raw=True))
-        out.append(Piece(index, first, last, raw=False))
+            out.append(Piece(index, start, first, "edges"))
+        hours = range(-(-first // HOUR_US) * HOUR_US, last, HOUR_US)
+        cuts = sorted({first, last, *hours})
+        for a, b in itertools.pairwise(cuts):
+            touches = a % HOUR_US == 0 or b % HOUR_US == 0
+            out.append(Piece(index, a, b, "hour" if touches else "minutes"))
         if last < end:
-            out.append(Piece(index, last, end, raw=True))
+            out.append(Piece(index, last, end, "edges"))
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class HourPrefix:
+    """An hour's rollup row: per minute position k (0..60), levels relative to the hour start.
+
+    `cum[k]`: the level before minute k; `area[k]`: the area over minutes [0, k); `pmax[k]`: the
+    highest level over minutes [0, k) (k >= 1); `smax[k]`: the highest over [k, 60) (k < 60).
+    """
+
+    cum: tuple[int, ...]
+    area: tuple[int, ...]
+    pmax: tuple[int, ...]
+    smax: tuple[int, ...]
+
+
+def hour_prefix(minutes: Mapping[int, Span]) -> HourPrefix:
+    """The hour row from its minutes' spans by position (a minute without edges is absent)."""
+    cum, area, highs = [0], [0], []
+    for k in range(MINUTES_PER_HOUR):
+        span = minutes.get(k) or Span(0, GRAIN_US)
+        highs.append(cum[k] + span.peak)
+        area.append(area[k] + cum[k] * GRAIN_US + span.area)
+        cum.append(cum[k] + span.delta)
+    pmax = [0, *itertools.accumulate(highs, max)]
+    smax = [*reversed(list(itertools.accumulate(reversed(highs), max))), 0]
+    return HourPrefix(tuple(cum), tuple(area), tuple(pmax), tuple(smax))
+
+
+def hour_span(row: HourPrefix, hour: int, a: int, b: int) -> Span:
+    """Minutes [a, b) of the hour starting at `hour` (a == 0 or b == 60), relative to the level
+    just before minute a."""
+    high = row.pmax[b] if a == 0 else row.smax[a]
+    return Span(
+        hour + a * GRAIN_US,
+        hour + b * GRAIN_US,
+        delta=row.cum[b] - row.cum[a],
+        peak=high - row.cum[a],
+        area=row.area[b] - row.area[a] - row.cum[a] * (b - a) * GRAIN_US,
+    )
 
 
 def fold(
@@ -172,11 +235,14 @@ def fold(
     ]
 
 
-def first_reach(level: int, spans: Sequence[Span], value: int) -> tuple[int, int] | None:
-    """The first span in which the level reaches `value`, and the level just before it."""
-    for index, span in enumerate(spans):
+def first_reach(
+    level: int, parts: Sequence[Piece], spans: Mapping[int, Span], value: int
+) -> tuple[int, int] | None:
+    """The first piece in which the level reaches `value`, and the level just before it."""
+    for position, part in enumerate(parts):
+        span = spans.get(position) or Span(part.start, part.end)
         if level + span.peak >= value:
-            return index, level
+            return position, level
         level += span.delta
     return None
 

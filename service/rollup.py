@@ -3,17 +3,19 @@
 Two things follow an agent's `[active_from, active_until)` and are written here, by the same
 transaction that writes the agent row (`ingest.observe`, for webhooks and reconciliation alike):
 
-- `pcu_minute`: one `pcu.Span` per app and minute, summarising the interval edges in that minute.
-  A moved edge rewrites its minute from the agent rows, so the rollup is always what the agents
-  say, whatever the arrival order.
+- `pcu_minute`: one `pcu.Span` per app and minute, summarising the interval edges in that minute
+  (and the edges themselves); `pcu_hour`: per app and hour, prefix and suffix summaries of its
+  minutes. A moved edge rewrites its minute from the agent rows, then the minute's hour from its
+  minutes, so the rollup is always what the agents say, whatever the arrival order.
 - `pcu_alarm`: where the app's current PCU stands against its thresholds. An upward move is a
   crossing, reported once by the one transaction that made it.
 
 Locks, always in this order, so no two transactions wait on each other in a cycle: the agent's
 row (taken by the caller; one agent per transaction), then the touched minutes' advisory locks in
-ascending key order, then the app's alarm row. Transactions for different agents of one app only
-wait on each other when their edges fall in the same minute, or, at the very end, when both
-change the app's current PCU. The read side lives in `concurrency.py`.
+ascending key order, then the touched hours' likewise, then the app's alarm row. Transactions for
+different agents of one app only wait on each other when their edges fall in the same hour (from
+the rollup upkeep to their commit), or, at the very end, when both change the app's current
+PCU. The read side lives in `concurrency.py`.
 """
 
 from __future__ import annotations
@@ -32,70 +34,154 @@ from service.tables import agent, pcu_alarm
 
 Interval = tuple[datetime | None, datetime | None]
 
-# The summary of the agents' edges inside [s, e) for one app: `pcu.summarise` in SQL. Times are
-# turned into integer microseconds so sums are exact. Used by the upkeep below and by reads of
-# partial minutes (`concurrency.py`), with `:app` bound and `s`, `e` supplied by the caller.
-EDGE_SPAN_SQL: Final = """
-    SELECT sum(d)::int AS delta,
-           greatest(max(level), CASE WHEN min(at) > {s} THEN 0 END)::int AS peak,
-           coalesce(sum(d * (extract(epoch FROM {e} - at) * 1000000)::bigint), 0)::bigint AS area
-    FROM (
-        SELECT at, d, sum(d) OVER (ORDER BY at) AS level
-        FROM (
-            SELECT at, sum(d) AS d
-            FROM (
-                SELECT active_from AS at, 1 AS d FROM agent
-                WHERE app_id = :app AND active_from >= {s} AND active_from < {e}
-                UNION ALL
-                SELECT active_until AS at, -1 AS d FROM agent
-                WHERE app_id = :app AND active_until >= {s} AND active_until < {e}
-            ) AS edge
-            GROUP BY at
-        ) AS point
-    ) AS running
+# Minute rows from the edges: `pcu.summarise` in SQL, plus the edges themselves (µs offset in
+# the minute, net change, level after it relative to the minute's start) and, per edge, the
+# highest level up to it and from it on and the running sum of change * offset, so that any
+# prefix or suffix of the minute is summarised with one binary search (`width_bucket`). Times
+# become integer microseconds, so every sum is exact. `{points}` yields (app_id, minute, at, d)
+# with one row per distinct edge time; `{finish}` ends the statement.
+_MINUTES_SQL: Final = """
+    WITH point AS ({points}),
+    running AS (
+        SELECT app_id, minute, at, d,
+               (extract(epoch FROM at - minute) * 1000000)::int AS off,
+               sum(d) OVER (PARTITION BY app_id, minute ORDER BY at) AS level
+        FROM point
+    ),
+    ranged AS (
+        SELECT *,
+               max(level) OVER (PARTITION BY app_id, minute ORDER BY at) AS up_to,
+               max(level) OVER (PARTITION BY app_id, minute ORDER BY at DESC) AS from_on,
+               sum(d * off::bigint) OVER (PARTITION BY app_id, minute ORDER BY at) AS wsum
+        FROM running
+    ),
+    summary AS (
+        SELECT app_id, minute, sum(d)::int AS delta,
+               greatest(max(level), CASE WHEN min(at) > minute THEN 0 END)::int AS peak,
+               sum(d * (60000000 - off))::bigint AS area,
+               array_agg(off ORDER BY at) AS edge_at,
+               array_agg(d::int ORDER BY at) AS edge_delta,
+               array_agg(level::int ORDER BY at) AS edge_level,
+               array_agg(up_to::int ORDER BY at) AS edge_pmax,
+               array_agg(from_on::int ORDER BY at) AS edge_smax,
+               array_agg(wsum::bigint ORDER BY at) AS edge_wsum
+        FROM ranged GROUP BY app_id, minute
+    ){finish}
 """
 
-_REWRITE = text(
-    f"""
-    WITH summary AS (
-        SELECT m.minute, s.delta, s.peak, s.area
-        FROM unnest(CAST(:minutes AS timestamptz[])) AS m(minute)
-        CROSS JOIN LATERAL ({EDGE_SPAN_SQL.format(s="m.minute", e="m.minute + interval '1 minute'")}) AS s
-    ),
-    cleared AS (
-        DELETE FROM pcu_minute
-        WHERE app_id = :app AND minute IN (SELECT minute FROM summary WHERE delta IS NULL)
-    )
-    INSERT INTO pcu_minute (app_id, minute, delta, peak, area_us)
-    SELECT :app, minute, delta, peak, area FROM summary WHERE delta IS NOT NULL
-    ON CONFLICT (app_id, minute) DO UPDATE
-    SET delta = excluded.delta, peak = excluded.peak, area_us = excluded.area_us
-    """
+_MINUTE_COLUMNS: Final = (
+    "app_id, minute, delta, peak, area_us, edge_at, edge_delta, edge_level, edge_pmax,"
+    " edge_smax, edge_wsum"
 )
 
-# Every minute from scratch, for every app: the migration's backfill and `rebuild()`.
-REBUILD_SQL: Final = """
-    INSERT INTO pcu_minute (app_id, minute, delta, peak, area_us)
-    SELECT app_id, minute, sum(d)::int,
-           greatest(max(level), CASE WHEN min(at) > minute THEN 0 END)::int,
-           sum(d * (extract(epoch FROM minute + interval '1 minute' - at) * 1000000)::bigint)
-    FROM (
-        SELECT app_id, minute, at, d,
-               sum(d) OVER (PARTITION BY app_id, minute ORDER BY at) AS level
+# Each given minute of one app rewritten from the agents' edges; a minute left without edges
+# loses its row.
+_REWRITE = text(
+    _MINUTES_SQL.format(
+        points="""
+        SELECT CAST(:app AS text) AS app_id, m.minute, e.at, sum(e.d) AS d
+        FROM unnest(CAST(:minutes AS timestamptz[])) AS m(minute)
+        CROSS JOIN LATERAL (
+            SELECT active_from AS at, 1 AS d FROM agent
+            WHERE app_id = :app AND active_from >= m.minute
+              AND active_from < m.minute + interval '1 minute'
+            UNION ALL
+            SELECT active_until, -1 FROM agent
+            WHERE app_id = :app AND active_until >= m.minute
+              AND active_until < m.minute + interval '1 minute'
+        ) AS e
+        GROUP BY m.minute, e.at
+        """,
+        finish=f""",
+    cleared AS (
+        DELETE FROM pcu_minute
+        WHERE app_id = :app AND minute = ANY(CAST(:minutes AS timestamptz[]))
+          AND minute NOT IN (SELECT minute FROM summary)
+    )
+    INSERT INTO pcu_minute ({_MINUTE_COLUMNS})
+    SELECT * FROM summary
+    ON CONFLICT (app_id, minute) DO UPDATE
+    SET delta = excluded.delta, peak = excluded.peak, area_us = excluded.area_us,
+        edge_at = excluded.edge_at, edge_delta = excluded.edge_delta,
+        edge_level = excluded.edge_level, edge_pmax = excluded.edge_pmax,
+        edge_smax = excluded.edge_smax, edge_wsum = excluded.edge_wsum
+    """,
+    )
+)
+
+# Every minute of every app from scratch (`rebuild()`; the migration's backfill is the same).
+REBUILD_SQL: Final = _MINUTES_SQL.format(
+    points="""
+        SELECT app_id, to_timestamp(floor(extract(epoch FROM at) / 60) * 60) AS minute,
+               at, sum(d) AS d
         FROM (
-            SELECT app_id, to_timestamp(floor(extract(epoch FROM at) / 60) * 60) AS minute,
-                   at, sum(d) AS d
-            FROM (
-                SELECT app_id, active_from AS at, 1 AS d FROM agent
-                WHERE active_from IS NOT NULL
-                UNION ALL
-                SELECT app_id, active_until, -1 FROM agent WHERE active_until IS NOT NULL
-            ) AS edge
-            GROUP BY app_id, minute, at
-        ) AS point
-    ) AS running
-    GROUP BY app_id, minute
+            SELECT app_id, active_from AS at, 1 AS d FROM agent WHERE active_from IS NOT NULL
+            UNION ALL
+            SELECT app_id, active_until, -1 FROM agent WHERE active_until IS NOT NULL
+        ) AS edge
+        GROUP BY 1, 2, 3
+        """,
+    finish=f"""
+    INSERT INTO pcu_minute ({_MINUTE_COLUMNS})
+    SELECT * FROM summary
+    """,
+)
+
+
+# Hour rows rewritten from their minute rows (`pcu.hour_prefix` in SQL). `{hours}` yields the
+# (app_id, hour) pairs to rewrite. An hour left without minute rows loses its row.
+_HOURS_SQL: Final = """
+    WITH target AS ({hours}),
+    slot AS (
+        SELECT t.app_id, t.hour, k, m.minute IS NOT NULL AS present,
+               coalesce(m.delta, 0) AS delta, coalesce(m.peak, 0) AS peak,
+               coalesce(m.area_us, 0) AS area
+        FROM target AS t
+        CROSS JOIN generate_series(0, 59) AS k
+        LEFT JOIN pcu_minute AS m
+            ON m.app_id = t.app_id AND m.minute = t.hour + k * interval '1 minute'
+    ),
+    level AS (
+        SELECT *, sum(delta) OVER (PARTITION BY app_id, hour ORDER BY k) - delta AS cum
+        FROM slot
+    ),
+    running AS (
+        SELECT *,
+               sum(cum::bigint * 60000000 + area) OVER (PARTITION BY app_id, hour ORDER BY k)
+                   AS area_after,
+               max(cum + peak) OVER (PARTITION BY app_id, hour ORDER BY k) AS pmax_after,
+               max(cum + peak) OVER (PARTITION BY app_id, hour ORDER BY k DESC) AS smax_from
+        FROM level
+    ),
+    summary AS (
+        SELECT app_id, hour, bool_or(present) AS present,
+               array_prepend(0, array_agg((cum + delta)::int ORDER BY k)) AS cum,
+               array_prepend(0::bigint, array_agg(area_after::bigint ORDER BY k)) AS area,
+               array_prepend(0, array_agg(pmax_after::int ORDER BY k)) AS pmax,
+               array_append(array_agg(smax_from::int ORDER BY k), 0) AS smax
+        FROM running GROUP BY app_id, hour
+    ),
+    cleared AS (
+        DELETE FROM pcu_hour AS h USING summary AS s
+        WHERE h.app_id = s.app_id AND h.hour = s.hour AND NOT s.present
+    )
+    INSERT INTO pcu_hour (app_id, hour, cum, area, pmax, smax)
+    SELECT app_id, hour, cum, area, pmax, smax FROM summary WHERE present
+    ON CONFLICT (app_id, hour) DO UPDATE
+    SET cum = excluded.cum, area = excluded.area, pmax = excluded.pmax, smax = excluded.smax
 """
+
+_REWRITE_HOURS = text(
+    _HOURS_SQL.format(
+        hours="SELECT CAST(:app AS text) AS app_id, hour"
+        " FROM unnest(CAST(:hours AS timestamptz[])) AS h(hour)"
+    )
+)
+
+REBUILD_HOURS_SQL: Final = _HOURS_SQL.format(
+    hours="SELECT DISTINCT app_id,"
+    " to_timestamp(floor(extract(epoch FROM minute) / 3600) * 3600) AS hour FROM pcu_minute"
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -117,12 +203,16 @@ async def move(conn: AsyncConnection, *, app_id: str, before: Interval, after: I
     if not changed:
         return
     minutes = sorted({pcu.floor_grain(pcu.to_us(at)) for at, _ in changed})
-    # Sorted by the lock key: every transaction takes its minute locks in one global order.
-    keys = sorted(_minute_key(app_id, minute) for minute in minutes)
-    for key in keys:
+    hours = sorted({minute - minute % pcu.HOUR_US for minute in minutes})
+    # Minute locks, then hour locks, each set in key order: one global order for everyone.
+    minute_keys = sorted(_key("minute", app_id, minute) for minute in minutes)
+    hour_keys = sorted(_key("hour", app_id, hour) for hour in hours)
+    for key in [*minute_keys, *hour_keys]:
         await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
-    # A new statement takes a new snapshot: it sees every edge committed by earlier lock holders.
+    # A new statement takes a new snapshot: it sees every edge committed by earlier lock holders
+    # (who held these locks until their commit).
     await conn.execute(_REWRITE, {"app": app_id, "minutes": [pcu.from_us(m) for m in minutes]})
+    await conn.execute(_REWRITE_HOURS, {"app": app_id, "hours": [pcu.from_us(h) for h in hours]})
 
 
 async def settle_threshold(
@@ -172,9 +262,11 @@ async def rebuild(conn: AsyncConnection) -> int:
 
     Takes an exclusive lock on `pcu_minute` for the transaction: ingest waits meanwhile.
     """
-    await conn.execute(text("LOCK TABLE pcu_minute IN EXCLUSIVE MODE"))
+    await conn.execute(text("LOCK TABLE pcu_minute, pcu_hour IN EXCLUSIVE MODE"))
+    await conn.execute(text("DELETE FROM pcu_hour"))
     await conn.execute(text("DELETE FROM pcu_minute"))
     result = await conn.execute(text(REBUILD_SQL))
+    await conn.execute(text(REBUILD_HOURS_SQL))
     return result.rowcount
 
 
@@ -186,7 +278,8 @@ def _edges(interval: Interval) -> list[tuple[datetime, int]]:
     return out
 
 
-def _minute_key(app_id: str, minute: int) -> int:
-    """A signed 64-bit advisory lock key for one app's minute (collisions only cost waiting)."""
-    digest = hashlib.blake2b(f"pcu_minute/{app_id}/{minute}".encode(), digest_size=8).digest()
+def _key(grain: str, app_id: str, at: int) -> int:
+    """A signed 64-bit advisory lock key for one app's minute or hour (collisions only cost
+    waiting)."""
+    digest = hashlib.blake2b(f"pcu_{grain}/{app_id}/{at}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)

@@ -27,7 +27,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 NAMING_CONVENTION: Final = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -234,9 +234,13 @@ history_job: Final = Table(
     Index(None, "due_at", postgresql_where=text("status <> 'done'")),
 )
 
-# PCU rollup: per app and minute, the summary of the agents' interval edges inside that minute
-# (`service.pcu.Span` relative to the level just before the minute). Rewritten from the agent
-# rows, under a per-minute lock, by every transaction that moves an edge (`service.rollup`).
+# PCU rollup: per app and minute with edges, the summary of the agents' interval edges inside
+# that minute (`service.pcu.Span` relative to the level just before the minute) and the edges
+# themselves (µs offsets in the minute, ascending and distinct, with the net change at each, the
+# level after it relative to the minute's start, the highest level up to it and from it on, and
+# the running sum of change * offset: any prefix or suffix of the minute in one binary search).
+# Rewritten from the agent rows, under a per-minute lock, by every transaction that moves an
+# edge (`service.rollup`).
 pcu_minute: Final = Table(
     "pcu_minute",
     metadata,
@@ -245,7 +249,29 @@ pcu_minute: Final = Table(
     Column("delta", Integer, nullable=False),
     Column("peak", Integer, nullable=False),
     Column("area_us", BigInteger, nullable=False),
+    Column("edge_at", ARRAY(Integer), nullable=False),
+    Column("edge_delta", ARRAY(Integer), nullable=False),
+    Column("edge_level", ARRAY(Integer), nullable=False),
+    Column("edge_pmax", ARRAY(Integer), nullable=False),
+    Column("edge_smax", ARRAY(Integer), nullable=False),
+    Column("edge_wsum", ARRAY(BigInteger), nullable=False),
     PrimaryKeyConstraint("app_id", "minute"),
+)
+
+# PCU rollup per app and hour with edges: for each minute position k (0..60, array index k+1),
+# relative to the level just before the hour: `cum` the level before minute k, `area` the area
+# over minutes [0, k) in level·µs, `pmax` the highest level over [0, k), `smax` the highest over
+# [k, 60) (see `service.pcu.HourPrefix`). Rewritten from its minutes after them (`service.rollup`).
+pcu_hour: Final = Table(
+    "pcu_hour",
+    metadata,
+    Column("app_id", Text, nullable=False),
+    Column("hour", DateTime(timezone=True), nullable=False),
+    Column("cum", ARRAY(Integer), nullable=False),
+    Column("area", ARRAY(BigInteger), nullable=False),
+    Column("pmax", ARRAY(Integer), nullable=False),
+    Column("smax", ARRAY(Integer), nullable=False),
+    PrimaryKeyConstraint("app_id", "hour"),
 )
 
 # Where each app's current PCU stands against its thresholds; the row lock serialises the

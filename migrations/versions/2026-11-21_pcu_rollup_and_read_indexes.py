@@ -1,9 +1,10 @@
 """PCU rollup and threshold alarm; indexes for PCU reads and the agent list.
 
-- `pcu_minute`: per app and minute, the summary of the agents' active-interval edges in that
-  minute (see `service/pcu.py`), kept by the ingest transaction. It is derived data that must
-  equal what the agent rows say from the first request on, so this revision fills it from the
-  agents already stored (nothing to do on a new database).
+- `pcu_minute`, `pcu_hour`: per app and minute, the summary of the agents' active-interval
+  edges in that minute and the edges themselves; per app and hour, prefix and suffix summaries of
+  its minutes (see `service/pcu.py`). Kept by the ingest transaction. They are derived data that
+  must equal what the agent rows say from the first request on, so this revision fills them from
+  the agents already stored (nothing to do on a new database).
 - `pcu_alarm`: each app's PCU level against its warning fraction and cap.
 - agent: a CHECK that an interval never ends before it starts; edge indexes on `active_from` and
   `active_until`; a GiST index on `tstzrange(active_from, active_until)` (who was active at t);
@@ -20,34 +21,94 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import postgresql
 
 revision: str = "ad5159c0ab68"
 down_revision: str | None = "734de7b631b0"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# The same statement as service.rollup.REBUILD_SQL, frozen here as of this revision.
+# service.rollup.REBUILD_SQL as of this revision.
 BACKFILL = """
-    INSERT INTO pcu_minute (app_id, minute, delta, peak, area_us)
-    SELECT app_id, minute, sum(d)::int,
-           greatest(max(level), CASE WHEN min(at) > minute THEN 0 END)::int,
-           sum(d * (extract(epoch FROM minute + interval '1 minute' - at) * 1000000)::bigint)
-    FROM (
-        SELECT app_id, minute, at, d,
-               sum(d) OVER (PARTITION BY app_id, minute ORDER BY at) AS level
+    WITH point AS (
+        SELECT app_id, to_timestamp(floor(extract(epoch FROM at) / 60) * 60) AS minute,
+               at, sum(d) AS d
         FROM (
-            SELECT app_id, to_timestamp(floor(extract(epoch FROM at) / 60) * 60) AS minute,
-                   at, sum(d) AS d
-            FROM (
-                SELECT app_id, active_from AS at, 1 AS d FROM agent
-                WHERE active_from IS NOT NULL
-                UNION ALL
-                SELECT app_id, active_until, -1 FROM agent WHERE active_until IS NOT NULL
-            ) AS edge
-            GROUP BY app_id, minute, at
-        ) AS point
-    ) AS running
-    GROUP BY app_id, minute
+            SELECT app_id, active_from AS at, 1 AS d FROM agent WHERE active_from IS NOT NULL
+            UNION ALL
+            SELECT app_id, active_until, -1 FROM agent WHERE active_until IS NOT NULL
+        ) AS edge
+        GROUP BY 1, 2, 3
+        ),
+    running AS (
+        SELECT app_id, minute, at, d,
+               (extract(epoch FROM at - minute) * 1000000)::int AS off,
+               sum(d) OVER (PARTITION BY app_id, minute ORDER BY at) AS level
+        FROM point
+    ),
+    ranged AS (
+        SELECT *,
+               max(level) OVER (PARTITION BY app_id, minute ORDER BY at) AS up_to,
+               max(level) OVER (PARTITION BY app_id, minute ORDER BY at DESC) AS from_on,
+               sum(d * off::bigint) OVER (PARTITION BY app_id, minute ORDER BY at) AS wsum
+        FROM running
+    ),
+    summary AS (
+        SELECT app_id, minute, sum(d)::int AS delta,
+               greatest(max(level), CASE WHEN min(at) > minute THEN 0 END)::int AS peak,
+               sum(d * (60000000 - off))::bigint AS area,
+               array_agg(off ORDER BY at) AS edge_at,
+               array_agg(d::int ORDER BY at) AS edge_delta,
+               array_agg(level::int ORDER BY at) AS edge_level,
+               array_agg(up_to::int ORDER BY at) AS edge_pmax,
+               array_agg(from_on::int ORDER BY at) AS edge_smax,
+               array_agg(wsum::bigint ORDER BY at) AS edge_wsum
+        FROM ranged GROUP BY app_id, minute
+    )
+    INSERT INTO pcu_minute (app_id, minute, delta, peak, area_us, edge_at, edge_delta, edge_level, edge_pmax, edge_smax, edge_wsum)
+    SELECT * FROM summary
+"""
+
+# service.rollup.REBUILD_HOURS_SQL as of this revision.
+BACKFILL_HOURS = """
+    WITH target AS (SELECT DISTINCT app_id, to_timestamp(floor(extract(epoch FROM minute) / 3600) * 3600) AS hour FROM pcu_minute),
+    slot AS (
+        SELECT t.app_id, t.hour, k, m.minute IS NOT NULL AS present,
+               coalesce(m.delta, 0) AS delta, coalesce(m.peak, 0) AS peak,
+               coalesce(m.area_us, 0) AS area
+        FROM target AS t
+        CROSS JOIN generate_series(0, 59) AS k
+        LEFT JOIN pcu_minute AS m
+            ON m.app_id = t.app_id AND m.minute = t.hour + k * interval '1 minute'
+    ),
+    level AS (
+        SELECT *, sum(delta) OVER (PARTITION BY app_id, hour ORDER BY k) - delta AS cum
+        FROM slot
+    ),
+    running AS (
+        SELECT *,
+               sum(cum::bigint * 60000000 + area) OVER (PARTITION BY app_id, hour ORDER BY k)
+                   AS area_after,
+               max(cum + peak) OVER (PARTITION BY app_id, hour ORDER BY k) AS pmax_after,
+               max(cum + peak) OVER (PARTITION BY app_id, hour ORDER BY k DESC) AS smax_from
+        FROM level
+    ),
+    summary AS (
+        SELECT app_id, hour, bool_or(present) AS present,
+               array_prepend(0, array_agg((cum + delta)::int ORDER BY k)) AS cum,
+               array_prepend(0::bigint, array_agg(area_after::bigint ORDER BY k)) AS area,
+               array_prepend(0, array_agg(pmax_after::int ORDER BY k)) AS pmax,
+               array_append(array_agg(smax_from::int ORDER BY k), 0) AS smax
+        FROM running GROUP BY app_id, hour
+    ),
+    cleared AS (
+        DELETE FROM pcu_hour AS h USING summary AS s
+        WHERE h.app_id = s.app_id AND h.hour = s.hour AND NOT s.present
+    )
+    INSERT INTO pcu_hour (app_id, hour, cum, area, pmax, smax)
+    SELECT app_id, hour, cum, area, pmax, smax FROM summary WHERE present
+    ON CONFLICT (app_id, hour) DO UPDATE
+    SET cum = excluded.cum, area = excluded.area, pmax = excluded.pmax, smax = excluded.smax
 """
 
 
@@ -74,7 +135,23 @@ def upgrade() -> None:
         sa.Column("delta", sa.Integer(), nullable=False),
         sa.Column("peak", sa.Integer(), nullable=False),
         sa.Column("area_us", sa.BigInteger(), nullable=False),
+        sa.Column("edge_at", postgresql.ARRAY(sa.Integer()), nullable=False),
+        sa.Column("edge_delta", postgresql.ARRAY(sa.Integer()), nullable=False),
+        sa.Column("edge_level", postgresql.ARRAY(sa.Integer()), nullable=False),
+        sa.Column("edge_pmax", postgresql.ARRAY(sa.Integer()), nullable=False),
+        sa.Column("edge_smax", postgresql.ARRAY(sa.Integer()), nullable=False),
+        sa.Column("edge_wsum", postgresql.ARRAY(sa.BigInteger()), nullable=False),
         sa.PrimaryKeyConstraint("app_id", "minute", name=op.f("pk_pcu_minute")),
+    )
+    op.create_table(
+        "pcu_hour",
+        sa.Column("app_id", sa.Text(), nullable=False),
+        sa.Column("hour", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("cum", postgresql.ARRAY(sa.Integer()), nullable=False),
+        sa.Column("area", postgresql.ARRAY(sa.BigInteger()), nullable=False),
+        sa.Column("pmax", postgresql.ARRAY(sa.Integer()), nullable=False),
+        sa.Column("smax", postgresql.ARRAY(sa.Integer()), nullable=False),
+        sa.PrimaryKeyConstraint("app_id", "hour", name=op.f("pk_pcu_hour")),
     )
     op.create_check_constraint(
         op.f("ck_agent_active_interval"),
@@ -110,6 +187,7 @@ def upgrade() -> None:
         unique=False,
     )
     op.execute(BACKFILL)
+    op.execute(BACKFILL_HOURS)
 
 
 def downgrade() -> None:
@@ -118,5 +196,6 @@ def downgrade() -> None:
     op.drop_index(op.f("ix_agent_app_id_active_from"), table_name="agent")
     op.drop_index("ix_agent_active_range", table_name="agent")
     op.drop_constraint(op.f("ck_agent_active_interval"), "agent", type_="check")
+    op.drop_table("pcu_hour")
     op.drop_table("pcu_minute")
     op.drop_table("pcu_alarm")

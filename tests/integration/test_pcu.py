@@ -69,26 +69,35 @@ async def ingest_all(engine: AsyncEngine, bodies: list[bytes]) -> None:
 def reset(sql: Sql) -> None:
     sql.execute(
         "TRUNCATE agent, notification, agent_transition, history, history_job,"
-        " pcu_minute, pcu_alarm CASCADE"
+        " pcu_minute, pcu_hour, pcu_alarm CASCADE"
     )
 
 
 async def rollup_rows(engine: AsyncEngine) -> tuple[list[Any], list[Any]]:
     """The rollup as kept by ingest, and as rebuilt from scratch (rolled back)."""
-    query = text("SELECT app_id, minute, delta, peak, area_us FROM pcu_minute ORDER BY 1, 2")
+    queries = [
+        text("SELECT * FROM pcu_minute ORDER BY app_id, minute"),
+        text("SELECT * FROM pcu_hour ORDER BY app_id, hour"),
+    ]
     async with engine.connect() as conn:
-        kept = list((await conn.execute(query)).all())
+        kept = [list((await conn.execute(query)).all()) for query in queries]
         await conn.rollback()
         await rollup.rebuild(conn)
-        rebuilt = list((await conn.execute(query)).all())
+        rebuilt = [list((await conn.execute(query)).all()) for query in queries]
         await conn.rollback()
     return kept, rebuilt
 
 
-starts = st.integers(min_value=0, max_value=40).map(lambda n: BASE_S + n * 10)
+# Starts and lengths on a 10 s lattice over ~3 hours, so edges share minutes and hours and land
+# on bucket, minute and hour boundaries.
+starts = st.integers(min_value=0, max_value=1000).map(lambda n: BASE_S + n * 10)
 sessions = st.lists(
-    st.tuples(starts, st.one_of(st.none(), st.integers(0, 20)), st.booleans()),
-    max_size=10,
+    st.tuples(
+        starts,
+        st.one_of(st.none(), st.integers(0, 30), st.integers(0, 600)),
+        st.booleans(),
+    ),
+    max_size=12,
 ).map(
     lambda items: [
         Session(f"agent-{i}", start, None if length is None else start + length * 10, joined)
@@ -96,15 +105,18 @@ sessions = st.lists(
     ]
 )
 windows = st.tuples(
-    st.integers(min_value=-12, max_value=60).map(lambda n: (BASE_S + n * 5) * S),
+    st.integers(min_value=-12, max_value=2100).map(lambda n: (BASE_S + n * 5) * S),
     st.sampled_from([0, 1, 123_456]),  # µs off the lattice: partial minutes everywhere
-    st.integers(min_value=1, max_value=100).map(lambda n: n * 5 * S),
-    st.sampled_from([5, 20, 45, 60, 90, 120, 420]),
+    st.one_of(
+        st.integers(min_value=1, max_value=100).map(lambda n: n * 5 * S),
+        st.integers(min_value=1, max_value=16).map(lambda n: n * 900 * S),
+    ),
+    st.sampled_from([5, 45, 60, 90, 420, 1800, 3600, 5400]),
 )
 
 
 @settings(
-    max_examples=25,
+    max_examples=30,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )

@@ -46,21 +46,34 @@ def test_a_span_summarises_its_edges(
 @pytest.mark.parametrize(
     ("grid", "expected"),
     [
-        # aligned hour buckets are whole minutes only
-        ([(0, 60 * M)], [pcu.Piece(0, 0, 60 * M, raw=False)]),
+        # an aligned hour is one hour piece
+        ([(0, 60 * M)], [pcu.Piece(0, 0, 60 * M, "hour")]),
         # a bucket inside one minute is read edge by edge
-        ([(10 * S, 50 * S)], [pcu.Piece(0, 10 * S, 50 * S, raw=True)]),
-        # unaligned: partial head, whole minutes, partial tail
+        ([(10 * S, 50 * S)], [pcu.Piece(0, 10 * S, 50 * S, "edges")]),
+        # unaligned inside an hour: partial head, whole minutes, partial tail
         (
-            [(10 * S, 2 * M + 5 * S)],
+            [(M + 10 * S, 3 * M + 5 * S)],
             [
-                pcu.Piece(0, 10 * S, M, raw=True),
-                pcu.Piece(0, M, 2 * M, raw=False),
-                pcu.Piece(0, 2 * M, 2 * M + 5 * S, raw=True),
+                pcu.Piece(0, M + 10 * S, 2 * M, "edges"),
+                pcu.Piece(0, 2 * M, 3 * M, "minutes"),
+                pcu.Piece(0, 3 * M, 3 * M + 5 * S, "edges"),
             ],
         ),
-        # a bucket spanning one minute boundary but no whole minute
-        ([(30 * S, M + 30 * S)], [pcu.Piece(0, 30 * S, M + 30 * S, raw=True)]),
+        # an hour from any second: an hour suffix and the next hour's prefix
+        (
+            [(17 * M + 13 * S, 77 * M + 13 * S)],
+            [
+                pcu.Piece(0, 17 * M + 13 * S, 18 * M, "edges"),
+                pcu.Piece(0, 18 * M, 60 * M, "hour"),
+                pcu.Piece(0, 60 * M, 77 * M, "hour"),
+                pcu.Piece(0, 77 * M, 77 * M + 13 * S, "edges"),
+            ],
+        ),
+        # a bucket spanning one minute boundary but no whole minute: one piece per minute
+        (
+            [(30 * S, M + 30 * S)],
+            [pcu.Piece(0, 30 * S, M, "edges"), pcu.Piece(0, M, M + 30 * S, "edges")],
+        ),
     ],
 )
 def test_buckets_are_cut_into_whole_and_partial_minutes(
@@ -109,9 +122,9 @@ def test_microseconds_round_trip_exactly() -> None:
 
 
 # Times on a coarse lattice (10 s) make edges land on bucket and minute boundaries often.
-times = st.integers(min_value=0, max_value=60).map(lambda n: n * 10 * S)
+times = st.integers(min_value=0, max_value=600).map(lambda n: n * 10 * S)
 intervals = st.lists(
-    st.tuples(times, st.one_of(st.none(), st.integers(min_value=0, max_value=30))).map(
+    st.tuples(times, st.one_of(st.none(), st.integers(min_value=0, max_value=400))).map(
         lambda t: (t[0], None if t[1] is None else t[0] + t[1] * 10 * S)
     ),
     max_size=12,
@@ -122,8 +135,8 @@ intervals = st.lists(
 @given(
     intervals=intervals,
     start=st.integers(min_value=-6, max_value=30).map(lambda n: n * 5 * S),
-    length=st.integers(min_value=1, max_value=120).map(lambda n: n * 5 * S),
-    step=st.sampled_from([5 * S, 20 * S, 45 * S, M, 90 * S, 2 * M, 7 * M]),
+    length=st.integers(min_value=1, max_value=2000).map(lambda n: n * 5 * S),
+    step=st.sampled_from([5 * S, 20 * S, 45 * S, M, 90 * S, 2 * M, 7 * M, 60 * M, 90 * M]),
 )
 def test_the_fold_of_rollup_minutes_equals_brute_force(
     intervals: list[tuple[int, int | None]], start: int, length: int, step: int
@@ -133,18 +146,44 @@ def test_the_fold_of_rollup_minutes_equals_brute_force(
     end = start + length
     grid = pcu.buckets(start, end, step)
     parts = pcu.pieces(grid)
-    spans: dict[int, pcu.Span] = {}
-    for position, part in enumerate(parts):
-        if part.raw:
-            spans[position] = pcu.summarise(edges, part.start, part.end)
-        else:  # as the rollup does: one summary per minute, chained
-            minutes = [pcu.summarise(edges, at, at + M) for at in range(part.start, part.end, M)]
-            chained = minutes[0]
-            for minute in minutes[1:]:
-                chained = chained.then(minute)
-            spans[position] = chained
-    before = pcu_oracle.level(intervals, start - 1)
-    points = pcu.fold(before, grid, parts, spans)
+    spans = {i: pcu.summarise(edges, part.start, part.end) for i, part in enumerate(parts)}
+    for i, part in enumerate(parts):  # every piece stays inside one minute, or one hour
+        if part.kind == "edges":
+            assert pcu.floor_grain(part.start) == pcu.floor_grain(part.end - 1)
+        else:
+            assert part.start % M == 0 and part.end % M == 0
+            assert part.start // pcu.HOUR_US == (part.end - 1) // pcu.HOUR_US
+        if part.kind == "hour":
+            assert part.start % pcu.HOUR_US == 0 or part.end % pcu.HOUR_US == 0
+        assert spans[i].start == part.start
+    points = pcu.fold(pcu_oracle.level(intervals, start - 1), grid, parts, spans)
     assert [(p.start, p.max, p.area) for p in points] == pcu_oracle.series(
         intervals, start, end, step
     )
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    intervals=st.lists(
+        st.tuples(
+            st.integers(0, 80).map(lambda n: n * 45 * S),
+            st.one_of(st.none(), st.integers(0, 40).map(lambda n: n * 30 * S)),
+        ).map(lambda t: (t[0], None if t[1] is None else t[0] + t[1])),
+        max_size=15,
+    ),
+    cut=st.integers(0, 60),
+    prefix=st.booleans(),
+)
+def test_an_hour_prefix_answers_any_prefix_or_suffix_of_its_minutes(
+    intervals: list[tuple[int, int | None]], cut: int, prefix: bool
+) -> None:
+    hour = 0
+    edges = pcu.edges(intervals)
+    minutes = {k: pcu.summarise(edges, k * M, (k + 1) * M) for k in range(60)}
+    row = pcu.hour_prefix(
+        {k: span for k, span in minutes.items() if span != pcu.Span(k * M, (k + 1) * M)}
+    )
+    a, b = (0, cut) if prefix else (cut, 60)
+    if a == b:
+        return
+    assert pcu.hour_span(row, hour, a, b) == pcu.summarise(edges, a * M, b * M)

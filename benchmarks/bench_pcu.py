@@ -7,8 +7,8 @@ brute-force sweep of every edge, starts `convoai-ledger serve` and measures over
 - GET /v1/apps/{app}/pcu (default 24 h window, and 30 d),
 - GET /v1/apps/{app}/pcu/series for 30 days in 1-hour steps (hour-aligned, and from an
   arbitrary second, where every bucket edge falls inside a minute),
-- webhook ingest with the rollup upkeep: 4,000 notifications for agents whose edges share a
-  handful of minutes, 8 at a time (the rollup's worst case for lock waits).
+- webhook ingest with the rollup upkeep, 8 senders at once: 4,000 notifications whose edges
+  share a few minutes (the rollup's worst case for lock waits), and 4,000 spread over the month.
 
 Prints p50/p95/max, notes the machine's load, and records the figures in BENCHMARKS.md.
 
@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from service import concurrency, db, localdb, pcu, rollup, schema  # noqa: E402
-from tests.factories import deliver, payload, reader_headers  # noqa: E402
+from tests.factories import Delivery, deliver, payload, reader_headers  # noqa: E402
 from tests.processes import free_port  # noqa: E402
 
 APP = "bench-app"
@@ -297,31 +297,52 @@ def measure(base: str, *, now: datetime, requests: int) -> list[str]:
 
 
 def ingest_contention(base: str) -> list[str]:
-    """Joins and leaves whose edges fall in a few shared minutes, 8 concurrent senders."""
-    start = int(time.time()) - 300
-    agents = [f"burst-{i}" for i in range(2000)]
-    joins = [
-        deliver(101, payload(a, start_ts=start + i % 120), secret=SECRET)
-        for i, a in enumerate(agents)
-    ]
+    """Webhook ingest with the rollup upkeep, 8 senders at once: joins then leaves of 2,000
+    agents whose edges share a few minutes (every transaction waits on the same minute and hour
+    locks), then of 2,000 agents spread over the month (they only meet on the alarm row)."""
+    now = int(time.time())
+    rng = random.Random(7)
+    bursty = [(f"burst-{i}", now - 300 + i % 120, 120) for i in range(2000)]
+    spread = [(f"spread-{i}", now - rng.randrange(DAYS * 86_400), 40) for i in range(2000)]
+    lines = []
+    for label, agents in (
+        ("edges in a few shared minutes", bursty),
+        ("edges spread over 30 d", spread),
+    ):
+        rate, latencies = send_all(base, sessions_of(agents))
+        lines.append(f"ingest, {label}: {rate:,.0f} webhooks/s, {percentiles(latencies)}")
+    # The same path without PCU upkeep (110 errors change no interval): the baseline.
+    error = [{"module": "llm", "code": 1, "message": "m"}]
+    errors = [deliver(110, payload(a, errors=error), secret=SECRET) for a, _, _ in spread * 2]
+    rate, latencies = send_all(base, [errors])
+    lines.append(
+        f"ingest, 110 errors (no PCU upkeep): {rate:,.0f} webhooks/s, {percentiles(latencies)}"
+    )
+    return lines
+
+
+def sessions_of(agents: list[tuple[str, int, int]]) -> list[list[Delivery]]:
+    """All the joins, then all the leaves."""
+    joins = [deliver(101, payload(a, start_ts=at), secret=SECRET) for a, at, _ in agents]
     leaves = [
         deliver(
             102,
-            payload(a, start_ts=start + i % 120, stop_ts=start + 120 + i % 120, status="STOPPED"),
+            payload(a, start_ts=at, stop_ts=at + length, status="STOPPED"),
             secret=SECRET,
         )
-        for i, a in enumerate(agents)
+        for a, at, length in agents
     ]
+    return [joins, leaves]
+
+
+def send_all(base: str, waves: list[list[Delivery]]) -> tuple[float, list[float]]:
     latencies: list[float] = []
     with httpx.Client(base_url=base, timeout=30) as client:
 
-        def send(delivery: object) -> None:
-            assert hasattr(delivery, "body")
+        def send(delivery: Delivery) -> None:
             began = time.perf_counter()
             response = client.post(
-                f"/v1/webhooks/agora/{APP}",
-                content=delivery.body,  # type: ignore[attr-defined]
-                headers=delivery.headers,  # type: ignore[attr-defined]
+                f"/v1/webhooks/agora/{APP}", content=delivery.body, headers=delivery.headers
             )
             latencies.append((time.perf_counter() - began) * 1000)
             if response.status_code != 200:
@@ -329,14 +350,10 @@ def ingest_contention(base: str) -> list[str]:
 
         began = time.perf_counter()
         with ThreadPoolExecutor(max_workers=8) as pool:
-            list(pool.map(send, joins))
-            list(pool.map(send, leaves))
+            for wave in waves:
+                list(pool.map(send, wave))
         elapsed = time.perf_counter() - began
-    total = len(joins) + len(leaves)
-    return [
-        f"ingest {total:,} webhooks, 8 concurrent, edges in a few shared minutes: "
-        f"{total / elapsed:,.0f}/s, {percentiles(latencies)}"
-    ]
+    return sum(len(wave) for wave in waves) / elapsed, latencies
 
 
 def rfc(value: datetime) -> str:

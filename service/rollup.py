@@ -34,51 +34,91 @@ from service.tables import agent, pcu_alarm
 
 Interval = tuple[datetime | None, datetime | None]
 
-# Minute rows from the edges: `pcu.summarise` in SQL, plus the edges themselves (µs offset in
+# Minute rows from the edges (`pcu.summarise` in SQL), plus the edges themselves (µs offset in
 # the minute, net change, level after it relative to the minute's start) and, per edge, the
 # highest level up to it and from it on and the running sum of change * offset, so that any
 # prefix or suffix of the minute is summarised with one binary search (`width_bucket`). Times
-# become integer microseconds, so every sum is exact. `{points}` yields (app_id, minute, at, d)
-# with one row per distinct edge time; `{finish}` ends the statement.
-_MINUTES_SQL: Final = """
-    WITH point AS ({points}),
-    running AS (
+# become integer microseconds, so every sum is exact. `point` must yield (app_id, minute, at, d)
+# with one row per distinct edge time; `minute_summary` has one row per minute with edges.
+_MINUTE_CTES: Final = """
+    minute_running AS (
         SELECT app_id, minute, at, d,
                (extract(epoch FROM at - minute) * 1000000)::int AS off,
                sum(d) OVER (PARTITION BY app_id, minute ORDER BY at) AS level
         FROM point
     ),
-    ranged AS (
+    minute_ranged AS (
         SELECT *,
                max(level) OVER (PARTITION BY app_id, minute ORDER BY at) AS up_to,
                max(level) OVER (PARTITION BY app_id, minute ORDER BY at DESC) AS from_on,
                sum(d * off::bigint) OVER (PARTITION BY app_id, minute ORDER BY at) AS wsum
-        FROM running
+        FROM minute_running
     ),
-    summary AS (
+    minute_summary AS (
         SELECT app_id, minute, sum(d)::int AS delta,
                greatest(max(level), CASE WHEN min(at) > minute THEN 0 END)::int AS peak,
-               sum(d * (60000000 - off))::bigint AS area,
+               sum(d * (60000000 - off))::bigint AS area_us,
                array_agg(off ORDER BY at) AS edge_at,
                array_agg(d::int ORDER BY at) AS edge_delta,
                array_agg(level::int ORDER BY at) AS edge_level,
                array_agg(up_to::int ORDER BY at) AS edge_pmax,
                array_agg(from_on::int ORDER BY at) AS edge_smax,
                array_agg(wsum::bigint ORDER BY at) AS edge_wsum
-        FROM ranged GROUP BY app_id, minute
-    ){finish}
-"""
+        FROM minute_ranged GROUP BY app_id, minute
+    )"""
+
+# Hour rows from their minutes (`pcu.hour_prefix` in SQL). `target` must yield the (app_id,
+# hour) pairs to write and `minute_now` the minutes' (app_id, minute, delta, peak, area_us) as
+# they now are; an hour without minutes is deleted, the others upserted.
+_HOUR_CTES: Final = """
+    slot AS (
+        SELECT t.app_id, t.hour, k, m.minute IS NOT NULL AS present,
+               coalesce(m.delta, 0) AS delta, coalesce(m.peak, 0) AS peak,
+               coalesce(m.area_us, 0) AS area
+        FROM target AS t
+        CROSS JOIN generate_series(0, 59) AS k
+        LEFT JOIN minute_now AS m
+            ON m.app_id = t.app_id AND m.minute = t.hour + k * interval '1 minute'
+    ),
+    hour_level AS (
+        SELECT *, sum(delta) OVER (PARTITION BY app_id, hour ORDER BY k) - delta AS cum
+        FROM slot
+    ),
+    hour_running AS (
+        SELECT *,
+               sum(cum::bigint * 60000000 + area) OVER (PARTITION BY app_id, hour ORDER BY k)
+                   AS area_after,
+               max(cum + peak) OVER (PARTITION BY app_id, hour ORDER BY k) AS pmax_after,
+               max(cum + peak) OVER (PARTITION BY app_id, hour ORDER BY k DESC) AS smax_from
+        FROM hour_level
+    ),
+    hour_summary AS (
+        SELECT app_id, hour, bool_or(present) AS present,
+               array_prepend(0, array_agg((cum + delta)::int ORDER BY k)) AS cum,
+               array_prepend(0::bigint, array_agg(area_after::bigint ORDER BY k)) AS area,
+               array_prepend(0, array_agg(pmax_after::int ORDER BY k)) AS pmax,
+               array_append(array_agg(smax_from::int ORDER BY k), 0) AS smax
+        FROM hour_running GROUP BY app_id, hour
+    ),
+    hour_cleared AS (
+        DELETE FROM pcu_hour AS h USING hour_summary AS s
+        WHERE h.app_id = s.app_id AND h.hour = s.hour AND NOT s.present
+    )
+    INSERT INTO pcu_hour (app_id, hour, cum, area, pmax, smax)
+    SELECT app_id, hour, cum, area, pmax, smax FROM hour_summary WHERE present
+    ON CONFLICT (app_id, hour) DO UPDATE
+    SET cum = excluded.cum, area = excluded.area, pmax = excluded.pmax, smax = excluded.smax"""
 
 _MINUTE_COLUMNS: Final = (
     "app_id, minute, delta, peak, area_us, edge_at, edge_delta, edge_level, edge_pmax,"
     " edge_smax, edge_wsum"
 )
 
-# Each given minute of one app rewritten from the agents' edges; a minute left without edges
-# loses its row.
+# Given minutes of one app, and their hours, rewritten in one statement: the minutes from the
+# agents' edges, the hours from those new minutes and their other (committed) minutes.
 _REWRITE = text(
-    _MINUTES_SQL.format(
-        points="""
+    f"""
+    WITH point AS (
         SELECT CAST(:app AS text) AS app_id, m.minute, e.at, sum(e.d) AS d
         FROM unnest(CAST(:minutes AS timestamptz[])) AS m(minute)
         CROSS JOIN LATERAL (
@@ -91,27 +131,42 @@ _REWRITE = text(
               AND active_until < m.minute + interval '1 minute'
         ) AS e
         GROUP BY m.minute, e.at
-        """,
-        finish=f""",
-    cleared AS (
+    ),
+    {_MINUTE_CTES},
+    minute_cleared AS (
         DELETE FROM pcu_minute
         WHERE app_id = :app AND minute = ANY(CAST(:minutes AS timestamptz[]))
-          AND minute NOT IN (SELECT minute FROM summary)
-    )
-    INSERT INTO pcu_minute ({_MINUTE_COLUMNS})
-    SELECT * FROM summary
-    ON CONFLICT (app_id, minute) DO UPDATE
-    SET delta = excluded.delta, peak = excluded.peak, area_us = excluded.area_us,
-        edge_at = excluded.edge_at, edge_delta = excluded.edge_delta,
-        edge_level = excluded.edge_level, edge_pmax = excluded.edge_pmax,
-        edge_smax = excluded.edge_smax, edge_wsum = excluded.edge_wsum
-    """,
-    )
+          AND minute NOT IN (SELECT minute FROM minute_summary)
+    ),
+    minute_written AS (
+        INSERT INTO pcu_minute ({_MINUTE_COLUMNS})
+        SELECT * FROM minute_summary
+        ON CONFLICT (app_id, minute) DO UPDATE
+        SET delta = excluded.delta, peak = excluded.peak, area_us = excluded.area_us,
+            edge_at = excluded.edge_at, edge_delta = excluded.edge_delta,
+            edge_level = excluded.edge_level, edge_pmax = excluded.edge_pmax,
+            edge_smax = excluded.edge_smax, edge_wsum = excluded.edge_wsum
+    ),
+    target AS (
+        SELECT CAST(:app AS text) AS app_id, hour
+        FROM unnest(CAST(:hours AS timestamptz[])) AS h(hour)
+    ),
+    minute_now AS (
+        SELECT app_id, minute, delta, peak, area_us FROM minute_summary
+        UNION ALL
+        SELECT m.app_id, m.minute, m.delta, m.peak, m.area_us
+        FROM target AS t
+        JOIN pcu_minute AS m ON m.app_id = t.app_id
+             AND m.minute >= t.hour AND m.minute < t.hour + interval '1 hour'
+        WHERE m.minute <> ALL(CAST(:minutes AS timestamptz[]))
+    ),
+    {_HOUR_CTES}
+    """
 )
 
 # Every minute of every app from scratch (`rebuild()`; the migration's backfill is the same).
-REBUILD_SQL: Final = _MINUTES_SQL.format(
-    points="""
+REBUILD_SQL: Final = f"""
+    WITH point AS (
         SELECT app_id, to_timestamp(floor(extract(epoch FROM at) / 60) * 60) AS minute,
                at, sum(d) AS d
         FROM (
@@ -120,68 +175,24 @@ REBUILD_SQL: Final = _MINUTES_SQL.format(
             SELECT app_id, active_until, -1 FROM agent WHERE active_until IS NOT NULL
         ) AS edge
         GROUP BY 1, 2, 3
-        """,
-    finish=f"""
+    ),
+    {_MINUTE_CTES}
     INSERT INTO pcu_minute ({_MINUTE_COLUMNS})
-    SELECT * FROM summary
-    """,
-)
-
-
-# Hour rows rewritten from their minute rows (`pcu.hour_prefix` in SQL). `{hours}` yields the
-# (app_id, hour) pairs to rewrite. An hour left without minute rows loses its row.
-_HOURS_SQL: Final = """
-    WITH target AS ({hours}),
-    slot AS (
-        SELECT t.app_id, t.hour, k, m.minute IS NOT NULL AS present,
-               coalesce(m.delta, 0) AS delta, coalesce(m.peak, 0) AS peak,
-               coalesce(m.area_us, 0) AS area
-        FROM target AS t
-        CROSS JOIN generate_series(0, 59) AS k
-        LEFT JOIN pcu_minute AS m
-            ON m.app_id = t.app_id AND m.minute = t.hour + k * interval '1 minute'
-    ),
-    level AS (
-        SELECT *, sum(delta) OVER (PARTITION BY app_id, hour ORDER BY k) - delta AS cum
-        FROM slot
-    ),
-    running AS (
-        SELECT *,
-               sum(cum::bigint * 60000000 + area) OVER (PARTITION BY app_id, hour ORDER BY k)
-                   AS area_after,
-               max(cum + peak) OVER (PARTITION BY app_id, hour ORDER BY k) AS pmax_after,
-               max(cum + peak) OVER (PARTITION BY app_id, hour ORDER BY k DESC) AS smax_from
-        FROM level
-    ),
-    summary AS (
-        SELECT app_id, hour, bool_or(present) AS present,
-               array_prepend(0, array_agg((cum + delta)::int ORDER BY k)) AS cum,
-               array_prepend(0::bigint, array_agg(area_after::bigint ORDER BY k)) AS area,
-               array_prepend(0, array_agg(pmax_after::int ORDER BY k)) AS pmax,
-               array_append(array_agg(smax_from::int ORDER BY k), 0) AS smax
-        FROM running GROUP BY app_id, hour
-    ),
-    cleared AS (
-        DELETE FROM pcu_hour AS h USING summary AS s
-        WHERE h.app_id = s.app_id AND h.hour = s.hour AND NOT s.present
-    )
-    INSERT INTO pcu_hour (app_id, hour, cum, area, pmax, smax)
-    SELECT app_id, hour, cum, area, pmax, smax FROM summary WHERE present
-    ON CONFLICT (app_id, hour) DO UPDATE
-    SET cum = excluded.cum, area = excluded.area, pmax = excluded.pmax, smax = excluded.smax
+    SELECT * FROM minute_summary
 """
 
-_REWRITE_HOURS = text(
-    _HOURS_SQL.format(
-        hours="SELECT CAST(:app AS text) AS app_id, hour"
-        " FROM unnest(CAST(:hours AS timestamptz[])) AS h(hour)"
-    )
-)
+# Every hour of every app from its minutes, after `REBUILD_SQL`.
+REBUILD_HOURS_SQL: Final = f"""
+    WITH target AS (
+        SELECT DISTINCT app_id,
+               to_timestamp(floor(extract(epoch FROM minute) / 3600) * 3600) AS hour
+        FROM pcu_minute
+    ),
+    minute_now AS (SELECT app_id, minute, delta, peak, area_us FROM pcu_minute),
+    {_HOUR_CTES}
+"""
 
-REBUILD_HOURS_SQL: Final = _HOURS_SQL.format(
-    hours="SELECT DISTINCT app_id,"
-    " to_timestamp(floor(extract(epoch FROM minute) / 3600) * 3600) AS hour FROM pcu_minute"
-)
+_LOCK = text("SELECT pg_advisory_xact_lock(key) FROM unnest(CAST(:keys AS bigint[])) AS key")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -207,12 +218,18 @@ async def move(conn: AsyncConnection, *, app_id: str, before: Interval, after: I
     # Minute locks, then hour locks, each set in key order: one global order for everyone.
     minute_keys = sorted(_key("minute", app_id, minute) for minute in minutes)
     hour_keys = sorted(_key("hour", app_id, hour) for hour in hours)
-    for key in [*minute_keys, *hour_keys]:
-        await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+    # Taken one by one in this order (unnest yields the array in order).
+    await conn.execute(_LOCK, {"keys": [*minute_keys, *hour_keys]})
     # A new statement takes a new snapshot: it sees every edge committed by earlier lock holders
     # (who held these locks until their commit).
-    await conn.execute(_REWRITE, {"app": app_id, "minutes": [pcu.from_us(m) for m in minutes]})
-    await conn.execute(_REWRITE_HOURS, {"app": app_id, "hours": [pcu.from_us(h) for h in hours]})
+    await conn.execute(
+        _REWRITE,
+        {
+            "app": app_id,
+            "minutes": [pcu.from_us(minute) for minute in minutes],
+            "hours": [pcu.from_us(hour) for hour in hours],
+        },
+    )
 
 
 async def settle_threshold(
@@ -224,14 +241,12 @@ async def settle_threshold(
     written. The lock makes these transactions count one after another, in commit order, so each
     crossing is seen by exactly one of them, however many replicas run.
     """
-    await conn.execute(pg_insert(pcu_alarm).values(app_id=app_id).on_conflict_do_nothing())
-    stored = pcu.Threshold(
-        (
-            await conn.execute(
-                select(pcu_alarm.c.level).where(pcu_alarm.c.app_id == app_id).with_for_update()
-            )
-        ).scalar_one()
-    )
+    locked = select(pcu_alarm.c.level).where(pcu_alarm.c.app_id == app_id).with_for_update()
+    found = (await conn.execute(locked)).scalar_one_or_none()
+    if found is None:  # the app's first activity: create its row, then lock it
+        await conn.execute(pg_insert(pcu_alarm).values(app_id=app_id).on_conflict_do_nothing())
+        found = (await conn.execute(locked)).scalar_one()
+    stored = pcu.Threshold(found)
     current = await current_pcu(conn, app_id=app_id)
     level = pcu.threshold(current, cap=limits.cap, warn_fraction=limits.warn_fraction)
     if level == stored:

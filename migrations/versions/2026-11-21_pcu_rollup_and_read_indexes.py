@@ -39,74 +39,81 @@ BACKFILL = """
             SELECT app_id, active_until, -1 FROM agent WHERE active_until IS NOT NULL
         ) AS edge
         GROUP BY 1, 2, 3
-        ),
-    running AS (
+    ),
+    
+    minute_running AS (
         SELECT app_id, minute, at, d,
                (extract(epoch FROM at - minute) * 1000000)::int AS off,
                sum(d) OVER (PARTITION BY app_id, minute ORDER BY at) AS level
         FROM point
     ),
-    ranged AS (
+    minute_ranged AS (
         SELECT *,
                max(level) OVER (PARTITION BY app_id, minute ORDER BY at) AS up_to,
                max(level) OVER (PARTITION BY app_id, minute ORDER BY at DESC) AS from_on,
                sum(d * off::bigint) OVER (PARTITION BY app_id, minute ORDER BY at) AS wsum
-        FROM running
+        FROM minute_running
     ),
-    summary AS (
+    minute_summary AS (
         SELECT app_id, minute, sum(d)::int AS delta,
                greatest(max(level), CASE WHEN min(at) > minute THEN 0 END)::int AS peak,
-               sum(d * (60000000 - off))::bigint AS area,
+               sum(d * (60000000 - off))::bigint AS area_us,
                array_agg(off ORDER BY at) AS edge_at,
                array_agg(d::int ORDER BY at) AS edge_delta,
                array_agg(level::int ORDER BY at) AS edge_level,
                array_agg(up_to::int ORDER BY at) AS edge_pmax,
                array_agg(from_on::int ORDER BY at) AS edge_smax,
                array_agg(wsum::bigint ORDER BY at) AS edge_wsum
-        FROM ranged GROUP BY app_id, minute
+        FROM minute_ranged GROUP BY app_id, minute
     )
     INSERT INTO pcu_minute (app_id, minute, delta, peak, area_us, edge_at, edge_delta, edge_level, edge_pmax, edge_smax, edge_wsum)
-    SELECT * FROM summary
+    SELECT * FROM minute_summary
 """
 
 # service.rollup.REBUILD_HOURS_SQL as of this revision.
 BACKFILL_HOURS = """
-    WITH target AS (SELECT DISTINCT app_id, to_timestamp(floor(extract(epoch FROM minute) / 3600) * 3600) AS hour FROM pcu_minute),
+    WITH target AS (
+        SELECT DISTINCT app_id,
+               to_timestamp(floor(extract(epoch FROM minute) / 3600) * 3600) AS hour
+        FROM pcu_minute
+    ),
+    minute_now AS (SELECT app_id, minute, delta, peak, area_us FROM pcu_minute),
+    
     slot AS (
         SELECT t.app_id, t.hour, k, m.minute IS NOT NULL AS present,
                coalesce(m.delta, 0) AS delta, coalesce(m.peak, 0) AS peak,
                coalesce(m.area_us, 0) AS area
         FROM target AS t
         CROSS JOIN generate_series(0, 59) AS k
-        LEFT JOIN pcu_minute AS m
+        LEFT JOIN minute_now AS m
             ON m.app_id = t.app_id AND m.minute = t.hour + k * interval '1 minute'
     ),
-    level AS (
+    hour_level AS (
         SELECT *, sum(delta) OVER (PARTITION BY app_id, hour ORDER BY k) - delta AS cum
         FROM slot
     ),
-    running AS (
+    hour_running AS (
         SELECT *,
                sum(cum::bigint * 60000000 + area) OVER (PARTITION BY app_id, hour ORDER BY k)
                    AS area_after,
                max(cum + peak) OVER (PARTITION BY app_id, hour ORDER BY k) AS pmax_after,
                max(cum + peak) OVER (PARTITION BY app_id, hour ORDER BY k DESC) AS smax_from
-        FROM level
+        FROM hour_level
     ),
-    summary AS (
+    hour_summary AS (
         SELECT app_id, hour, bool_or(present) AS present,
                array_prepend(0, array_agg((cum + delta)::int ORDER BY k)) AS cum,
                array_prepend(0::bigint, array_agg(area_after::bigint ORDER BY k)) AS area,
                array_prepend(0, array_agg(pmax_after::int ORDER BY k)) AS pmax,
                array_append(array_agg(smax_from::int ORDER BY k), 0) AS smax
-        FROM running GROUP BY app_id, hour
+        FROM hour_running GROUP BY app_id, hour
     ),
-    cleared AS (
-        DELETE FROM pcu_hour AS h USING summary AS s
+    hour_cleared AS (
+        DELETE FROM pcu_hour AS h USING hour_summary AS s
         WHERE h.app_id = s.app_id AND h.hour = s.hour AND NOT s.present
     )
     INSERT INTO pcu_hour (app_id, hour, cum, area, pmax, smax)
-    SELECT app_id, hour, cum, area, pmax, smax FROM summary WHERE present
+    SELECT app_id, hour, cum, area, pmax, smax FROM hour_summary WHERE present
     ON CONFLICT (app_id, hour) DO UPDATE
     SET cum = excluded.cum, area = excluded.area, pmax = excluded.pmax, smax = excluded.smax
 """

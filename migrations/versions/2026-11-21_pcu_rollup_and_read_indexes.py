@@ -8,7 +8,7 @@
 - `pcu_alarm`: each app's PCU level against its warning fraction and cap.
 - agent: a CHECK that an interval never ends before it starts; edge indexes on `active_from` and
   `active_until`; a GiST index on `tstzrange(active_from, active_until)` (who was active at t);
-  the list order `coalesce(started_at, first_seen_at) DESC, agent_id DESC`.
+  the list order `coalesce(started_at, first_seen_at) DESC, agent_id DESC`; `channel`.
 
 Revision ID: ad5159c0ab68
 Revises: 734de7b631b0
@@ -187,6 +187,7 @@ def upgrade() -> None:
         unique=False,
         postgresql_where=sa.text("active_until IS NOT NULL"),
     )
+    op.create_index(op.f("ix_agent_channel"), "agent", ["channel"], unique=False)
     op.create_index(
         "ix_agent_listed_at",
         "agent",
@@ -199,6 +200,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_index("ix_agent_listed_at", table_name="agent")
+    op.drop_index(op.f("ix_agent_channel"), table_name="agent")
     op.drop_index(op.f("ix_agent_app_id_active_until"), table_name="agent")
     op.drop_index(op.f("ix_agent_app_id_active_from"), table_name="agent")
     op.drop_index("ix_agent_active_range", table_name="agent")

@@ -13,14 +13,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service import pcu, rollup
-
-PEAK_STEP_US: Final = 3600 * pcu.US_PER_S
 
 _LEVEL_BEFORE = text(
     """
@@ -188,10 +186,10 @@ async def series(
 async def peak(conn: AsyncConnection, *, app_id: str, start: int, end: int) -> Peak:
     """The highest concurrency over `[start, end)` and the first moment it was reached.
 
-    Read as an hourly series; the first piece reaching the peak is then at most an hour of
-    minutes (searched row by row) or part of a minute, searched edge by edge.
+    Read as one bucket, whose pieces are at most an hour each; the first piece reaching the
+    peak is then searched minute row by minute row, and that minute edge by edge.
     """
-    grid = pcu.buckets(start, end, PEAK_STEP_US)
+    grid = [(start, end)]
     parts = pcu.pieces(grid)
     level = await level_before(conn, app_id=app_id, at=start)
     found = await spans(conn, app_id=app_id, parts=parts)

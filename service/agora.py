@@ -35,7 +35,7 @@ import httpx
 import stamina
 import structlog
 
-from service import accesstoken, events, lifecycle
+from service import accesstoken, events, lifecycle, metrics
 from service.config import AppSettings, Settings
 from service.errors import MalformedEvent, ServiceError
 
@@ -398,6 +398,7 @@ class AgoraClient:
 
     def _observe(self, endpoint: Endpoint, status: str, seconds: float) -> None:
         """One finished HTTP exchange (`status` is the code, or "error" without an answer)."""
+        metrics.agora_request(endpoint, status, seconds)
 
 
 class _Attempts:

@@ -26,7 +26,7 @@ from starlette.responses import JSONResponse, Response
 from service import db, worker
 from service.config import Settings
 from service.errors import RequestRejected, ServiceError
-from service.routes import dashboard, health, webhooks
+from service.routes import dashboard, docs, health, metrics, webhooks
 
 log = structlog.get_logger(__name__)
 
@@ -65,7 +65,13 @@ def create_app(
                 await active.dispose()
 
     return Starlette(
-        routes=[*webhooks.routes, *dashboard.routes, *health.routes],
+        routes=[
+            *webhooks.routes,
+            *dashboard.routes,
+            *health.routes,
+            *metrics.routes,
+            *docs.routes,
+        ],
         exception_handlers={
             ServiceError: _service_error,
             HTTPException: _http_error,

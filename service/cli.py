@@ -15,9 +15,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import sys
+import tempfile
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -115,14 +118,40 @@ def _serve(settings: config.Settings, args: argparse.Namespace) -> int:
 
 
 def _serve_processes(settings: config.Settings, workers: int) -> int:
-    """uvicorn's supervisor over `workers` processes (graceful on SIGTERM, without the drain)."""
-    uvicorn.run(
-        "service.cli:app_from_environment",
-        factory=True,
-        workers=workers,
-        **_uvicorn_options(settings),
-    )
+    """uvicorn's supervisor over `workers` processes (graceful on SIGTERM, without the drain).
+
+    Metrics from every process are added up through prometheus-client's multiprocess directory.
+    """
+    owned_metrics_dir = _metrics_dir_for_workers()
+    try:
+        uvicorn.run(
+            "service.cli:app_from_environment",
+            factory=True,
+            workers=workers,
+            **_uvicorn_options(settings),
+        )
+    finally:
+        if owned_metrics_dir is not None:
+            shutil.rmtree(owned_metrics_dir, ignore_errors=True)
     return 0
+
+
+def _metrics_dir_for_workers() -> Path | None:
+    """Point the workers at an empty prometheus-client multiprocess directory (see `metrics`).
+
+    Set in our environment before uvicorn spawns the workers, which inherit it; they import
+    prometheus-client afresh and so count into files there. An operator's
+    `PROMETHEUS_MULTIPROC_DIR` is emptied of a previous run's files; otherwise a temporary
+    directory is made and answered, to be removed when serving ends.
+    """
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if given:
+        for stale in Path(given).glob("*.db"):
+            stale.unlink()
+        return None
+    made = Path(tempfile.mkdtemp(prefix="convoai-ledger-metrics-"))
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(made)
+    return made
 
 
 def _uvicorn_config(settings: config.Settings, application: Starlette) -> uvicorn.Config:

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from starlette.datastructures import Secret
 
+from service import pcu
 from service.errors import ConfigError
 
 DEFAULT_API_BASE_URL: Final = "https://api.agora.io/api/conversational-ai-agent"
@@ -27,6 +28,7 @@ DEFAULT_RETENTION_DAYS: Final = 30
 # terminationGracePeriodSeconds (45 in deploy/kubernetes).
 DEFAULT_SHUTDOWN_DRAIN_S: Final = 5.0
 DEFAULT_SHUTDOWN_TIMEOUT_S: Final = 20
+DEFAULT_PCU_WARN_FRACTION: Final = 0.8
 LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
 _APP_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _APP_FILE_KEYS: Final = frozenset(
@@ -80,9 +82,18 @@ class Settings:
     history_concurrency: int = 8
     history_lease_s: float = 60.0
     history_poll_s: float = 2.0
+    pcu_warn_fraction: float = DEFAULT_PCU_WARN_FRACTION
+    # prometheus-client's multiprocess directory; `serve --workers N` sets it for its workers.
+    metrics_multiprocess_dir: str | None = None
 
     def app(self, app_id: str) -> AppSettings | None:
         return self.apps.get(app_id)
+
+    def pcu_limits(self, app_id: str) -> pcu.Limits:
+        """The app's cap (the default for an app not configured) and the warning fraction."""
+        app = self.apps.get(app_id)
+        cap = app.pcu_cap if app is not None else DEFAULT_PCU_CAP
+        return pcu.Limits(cap=cap, warn_fraction=self.pcu_warn_fraction)
 
     @property
     def sqlalchemy_url(self) -> str:
@@ -130,6 +141,8 @@ def load(environ: Mapping[str, str]) -> Settings:
         history_concurrency=_int(env, "HISTORY_CONCURRENCY", 8, minimum=1, maximum=256),
         history_lease_s=_float(env, "HISTORY_LEASE_S", 60.0, positive=True),
         history_poll_s=_float(env, "HISTORY_POLL_S", 2.0, positive=True),
+        pcu_warn_fraction=_fraction(env, "PCU_WARN_FRACTION", DEFAULT_PCU_WARN_FRACTION),
+        metrics_multiprocess_dir=env.get("PROMETHEUS_MULTIPROC_DIR"),
     )
 
 
@@ -253,6 +266,19 @@ def _float(env: Mapping[str, str], key: str, default: float, *, positive: bool =
         raise ConfigError(f"{key} must be zero or more seconds, got {raw!r}")
     if positive and value == 0:
         raise ConfigError(f"{key} must be more than zero seconds, got {raw!r}")
+    return value
+
+
+def _fraction(env: Mapping[str, str], key: str, default: float) -> float:
+    raw = env.get(key)
+    if raw is None:
+        return default
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{key} must be a number, got {raw!r}") from None
+    if not 0 < value <= 1:
+        raise ConfigError(f"{key} must be more than 0 and at most 1, got {raw!r}")
     return value
 
 

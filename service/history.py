@@ -28,7 +28,7 @@ import structlog
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service import agora, jobs, repositories
+from service import agora, jobs, metrics, repositories
 from service.config import Settings
 from service.tables import history
 
@@ -180,6 +180,7 @@ async def _settle(deps: Deps, job: jobs.Job, *, history_call: jobs.CallOutcome) 
         if not await jobs.finish(conn, agent_id=job.agent_id, owner=deps.owner, error=None):
             raise LeaseLost
     log.info("history_settled", outcome=settled, attempt=job.attempts)
+    metrics.history_completed(settled)
     return settled
 
 

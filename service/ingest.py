@@ -7,6 +7,9 @@ and commits, all before the webhook route answers 200. If the database is unreac
 
 `observe()` is the lifecycle half on its own, for callers that hold a locked agent row and have
 something Agora said about it: the webhook path here, and reconciliation with `source="reconcile"`.
+It also keeps PCU accounting (`rollup`) in step with the agent's active interval. After the
+caller's commit, `report()` counts what was applied and logs threshold crossings, so nothing is
+announced for a transaction that rolled back.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import structlog
 from sqlalchemy import exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from service import db, events, jobs, lifecycle, repositories
+from service import db, events, jobs, lifecycle, metrics, pcu, repositories, rollup
 from service.errors import IllegalTransition
 
 log = structlog.get_logger(__name__)
@@ -31,7 +34,16 @@ class Outcome:
     status: Literal["accepted", "duplicate", "ignored"]
     agent_id: str | None = None
     out_of_order: bool = False  # older than something already recorded for the agent
+    applied: Applied | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Applied:
+    """What `observe()` changed: recorded steps and the PCU thresholds crossed upwards."""
+
+    app_id: str
     steps: tuple[lifecycle.Step, ...] = ()
+    crossings: tuple[rollup.Crossing, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -56,15 +68,42 @@ async def handle(
     app_id: str,
     note: events.Notification,
     received_at: datetime,
+    limits: pcu.Limits,
 ) -> Outcome:
-    """Store and apply `note` in one committed transaction; raise `Unavailable` if the DB is down."""
+    """Store and apply `note` in one committed transaction; raise `Unavailable` if the DB is down.
+
+    `limits` are the app's PCU cap and warning fraction. Counts and crossings are reported after
+    the commit.
+    """
     try:
         async with engine.begin() as conn:
-            return await _apply(conn, app_id=app_id, note=note, received_at=received_at)
+            outcome = await _apply(
+                conn, app_id=app_id, note=note, received_at=received_at, limits=limits
+            )
     except (exc.SQLAlchemyError, OSError) as error:
         if db.is_unavailable(error):
             raise db.unavailable_from(error) from error
         raise
+    if outcome.out_of_order:
+        metrics.out_of_order(app_id, note.event_type)
+    if outcome.applied is not None:
+        report(outcome.applied, source="webhook")
+    return outcome
+
+
+def report(applied: Applied, *, source: repositories.Source) -> None:
+    """Count committed transitions and announce committed threshold crossings (after commit)."""
+    for step in applied.steps:
+        metrics.transition(applied.app_id, step.to_state.value, source)
+    for crossing in applied.crossings:
+        metrics.threshold_crossed(crossing.app_id, crossing.threshold.value)
+        log.warning(
+            "pcu_threshold_crossed",
+            app_id=crossing.app_id,
+            threshold=crossing.threshold.value,
+            current=crossing.current,
+            cap=crossing.cap,
+        )
 
 
 async def _apply(
@@ -73,6 +112,7 @@ async def _apply(
     app_id: str,
     note: events.Notification,
     received_at: datetime,
+    limits: pcu.Limits,
 ) -> Outcome:
     if not await repositories.record_notification(
         conn, app_id=app_id, note=note, received_at=received_at
@@ -85,18 +125,19 @@ async def _apply(
     row, _ = await repositories.lock_agent(conn, agent_id=event.agent_id, app_id=app_id)
     if row.app_id != app_id:
         log.warning("agent_app_mismatch", stored_app_id=row.app_id, app_id=app_id)
-    steps = await observe(
+    applied = await observe(
         conn,
         row,
         _observation(event, at),
         source="webhook",
         notice_id=note.notice_id,
         received_at=received_at,
+        limits=limits,
     )
     await _record_effects(conn, event, note=note, received_at=received_at)
     out_of_order = row.last_event_at is not None and at < row.last_event_at
     return Outcome(
-        status="accepted", agent_id=event.agent_id, out_of_order=out_of_order, steps=tuple(steps)
+        status="accepted", agent_id=event.agent_id, out_of_order=out_of_order, applied=applied
     )
 
 
@@ -137,10 +178,13 @@ async def observe(
     source: repositories.Source,
     notice_id: str | None,
     received_at: datetime,
-) -> list[lifecycle.Step]:
-    """Apply `obs` to the locked agent `row`: state, transitions, bookkeeping, history job.
+    limits: pcu.Limits,
+) -> Applied:
+    """Apply `obs` to the locked agent `row`: state, transitions, bookkeeping, history job, PCU.
 
-    Returns the recorded steps (empty for redeliveries, stale or refused observations).
+    Returns the recorded steps (none for redeliveries, stale or refused observations) and the
+    PCU thresholds crossed; the caller commits, then passes the result to `report()`. One agent
+    per transaction: the PCU locks are taken after the agent's (see `rollup`).
     """
     started_at = _earliest(row.started_at, obs.started_at)
     steps: list[lifecycle.Step] = []
@@ -168,6 +212,7 @@ async def observe(
     )
     if any(lifecycle.is_terminal(step.to_state) for step in steps):
         await repositories.enqueue_history_job(conn, agent_id=row.agent_id, app_id=row.app_id)
+    crossings = await _account(conn, row, values, limits=limits)
     for step in steps:
         log.info(
             "transition_applied",
@@ -177,7 +222,30 @@ async def observe(
             source=source,
             inferred=step.inferred,
         )
-    return steps
+    return Applied(app_id=row.app_id, steps=tuple(steps), crossings=tuple(crossings))
+
+
+async def _account(
+    conn: AsyncConnection,
+    row: repositories.AgentRow,
+    values: Mapping[str, Any],
+    *,
+    limits: pcu.Limits,
+) -> list[rollup.Crossing]:
+    """Keep the PCU rollup and threshold alarm in step with the agent's new interval."""
+    before = (row.active_from, row.active_until)
+    after = (
+        values.get("active_from", row.active_from),
+        values.get("active_until", row.active_until),
+    )
+    if after == before:
+        return []
+    await rollup.move(conn, app_id=row.app_id, before=before, after=after)
+    was_active = before[0] is not None and before[1] is None
+    is_active = after[0] is not None and after[1] is None
+    if was_active == is_active:
+        return []
+    return await rollup.settle_threshold(conn, app_id=row.app_id, limits=limits)
 
 
 def _agent_values(

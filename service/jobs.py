@@ -231,7 +231,7 @@ async def counts(conn: AsyncConnection) -> dict[str, int]:
         select(history_job.c.status, func.count()).group_by(history_job.c.status)
     )
     found = {"queued": 0, "running": 0, "done": 0}
-    found.update({status: int(n) for status, n in rows.tuples()})
+    found.update({status: int(n) for status, n in rows})
     return found
 
 

@@ -1,17 +1,47 @@
 """Read-side SQL for the dashboard API: plain rows turned into JSON-ready dicts.
 
-Times are answered as RFC 3339 UTC strings (`2026-11-21T10:00:00Z`).
+Times are answered as RFC 3339 UTC strings (`2026-11-21T10:00:00Z`). Lists are keyset-paginated:
+the opaque cursor holds the sort key of the last item answered, and the next page starts strictly
+after it, so rows inserted meanwhile (new agents, new notifications) never make a page skip or
+repeat one. PCU reads are in `concurrency`.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service.tables import agent, agent_error, agent_transition, agent_turn, history
+from service import concurrency, pcu
+from service.errors import InvalidParameter
+from service.tables import (
+    agent,
+    agent_error,
+    agent_listed_at,
+    agent_transition,
+    agent_turn,
+    history,
+    notification,
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentFilter:
+    """`GET /v1/agents` filters; `since`/`until` bound the start time, `until` exclusive."""
+
+    app_id: str | None = None
+    states: Sequence[str] = ()
+    channel: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    since: datetime | None = None
+    until: datetime | None = None
 
 
 def rfc3339(value: datetime | None) -> str | None:
@@ -119,3 +149,132 @@ def _turn(row: Any) -> dict[str, Any]:
         "source": row["source"],
         "data": row["data"],
     }
+
+
+async def list_agents(
+    conn: AsyncConnection, *, where: AgentFilter, limit: int, cursor: str | None
+) -> dict[str, Any]:
+    """Agents newest first (start time, else first seen), `limit` per page, keyset cursor."""
+    key = agent_listed_at.label("listed_at")
+    stmt = select(agent, key).where(*_agent_conditions(where))
+    if cursor is not None:
+        at, agent_id = _decode_cursor(cursor, kinds=(int, str))
+        stmt = stmt.where(tuple_(agent_listed_at, agent.c.agent_id) < (pcu.from_us(at), agent_id))
+    stmt = stmt.order_by(agent_listed_at.desc(), agent.c.agent_id.desc()).limit(limit + 1)
+    rows = (await conn.execute(stmt)).mappings().all()
+    page, more = rows[:limit], len(rows) > limit
+    last = page[-1] if more else None
+    return {
+        "items": [agent_summary(row) for row in page],
+        "next_cursor": _encode_cursor([pcu.to_us(last["listed_at"]), last["agent_id"]])
+        if last is not None
+        else None,
+    }
+
+
+def _agent_conditions(where: AgentFilter) -> list[ColumnElement[bool]]:
+    conditions: list[ColumnElement[bool]] = []
+    if where.app_id is not None:
+        conditions.append(agent.c.app_id == where.app_id)
+    if where.states:
+        conditions.append(agent.c.state.in_(list(where.states)))
+    if where.channel is not None:
+        conditions.append(agent.c.channel == where.channel)
+    for key, value in sorted(where.labels.items()):
+        conditions.append(agent.c.labels[key].astext == value)
+    if where.since is not None:
+        conditions.append(agent.c.started_at >= where.since)
+    if where.until is not None:
+        conditions.append(agent.c.started_at < where.until)
+    return conditions
+
+
+async def agent_events(
+    conn: AsyncConnection, agent_id: str, *, limit: int, cursor: str | None
+) -> dict[str, Any] | None:
+    """The agent's stored notifications in event order (arrival time where none), or None."""
+    known = await conn.scalar(select(agent.c.agent_id).where(agent.c.agent_id == agent_id))
+    if known is None:
+        return None
+    at = func.coalesce(notification.c.event_at, notification.c.received_at)
+    stmt = select(notification, at.label("sort_at")).where(notification.c.agent_id == agent_id)
+    if cursor is not None:
+        after_at, after_id = _decode_cursor(cursor, kinds=(int, int))
+        stmt = stmt.where(tuple_(at, notification.c.id) > (pcu.from_us(after_at), after_id))
+    stmt = stmt.order_by(at, notification.c.id).limit(limit + 1)
+    rows = (await conn.execute(stmt)).mappings().all()
+    page, more = rows[:limit], len(rows) > limit
+    last = page[-1] if more else None
+    return {
+        "items": [_event(row) for row in page],
+        "next_cursor": _encode_cursor([pcu.to_us(last["sort_at"]), last["id"]])
+        if last is not None
+        else None,
+    }
+
+
+def _event(row: Any) -> dict[str, Any]:
+    body = row["body"] if isinstance(row["body"], dict) else {}
+    return {
+        "notice_id": row["notice_id"],
+        "event_type": row["event_type"],
+        "event_time": rfc3339(row["event_at"]),
+        "received_at": rfc3339(row["received_at"]),
+        "payload": body.get("payload"),
+    }
+
+
+async def pcu_status(
+    conn: AsyncConnection, *, app_id: str, limits: pcu.Limits, window_s: int, now: datetime
+) -> dict[str, Any]:
+    """Current PCU against the cap, and the peak over the last `window_s` seconds."""
+    current = await concurrency.current(conn, app_id=app_id)
+    end = pcu.to_us(now)
+    high = await concurrency.peak(
+        conn, app_id=app_id, start=end - window_s * pcu.US_PER_S, end=end + 1
+    )
+    return {
+        "app_id": app_id,
+        "cap": limits.cap,
+        "current": current,
+        "available": max(limits.cap - current, 0),
+        "utilisation": current / limits.cap,
+        "peak": {"value": high.value, "at": rfc3339(concurrency.as_datetime(high.at))},
+    }
+
+
+async def pcu_series(
+    conn: AsyncConnection, *, app_id: str, start: datetime, end: datetime, step_s: int
+) -> dict[str, Any]:
+    """Exact max and time-weighted average concurrency per step over `[start, end)`."""
+    points = await concurrency.series(
+        conn,
+        app_id=app_id,
+        start=pcu.to_us(start),
+        end=pcu.to_us(end),
+        step=step_s * pcu.US_PER_S,
+    )
+    return {
+        "app_id": app_id,
+        "from": rfc3339(start),
+        "to": rfc3339(end),
+        "step": step_s,
+        "points": [
+            {"at": rfc3339(pcu.from_us(p.start)), "max": p.max, "avg": p.avg} for p in points
+        ],
+    }
+
+
+def _encode_cursor(key: list[Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(key).encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str, *, kinds: tuple[type, type]) -> tuple[Any, Any]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        first, second = json.loads(raw)
+    except (binascii.Error, ValueError, TypeError):
+        raise InvalidParameter("cursor: not a cursor this API gave out") from None
+    if not (isinstance(first, kinds[0]) and isinstance(second, kinds[1])):
+        raise InvalidParameter("cursor: not a cursor this API gave out")
+    return first, second

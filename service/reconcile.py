@@ -49,7 +49,7 @@ import structlog
 from sqlalchemy import exc, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service import agora, history, ingest, lifecycle, repositories
+from service import agora, history, ingest, lifecycle, metrics, repositories
 from service.lifecycle import Kind, State
 
 log = structlog.get_logger(__name__)
@@ -119,7 +119,13 @@ class Summary:
 
 
 def report(summary: Summary) -> None:
-    """Log a finished pass. The metrics wiring belongs here too (`ledger_reconcile_*`)."""
+    """Log and count a finished pass (`ledger_reconcile_*`)."""
+    if summary.outcome != "skipped":
+        metrics.reconcile_pass(summary.duration_s)
+        for kind in REPAIRS:
+            metrics.reconcile_repair(summary.app_id, kind, summary.repairs[kind])
+    if summary.cut_short_by_agora:
+        metrics.reconcile_error(summary.app_id)
     fields = {
         "app_id": summary.app_id,
         "duration_s": round(summary.duration_s, 3),
@@ -208,6 +214,7 @@ class _Pass:
         self.started = datetime.now(UTC)
         self.grace = timedelta(seconds=settings.reconcile_grace_s)
         self.horizon = MAX_SESSION + timedelta(seconds=settings.reconcile_watchdog_margin_s)
+        self.limits = settings.pcu_limits(summary.app_id)
         self.failed = False
 
     async def run(self) -> None:
@@ -345,31 +352,47 @@ class _Pass:
                 stop_status=State.STOPPED.value,
                 stop_message=GONE_MESSAGE,
             )
-            steps = await ingest.observe(
-                conn, row, observation, source="reconcile", notice_id=None, received_at=now
+            applied = await ingest.observe(
+                conn,
+                row,
+                observation,
+                source="reconcile",
+                notice_id=None,
+                received_at=now,
+                limits=self.limits,
             )
-        if steps:
+        ingest.report(applied, source="reconcile")
+        if applied.steps:
             self._repaired("gone", ours.agent_id, to_state=State.STOPPED)
 
     async def _apply(
         self, agent_id: str, observations: Sequence[ingest.Observation]
     ) -> list[lifecycle.Step]:
-        """Apply `observations` in order to the agent, in one transaction; the steps recorded."""
-        steps: list[lifecycle.Step] = []
+        """Apply `observations` in order to the agent, in one transaction; the steps recorded.
+
+        Only the first observation may change the agent's PCU interval (later ones are live
+        states after a join): the PCU locks must come before the alarm's (see `rollup`).
+        """
+        applied: list[ingest.Applied] = []
         async with self.engine.begin() as conn:
             for observation in observations:
                 row, _ = await repositories.lock_agent(
                     conn, agent_id=agent_id, app_id=self.summary.app_id
                 )
-                steps += await ingest.observe(
-                    conn,
-                    row,
-                    observation,
-                    source="reconcile",
-                    notice_id=None,
-                    received_at=datetime.now(UTC),
+                applied.append(
+                    await ingest.observe(
+                        conn,
+                        row,
+                        observation,
+                        source="reconcile",
+                        notice_id=None,
+                        received_at=datetime.now(UTC),
+                        limits=self.limits,
+                    )
                 )
-        return steps
+        for one in applied:
+            ingest.report(one, source="reconcile")
+        return [step for one in applied for step in one.steps]
 
     def _overdue(self, ours: repositories.Tracked) -> bool:
         """Active for longer than Agora lets a session run (plus the margin)."""

@@ -45,6 +45,7 @@ class AgentRow:
     state_at: datetime | None
     started_at: datetime | None
     active_from: datetime | None
+    active_until: datetime | None
     last_event_at: datetime | None
 
     @classmethod
@@ -58,6 +59,7 @@ class AgentRow:
             state_at=row["state_at"],
             started_at=row["started_at"],
             active_from=row["active_from"],
+            active_until=row["active_until"],
             last_event_at=row["last_event_at"],
         )
 
@@ -71,6 +73,7 @@ _AGENT_COLUMNS = (
     agent.c.state_at,
     agent.c.started_at,
     agent.c.active_from,
+    agent.c.active_until,
     agent.c.last_event_at,
 )
 

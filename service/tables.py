@@ -27,7 +27,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 NAMING_CONVENTION: Final = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -102,9 +102,28 @@ agent: Final = Table(
     _timestamp("first_seen_at", nullable=False, default_now=True),
     _timestamp("updated_at", nullable=False, default_now=True),
     CheckConstraint(f"state IN ({_STATES})", name="state"),
+    CheckConstraint(
+        "active_until IS NULL OR (active_from IS NOT NULL AND active_until >= active_from)",
+        name="active_interval",
+    ),
     Index(None, "app_id", "state"),
     Index(None, "app_id", "started_at"),
+    Index(None, "channel"),  # GET /v1/agents?channel=
+    # PCU: edges by time (rollup upkeep, partial minutes) and "who was active at t" (GiST).
+    Index(None, "app_id", "active_from", postgresql_where=text("active_from IS NOT NULL")),
+    Index(None, "app_id", "active_until", postgresql_where=text("active_until IS NOT NULL")),
+    Index(
+        "ix_agent_active_range",
+        text("tstzrange(active_from, active_until)"),
+        postgresql_using="gist",
+        postgresql_where=text("active_from IS NOT NULL"),
+    ),
 )
+
+# GET /v1/agents lists newest first by this key (the start time, else when first seen), with
+# keyset pagination on (listed_at, agent_id).
+agent_listed_at: Final = func.coalesce(agent.c.started_at, agent.c.first_seen_at)
+Index("ix_agent_listed_at", agent_listed_at.desc(), agent.c.agent_id.desc())
 
 agent_transition: Final = Table(
     "agent_transition",
@@ -226,4 +245,55 @@ history_job: Final = Table(
     CheckConstraint(f"history_call IN ({_CALL_OUTCOMES})", name="history_call"),
     CheckConstraint(f"turns_call IN ({_CALL_OUTCOMES})", name="turns_call"),
     Index(None, "due_at", postgresql_where=text("status <> 'done'")),
+)
+
+# PCU rollup: per app and minute with edges, the summary of the agents' interval edges inside
+# that minute (`service.pcu.Span` relative to the level just before the minute) and the edges
+# themselves (µs offsets in the minute, ascending and distinct, with the net change at each, the
+# level after it relative to the minute's start, the highest level up to it and from it on, and
+# the running sum of change * offset: any prefix or suffix of the minute in one binary search).
+# Rewritten from the agent rows, under a per-minute lock, by every transaction that moves an
+# edge (`service.rollup`).
+pcu_minute: Final = Table(
+    "pcu_minute",
+    metadata,
+    Column("app_id", Text, nullable=False),
+    Column("minute", DateTime(timezone=True), nullable=False),
+    Column("delta", Integer, nullable=False),
+    Column("peak", Integer, nullable=False),
+    Column("area_us", BigInteger, nullable=False),
+    Column("edge_at", ARRAY(Integer), nullable=False),
+    Column("edge_delta", ARRAY(Integer), nullable=False),
+    Column("edge_level", ARRAY(Integer), nullable=False),
+    Column("edge_pmax", ARRAY(Integer), nullable=False),
+    Column("edge_smax", ARRAY(Integer), nullable=False),
+    Column("edge_wsum", ARRAY(BigInteger), nullable=False),
+    PrimaryKeyConstraint("app_id", "minute"),
+)
+
+# PCU rollup per app and hour with edges: for each minute position k (0..60, array index k+1),
+# relative to the level just before the hour: `cum` the level before minute k, `area` the area
+# over minutes [0, k) in level·µs, `pmax` the highest level over [0, k), `smax` the highest over
+# [k, 60) (see `service.pcu.HourPrefix`). Rewritten from its minutes after them (`service.rollup`).
+pcu_hour: Final = Table(
+    "pcu_hour",
+    metadata,
+    Column("app_id", Text, nullable=False),
+    Column("hour", DateTime(timezone=True), nullable=False),
+    Column("cum", ARRAY(Integer), nullable=False),
+    Column("area", ARRAY(BigInteger), nullable=False),
+    Column("pmax", ARRAY(Integer), nullable=False),
+    Column("smax", ARRAY(Integer), nullable=False),
+    PrimaryKeyConstraint("app_id", "hour"),
+)
+
+# Where each app's current PCU stands against its thresholds; the row lock serialises the
+# transactions that change it, so each upward crossing is seen by exactly one of them.
+pcu_alarm: Final = Table(
+    "pcu_alarm",
+    metadata,
+    Column("app_id", Text, primary_key=True),
+    Column("level", Text, nullable=False, server_default="normal"),
+    _timestamp("changed_at", nullable=False, default_now=True),
+    CheckConstraint("level IN ('normal', 'warning', 'cap')", name="level"),
 )

@@ -24,7 +24,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final
+from wsgiref.simple_server import WSGIServer
 
+import prometheus_client
 import structlog
 from sqlalchemy import exc
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -95,9 +97,29 @@ async def main(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    async with open_deps(settings) as deps:
-        await run(deps, stop=stop, duties=duties(deps))
+    exporter = _export_metrics(settings)
+    try:
+        async with open_deps(settings) as deps:
+            await run(deps, stop=stop, duties=duties(deps))
+    finally:
+        if exporter is not None:
+            exporter.shutdown()
     return 0
+
+
+def _export_metrics(settings: Settings) -> WSGIServer | None:
+    """Serve this process's counters (Agora calls, histories, reconciliation) on HOST:PORT.
+
+    The web tier's `/metrics` has the database gauges; the worker only has its own counters.
+    A port already in use (two workers on one host) costs the metrics, not the worker.
+    """
+    try:
+        server, _ = prometheus_client.start_http_server(settings.port, addr=settings.host)
+    except OSError as error:
+        log.warning("metrics_port_unavailable", port=settings.port, error=error.strerror)
+        return None
+    log.info("metrics_serving", host=settings.host, port=settings.port)
+    return server
 
 
 async def run(

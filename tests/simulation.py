@@ -99,10 +99,21 @@ class Ledger:
         return response.json()
 
     def settled(self, agent_id: str, timeout: float = 15.0) -> Any:
-        """The history once it is no longer pending."""
-        return poll(
-            lambda: (h := self.history(agent_id))["status"] != "pending" and h, timeout=timeout
-        )
+        """The history once it is no longer pending (the agent may not be known yet at first)."""
+
+        def check() -> Any:
+            response = httpx.get(
+                f"{self.service.url}/v1/agents/{agent_id}/history",
+                headers=reader_headers(),
+                timeout=5,
+            )
+            if response.status_code == 404:
+                return None  # the simulator's notifications are still on their way
+            assert response.status_code == 200, response.text
+            answer = response.json()
+            return answer if answer["status"] != "pending" else None
+
+        return poll(check, timeout=timeout)
 
     def worker(self, name: str, **env: str) -> ServiceProcess:
         """A separate `convoai-ledger worker` process on the same database and simulator."""

@@ -1,16 +1,32 @@
-"""GET /v1/...: the read API for dashboards, behind a bearer token. Handlers call `queries`."""
+"""GET /v1/...: the read API for dashboards, behind a bearer token. Handlers call `queries`.
+
+Every handler checks the token first, then reads its query parameters strictly: an unknown
+parameter or a bad value is a 400 `invalid_parameter` whose detail names the parameter.
+"""
 
 from __future__ import annotations
 
 import hmac
+from datetime import UTC, datetime, timedelta
 from typing import Final
 
+from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from service import queries
-from service.errors import NotFound, Unauthorized
+from service import lifecycle, queries
+from service.config import Settings
+from service.errors import InvalidParameter, NotFound, Unauthorized
+
+DEFAULT_LIMIT: Final = 50
+MAX_LIMIT: Final = 500
+WINDOWS: Final = {"1h": 3600, "24h": 86_400, "7d": 7 * 86_400, "30d": 30 * 86_400}
+DEFAULT_WINDOW: Final = "24h"
+DEFAULT_STEP_S: Final = 300
+DEFAULT_SPAN: Final = timedelta(hours=24)
+MAX_POINTS: Final = 10_000
+LABEL_PREFIX: Final = "label."
 
 
 def require_reader(request: Request) -> None:
@@ -27,8 +43,28 @@ def require_reader(request: Request) -> None:
         raise Unauthorized()
 
 
+async def list_agents(request: Request) -> Response:
+    require_reader(request)
+    params = request.query_params
+    _only(params, {"app_id", "state", "channel", "since", "until", "limit", "cursor"}, labels=True)
+    where = queries.AgentFilter(
+        app_id=_one(params, "app_id"),
+        states=[_state(value) for value in params.getlist("state")],
+        channel=_one(params, "channel"),
+        labels=_labels(params),
+        since=_time(params, "since"),
+        until=_time(params, "until"),
+    )
+    async with request.state.engine.connect() as conn:
+        page = await queries.list_agents(
+            conn, where=where, limit=_limit(params), cursor=_one(params, "cursor")
+        )
+    return JSONResponse(page)
+
+
 async def get_agent(request: Request) -> Response:
     require_reader(request)
+    _only(request.query_params, set())
     async with request.state.engine.connect() as conn:
         found = await queries.agent_detail(conn, request.path_params["agent_id"])
     if found is None:
@@ -38,6 +74,7 @@ async def get_agent(request: Request) -> Response:
 
 async def get_history(request: Request) -> Response:
     require_reader(request)
+    _only(request.query_params, set())
     async with request.state.engine.connect() as conn:
         found = await queries.agent_history(conn, request.path_params["agent_id"])
     if found is None:
@@ -45,7 +82,135 @@ async def get_history(request: Request) -> Response:
     return JSONResponse(found)
 
 
+async def agent_events(request: Request) -> Response:
+    require_reader(request)
+    params = request.query_params
+    _only(params, {"limit", "cursor"})
+    async with request.state.engine.connect() as conn:
+        found = await queries.agent_events(
+            conn,
+            request.path_params["agent_id"],
+            limit=_limit(params),
+            cursor=_one(params, "cursor"),
+        )
+    if found is None:
+        raise NotFound()
+    return JSONResponse(found)
+
+
+async def app_pcu(request: Request) -> Response:
+    require_reader(request)
+    app_id = _known_app(request.state.settings, request.path_params["app_id"])
+    params = request.query_params
+    _only(params, {"window"})
+    window = _one(params, "window") or DEFAULT_WINDOW
+    if window not in WINDOWS:
+        raise InvalidParameter(f"window: one of {', '.join(WINDOWS)}")
+    async with request.state.engine.connect() as conn:
+        status = await queries.pcu_status(
+            conn,
+            app_id=app_id,
+            limits=request.state.settings.pcu_limits(app_id),
+            window_s=WINDOWS[window],
+            now=datetime.now(UTC),
+        )
+    return JSONResponse({**status, "window": window})
+
+
+async def app_pcu_series(request: Request) -> Response:
+    require_reader(request)
+    app_id = _known_app(request.state.settings, request.path_params["app_id"])
+    params = request.query_params
+    _only(params, {"from", "to", "step"})
+    end = _time(params, "to") or datetime.now(UTC)
+    start = _time(params, "from") or end - DEFAULT_SPAN
+    step = _step(params)
+    if start >= end:
+        raise InvalidParameter("from: must be before to")
+    if (end - start) / timedelta(seconds=step) > MAX_POINTS:
+        raise InvalidParameter(f"step: at most {MAX_POINTS} points per series")
+    async with request.state.engine.connect() as conn:
+        series = await queries.pcu_series(conn, app_id=app_id, start=start, end=end, step_s=step)
+    return JSONResponse(series)
+
+
+def _known_app(settings: Settings, app_id: str) -> str:
+    if settings.app(app_id) is None:
+        raise NotFound()
+    return app_id
+
+
+def _only(params: QueryParams, allowed: set[str], *, labels: bool = False) -> None:
+    for name in params:
+        if name not in allowed and not (labels and name.startswith(LABEL_PREFIX)):
+            raise InvalidParameter(f"{name}: unknown parameter")
+
+
+def _one(params: QueryParams, name: str) -> str | None:
+    values = params.getlist(name)
+    if len(values) > 1:
+        raise InvalidParameter(f"{name}: given more than once")
+    if values and values[0] == "":
+        raise InvalidParameter(f"{name}: empty")
+    return values[0] if values else None
+
+
+def _limit(params: QueryParams) -> int:
+    raw = _one(params, "limit")
+    if raw is None:
+        return DEFAULT_LIMIT
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+        raise InvalidParameter(f"limit: an integer from 1 to {MAX_LIMIT}")
+    return int(raw)
+
+
+def _step(params: QueryParams) -> int:
+    raw = _one(params, "step")
+    if raw is None:
+        return DEFAULT_STEP_S
+    if not raw.isdigit() or int(raw) < 1:
+        raise InvalidParameter("step: a whole number of seconds, at least 1")
+    return int(raw)
+
+
+def _state(value: str) -> str:
+    try:
+        return lifecycle.State(value.upper()).value
+    except ValueError:
+        names = ", ".join(lifecycle.State)
+        raise InvalidParameter(f"state: one of {names}") from None
+
+
+def _labels(params: QueryParams) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for name in params:
+        if name.startswith(LABEL_PREFIX):
+            key = name[len(LABEL_PREFIX) :]
+            value = _one(params, name)
+            if not key or value is None:
+                raise InvalidParameter(f"{name}: label.KEY=VALUE with a key and a value")
+            labels[key] = value
+    return labels
+
+
+def _time(params: QueryParams, name: str) -> datetime | None:
+    raw = _one(params, name)
+    if raw is None:
+        return None
+    try:
+        value = datetime.fromisoformat(raw)
+    except ValueError:
+        raise InvalidParameter(f"{name}: an RFC 3339 time such as 2026-01-31T12:00:00Z") from None
+    if value.tzinfo is None:
+        raise InvalidParameter(f"{name}: the time needs a UTC offset (Z or +hh:mm)")
+    return value.astimezone(UTC)
+
+
 routes: Final = [
+    Route("/v1/agents", list_agents, methods=["GET"]),
     Route("/v1/agents/{agent_id}", get_agent, methods=["GET"]),
+    Route("/v1/agents/{agent_id}/events", agent_events, methods=["GET"]),
     Route("/v1/agents/{agent_id}/history", get_history, methods=["GET"]),
+    Route("/v1/apps/{app_id}/pcu", app_pcu, methods=["GET"]),
+    Route("/v1/apps/{app_id}/pcu/series", app_pcu_series, methods=["GET"]),
 ]

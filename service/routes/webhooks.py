@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from service import events, ingest, signatures
+from service import events, ingest, metrics, signatures
 from service.config import AppSettings, Settings
 from service.errors import PayloadTooLarge, RequestRejected, ServiceError, UnknownApp
 
@@ -28,34 +28,44 @@ async def receive(request: Request) -> Response:
     structlog.contextvars.clear_contextvars()
     started = time.perf_counter()
     received_at = datetime.now(UTC)
-    outcome, status, reason = "rejected", 500, None
+    outcome, status, reason = "error", 500, "internal_error"
+    app_label, event_type = metrics.UNKNOWN_APP, None
     try:
         app = _app(request.state.settings, request.path_params.get("app_id"))
+        app_label = app.app_id
         structlog.contextvars.bind_contextvars(app_id=app.app_id)
         body = await _read_body(request)
         signatures.verify(body, request.headers, [str(s) for s in app.webhook_secrets])
         note = events.parse(body)
+        event_type = note.event_type
         structlog.contextvars.bind_contextvars(
             notice_id=note.notice_id, agent_id=note.agent_id, event_type=note.event_type
         )
         result = await ingest.handle(
-            request.state.engine, app_id=app.app_id, note=note, received_at=received_at
+            request.state.engine,
+            app_id=app.app_id,
+            note=note,
+            received_at=received_at,
+            limits=request.state.settings.pcu_limits(app.app_id),
         )
-        outcome, status = result.status, 200
+        outcome, status, reason = result.status, 200, ""
         return JSONResponse({"status": result.status})
     except RequestRejected as rejected:
-        status, reason = rejected.status_hint, rejected.code
+        outcome, status, reason = "rejected", rejected.status_hint, rejected.code
         raise
     except ServiceError as failed:
-        outcome, status, reason = "failed", failed.status_hint, failed.code
+        status, reason = failed.status_hint, failed.code
+        outcome = "unavailable" if failed.code == "unavailable" else "error"
         raise
     finally:
+        seconds = time.perf_counter() - started
+        metrics.notification(app_label, event_type, outcome=outcome, reason=reason, seconds=seconds)
         log.info(
             "webhook_handled",
             outcome=outcome,
             status=status,
-            reason=reason,
-            duration_ms=round((time.perf_counter() - started) * 1000, 2),
+            reason=reason or None,
+            duration_ms=round(seconds * 1000, 2),
         )
 
 

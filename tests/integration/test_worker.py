@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 
+import httpx
 from starlette.testclient import TestClient
 
 from service import config, worker
 from service.simulator import server
-from tests.factories import APP_ID, Sql, deliver, payload, post
+from tests.factories import APP_ID, Sql, deliver, environment, payload, poll, post
+from tests.processes import ServiceProcess, free_port
 from tests.simulation import CUSTOMER_ID, CUSTOMER_SECRET, sim_app
 
 
@@ -101,3 +104,27 @@ def test_the_worker_prunes_notifications_past_the_retention_age(
     asyncio.run(scenario())
     assert sql.rows("SELECT agent_id FROM notification") == [{"agent_id": "recent"}]
     assert sql.count("agent") == 2
+
+
+def test_a_worker_process_serves_its_own_metrics_and_stops_on_sigterm(
+    database_url: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    process = ServiceProcess(
+        ["worker"], environment(database_url, PORT=str(port)), tmp_path / "w.log"
+    )
+    try:
+
+        def scraped() -> str | None:
+            try:
+                response = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=1)
+            except httpx.HTTPError:
+                return None
+            return response.text if response.status_code == 200 else None
+
+        text = poll(scraped, timeout=20)
+    finally:
+        code = process.terminate()
+    for family in ("ledger_agora_requests", "ledger_history_completed", "ledger_reconcile_repairs"):
+        assert f"# TYPE {family}_total counter" in text
+    assert code == 0, process.output()

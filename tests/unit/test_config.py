@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from service import config
+from service import config, pcu
 from service.errors import ConfigError
 
 
@@ -144,3 +144,20 @@ def test_the_environment_app_may_not_repeat_a_file_app(tmp_path: Path) -> None:
     apps_file.write_text("[[apps]]\napp_id = 'a'\n")
     with pytest.raises(ConfigError, match="configured twice"):
         config.load({"LEDGER_APPS_FILE": str(apps_file), "AGORA_APP_ID": "a"})
+
+
+def test_the_pcu_warning_fraction_defaults_to_four_fifths() -> None:
+    settings = config.load({"AGORA_APP_ID": "app1", "PCU_CAP": "10"})
+    assert settings.pcu_limits("app1") == pcu.Limits(cap=10, warn_fraction=0.8)
+    assert settings.pcu_limits("elsewhere").cap == 20
+
+
+def test_the_pcu_warning_fraction_is_configurable() -> None:
+    assert config.load({"PCU_WARN_FRACTION": "0.5"}).pcu_warn_fraction == 0.5
+    assert config.load({"PCU_WARN_FRACTION": "1"}).pcu_warn_fraction == 1.0
+
+
+@pytest.mark.parametrize("raw", ["0", "-0.1", "1.5", "most", "nan"])
+def test_a_bad_pcu_warning_fraction_names_the_variable(raw: str) -> None:
+    with pytest.raises(ConfigError, match="PCU_WARN_FRACTION"):
+        config.load({"PCU_WARN_FRACTION": raw})

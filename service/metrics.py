@@ -1,0 +1,199 @@
+"""Prometheus metrics: every name the service exposes, and one-line helpers to count with.
+
+Counters and histograms live in the process that counts. Gauges that describe the database (PCU
+current/cap/peak per app, history jobs by status, the oldest due job's age) are not kept here at
+all: `GET /metrics` reads them from PostgreSQL at scrape time (`database_families`), so every
+replica and every worker answers the same truth.
+
+Several uvicorn workers (`convoai-ledger serve --workers N`) share one port, so a scrape reaches
+one worker at random. They therefore run in prometheus-client's multiprocess mode: `serve` points
+`PROMETHEUS_MULTIPROC_DIR` at a fresh directory before the workers start, every worker's counters
+are written to files there, and `render()` sums them all. With one worker the process's own
+registry is rendered. Each replica (pod) is its own scrape target; Prometheus sums across them.
+
+`app_id` labels only ever carry a configured App ID (`UNKNOWN_APP` otherwise) and `event_type`
+only a known event code (`OTHER_EVENT` otherwise), so no caller can blow up cardinality.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Final
+
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
+UNKNOWN_APP: Final = "unknown"
+OTHER_EVENT: Final = "other"
+KNOWN_EVENTS: Final = frozenset({101, 102, 103, 104, 110, 111, 112, 201, 202})
+HISTORY_STATUSES: Final = ("queued", "running", "done")
+
+_LATENCY_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+NOTIFICATIONS: Final = Counter(
+    "ledger_notifications",
+    "Webhook deliveries by app, event type, outcome and rejection reason.",
+    ["app_id", "event_type", "outcome", "reason"],
+)
+INGEST_DURATION: Final = Histogram(
+    "ledger_ingest_duration_seconds",
+    "Webhook handling time, by outcome.",
+    ["outcome"],
+    buckets=_LATENCY_BUCKETS,
+)
+OUT_OF_ORDER: Final = Counter(
+    "ledger_out_of_order",
+    "Notifications older than something already recorded for the agent.",
+    ["app_id", "event_type"],
+)
+TRANSITIONS: Final = Counter(
+    "ledger_transitions",
+    "Lifecycle transitions recorded (committed).",
+    ["app_id", "to_state", "source"],
+)
+THRESHOLD_CROSSINGS: Final = Counter(
+    "ledger_pcu_threshold_crossings",
+    "Upward crossings of the warning fraction of the cap and of the cap.",
+    ["app_id", "threshold"],
+)
+HISTORY_COMPLETED: Final = Counter(
+    "ledger_history_completed",
+    "Histories settled by the worker.",
+    ["outcome"],
+)
+AGORA_REQUESTS: Final = Counter(
+    "ledger_agora_requests",
+    "Agora REST calls by endpoint and HTTP status (`error` for transport failures).",
+    ["endpoint", "status"],
+)
+AGORA_DURATION: Final = Histogram(
+    "ledger_agora_request_duration_seconds",
+    "Agora REST call time.",
+    ["endpoint"],
+    buckets=_LATENCY_BUCKETS,
+)
+RECONCILE_REPAIRS: Final = Counter(
+    "ledger_reconcile_repairs",
+    "Reconciliation repairs: the signal that webhooks are lost.",
+    ["app_id", "kind"],
+)
+RECONCILE_DURATION: Final = Histogram(
+    "ledger_reconcile_pass_duration_seconds",
+    "Reconciliation pass time.",
+    buckets=(0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0),
+)
+RECONCILE_ERRORS: Final = Counter(
+    "ledger_reconcile_errors",
+    "Reconciliation passes cut short by Agora errors.",
+    ["app_id"],
+)
+
+
+def event_label(event_type: int | None) -> str:
+    if event_type is None:
+        return ""
+    return str(event_type) if event_type in KNOWN_EVENTS else OTHER_EVENT
+
+
+def notification(
+    app_id: str, event_type: int | None, *, outcome: str, reason: str = "", seconds: float
+) -> None:
+    """One webhook delivery: `outcome` accepted|duplicate|ignored|rejected|unavailable."""
+    NOTIFICATIONS.labels(app_id, event_label(event_type), outcome, reason).inc()
+    INGEST_DURATION.labels(outcome).observe(seconds)
+
+
+def out_of_order(app_id: str, event_type: int | None) -> None:
+    OUT_OF_ORDER.labels(app_id, event_label(event_type)).inc()
+
+
+def transition(app_id: str, to_state: str, source: str) -> None:
+    """One committed lifecycle transition; `source` webhook|reconcile."""
+    TRANSITIONS.labels(app_id, to_state, source).inc()
+
+
+def threshold_crossed(app_id: str, threshold: str) -> None:
+    """One committed upward crossing; `threshold` warning|cap."""
+    THRESHOLD_CROSSINGS.labels(app_id, threshold).inc()
+
+
+def history_completed(outcome: str) -> None:
+    """A history settled by the worker; `outcome` complete|unavailable."""
+    HISTORY_COMPLETED.labels(outcome).inc()
+
+
+def agora_request(endpoint: str, status: int | str, seconds: float) -> None:
+    """One Agora REST call; `endpoint` join|leave|query|list|history|turns, `status` the HTTP
+    code or "error" for a transport failure."""
+    AGORA_REQUESTS.labels(endpoint, str(status)).inc()
+    AGORA_DURATION.labels(endpoint).observe(seconds)
+
+
+def reconcile_repair(app_id: str, kind: str, count: int = 1) -> None:
+    """Reconciliation repairs; `kind` adopted|closed|gone."""
+    RECONCILE_REPAIRS.labels(app_id, kind).inc(count)
+
+
+def reconcile_pass(seconds: float) -> None:
+    RECONCILE_DURATION.observe(seconds)
+
+
+def reconcile_error(app_id: str) -> None:
+    RECONCILE_ERRORS.labels(app_id).inc()
+
+
+def database_families(
+    *,
+    pcu: Mapping[str, tuple[int, int, int]],
+    history_jobs: Mapping[str, int],
+    oldest_due_s: float,
+) -> list[Metric]:
+    """The scrape-time gauges: `pcu` maps app → (current, cap, peak over 24 h)."""
+    current = GaugeMetricFamily(
+        "ledger_pcu_current", "Agents in an active state now.", labels=["app_id"]
+    )
+    cap = GaugeMetricFamily("ledger_pcu_cap", "Configured concurrent-agent cap.", labels=["app_id"])
+    peak = GaugeMetricFamily(
+        "ledger_pcu_peak", "Peak concurrency over the last 24 h.", labels=["app_id"]
+    )
+    for app_id, (now, limit, high) in sorted(pcu.items()):
+        current.add_metric([app_id], now)
+        cap.add_metric([app_id], limit)
+        peak.add_metric([app_id], high)
+    jobs = GaugeMetricFamily("ledger_history_jobs", "History jobs by status.", labels=["status"])
+    for status in HISTORY_STATUSES:
+        jobs.add_metric([status], history_jobs.get(status, 0))
+    oldest = GaugeMetricFamily(
+        "ledger_history_oldest_due_seconds",
+        "Age of the oldest due, unfinished history job (0 when none).",
+        value=oldest_due_s,
+    )
+    return [current, cap, peak, jobs, oldest]
+
+
+class _Families(Collector):
+    def __init__(self, families: Iterable[Metric]) -> None:
+        self._families = list(families)
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families
+
+
+def render(*, multiprocess_dir: str | None, extra: Iterable[Metric] = ()) -> bytes:
+    """The Prometheus text exposition: this process's (or all workers') metrics plus `extra`."""
+    registry = CollectorRegistry(auto_describe=False)
+    if multiprocess_dir:
+        multiprocess.MultiProcessCollector(registry, path=multiprocess_dir)  # type: ignore[no-untyped-call]
+    else:
+        registry.register(_Families(REGISTRY.collect()))
+    registry.register(_Families(extra))
+    return generate_latest(registry)

@@ -1,0 +1,389 @@
+"""The OpenAPI 3.1 description of every endpoint, served as `GET /openapi.json`.
+
+Written by hand, beside the routes it describes; `tests/http/test_openapi.py` validates it against
+the OpenAPI 3.1 schema and checks that every route the app serves is described here.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from service import lifecycle
+
+JSON: Final = "application/json"
+_TIME: Final = {"type": "string", "format": "date-time"}
+_NULLABLE_TIME: Final = {"type": ["string", "null"], "format": "date-time"}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _answer(description: str, schema: str | None = None) -> dict[str, Any]:
+    if schema is None:
+        return {"description": description}
+    return {"description": description, "content": {JSON: {"schema": _ref(schema)}}}
+
+
+def _object(properties: dict[str, Any], *, required: list[str] | None = None) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": list(properties) if required is None else required,
+    }
+
+
+def _param(name: str, where: str, description: str, schema: dict[str, Any], **extra: Any) -> Any:
+    return {"name": name, "in": where, "description": description, "schema": schema, **extra}
+
+
+def _list_of(item: str) -> dict[str, Any]:
+    return _object(
+        {
+            "items": {"type": "array", "items": _ref(item)},
+            "next_cursor": {
+                "type": ["string", "null"],
+                "description": "Pass as `cursor` for the next page; null on the last page.",
+            },
+        }
+    )
+
+
+_READ_ERRORS: Final = {
+    "400": _answer("A query parameter is invalid (the detail names it).", "InvalidParameter"),
+    "401": _answer("Missing or wrong bearer token.", "Error"),
+}
+_NOT_FOUND: Final = {"404": _answer("No such agent or app.", "Error")}
+_PAGE: Final = [
+    _param(
+        "limit",
+        "query",
+        "Items per page.",
+        {"type": "integer", "minimum": 1, "maximum": 500, "default": 50},
+    ),
+    _param("cursor", "query", "The `next_cursor` of the previous page.", {"type": "string"}),
+]
+_AGENT_ID: Final = _param(
+    "agent_id", "path", "Agora's agent id.", {"type": "string"}, required=True
+)
+_APP_ID: Final = _param("app_id", "path", "A configured App ID.", {"type": "string"}, required=True)
+
+
+def _read(summary: str, answer: str, schema: str, *, params: list[Any], found: bool = True) -> Any:
+    responses = {"200": _answer(answer, schema), **_READ_ERRORS}
+    if found:
+        responses.update(_NOT_FOUND)
+    return {
+        "get": {
+            "summary": summary,
+            "security": [{"bearer": []}],
+            "parameters": params,
+            "responses": responses,
+        }
+    }
+
+
+def _webhook(with_app: bool) -> dict[str, Any]:
+    return {
+        "post": {
+            "summary": "Receive an Agora NCS notification"
+            + ("" if with_app else " (when exactly one app is configured)"),
+            "description": "Signed with `Agora-Signature-V2` (HMAC-SHA256, hex) or, when that "
+            "header is absent, `Agora-Signature` (HMAC-SHA1, hex) over the raw body. Stored once "
+            "per `noticeId`; its effects are committed before the 200.",
+            "parameters": ([_APP_ID] if with_app else [])
+            + [
+                _param("Agora-Signature-V2", "header", "HMAC-SHA256 hex.", {"type": "string"}),
+                _param("Agora-Signature", "header", "HMAC-SHA1 hex.", {"type": "string"}),
+            ],
+            "requestBody": {
+                "required": True,
+                "content": {JSON: {"schema": _ref("Notification")}},
+            },
+            "responses": {
+                "200": _answer("Accepted, duplicate or ignored.", "WebhookAnswer"),
+                "400": _answer("Not a valid notification.", "InvalidNotification"),
+                "401": _answer("Missing or wrong signature.", "Error"),
+                "404": _answer("Unknown app.", "Error"),
+                "413": _answer("Body over 1 MiB.", "Error"),
+                "503": _answer("Database unavailable; Agora retries.", "Error"),
+            },
+        }
+    }
+
+
+def _plain(summary: str, answers: dict[str, Any]) -> dict[str, Any]:
+    return {"get": {"summary": summary, "responses": answers}}
+
+
+_SCHEMAS: Final[dict[str, Any]] = {
+    "Error": _object({"error": {"type": "string"}}),
+    "InvalidParameter": _object(
+        {"error": {"const": "invalid_parameter"}, "detail": {"type": "string"}}
+    ),
+    "InvalidNotification": _object(
+        {"error": {"const": "invalid_notification"}, "detail": {"type": "string"}}
+    ),
+    "Notification": {
+        "type": "object",
+        "description": "Agora NCS envelope; `productId` 17 is Conversational AI.",
+        "properties": {
+            "noticeId": {"type": "string"},
+            "productId": {"type": "integer"},
+            "eventType": {"type": "integer"},
+            "notifyMs": {"type": "integer"},
+            "sid": {"type": "string"},
+            "payload": {"type": "object"},
+        },
+        "required": ["noticeId", "productId", "eventType", "payload"],
+    },
+    "WebhookAnswer": _object({"status": {"enum": ["accepted", "duplicate", "ignored"]}}),
+    "State": {"enum": [state.value for state in lifecycle.State]},
+    "Agent": _object(
+        {
+            "agent_id": {"type": "string"},
+            "app_id": {"type": "string"},
+            "name": {"type": ["string", "null"]},
+            "channel": {"type": ["string", "null"]},
+            "labels": {"type": "object", "additionalProperties": True},
+            "state": _ref("State"),
+            "started_at": _NULLABLE_TIME,
+            "stopped_at": _NULLABLE_TIME,
+            "stop_message": {"type": ["string", "null"]},
+            "last_event_at": _NULLABLE_TIME,
+        }
+    ),
+    "Transition": _object(
+        {
+            "from": _ref("State"),
+            "to": _ref("State"),
+            "cause": {"type": "string"},
+            "source": {"enum": ["webhook", "reconcile"]},
+            "inferred": {"type": "boolean"},
+            "notice_id": {"type": ["string", "null"]},
+            "event_at": _TIME,
+            "received_at": _TIME,
+        }
+    ),
+    "AgentError": _object(
+        {
+            "module": {"type": ["string", "null"]},
+            "code": {"type": ["integer", "null"]},
+            "message": {"type": ["string", "null"]},
+            "turn_id": {"type": ["string", "null"]},
+            "notice_id": {"type": "string"},
+            "at": _NULLABLE_TIME,
+        }
+    ),
+    "AgentDetail": {
+        "allOf": [
+            _ref("Agent"),
+            _object(
+                {
+                    "warning": {
+                        "oneOf": [
+                            {"type": "null"},
+                            _object({"message": {"type": "string"}, "at": _NULLABLE_TIME}),
+                        ]
+                    },
+                    "transitions": {"type": "array", "items": _ref("Transition")},
+                    "errors": {"type": "array", "items": _ref("AgentError")},
+                }
+            ),
+        ]
+    },
+    "AgentList": _list_of("Agent"),
+    "Event": _object(
+        {
+            "notice_id": {"type": "string"},
+            "event_type": {"type": "integer"},
+            "event_time": _NULLABLE_TIME,
+            "received_at": _TIME,
+            "payload": {"type": ["object", "null"]},
+        }
+    ),
+    "EventList": _list_of("Event"),
+    "History": _object(
+        {
+            "agent_id": {"type": "string"},
+            "status": {"enum": ["pending", "complete", "unavailable"]},
+            "source": {"enum": ["webhook", "api", None]},
+            "contents": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {"role": {"type": "string"}, "content": {"type": "string"}},
+                    "required": ["role", "content"],
+                },
+            },
+            "turns": {"type": "array", "items": {"type": "object"}},
+            "reason": {"type": ["string", "null"]},
+        }
+    ),
+    "Pcu": _object(
+        {
+            "app_id": {"type": "string"},
+            "cap": {"type": "integer", "minimum": 1},
+            "current": {"type": "integer", "minimum": 0},
+            "available": {"type": "integer", "minimum": 0},
+            "utilisation": {"type": "number", "minimum": 0, "description": "current / cap"},
+            "window": {"enum": ["1h", "24h", "7d", "30d"]},
+            "peak": _object(
+                {
+                    "value": {"type": "integer", "minimum": 0},
+                    "at": {
+                        **_NULLABLE_TIME,
+                        "description": "First moment the peak was reached (null when 0).",
+                    },
+                }
+            ),
+        }
+    ),
+    "PcuSeries": _object(
+        {
+            "app_id": {"type": "string"},
+            "from": _TIME,
+            "to": _TIME,
+            "step": {"type": "integer", "minimum": 1},
+            "points": {
+                "type": "array",
+                "items": _object(
+                    {
+                        "at": {**_TIME, "description": "Start of the bucket."},
+                        "max": {"type": "integer", "minimum": 0},
+                        "avg": {"type": "number", "minimum": 0, "description": "Time-weighted."},
+                    }
+                ),
+            },
+        }
+    ),
+    "Health": _object({"status": {"const": "ok"}}),
+    "Ready": _object(
+        {
+            "ok": {"type": "array", "items": {"type": "string"}},
+            "failing": {"type": "object", "additionalProperties": {"type": "string"}},
+        }
+    ),
+}
+
+_AGENT_FILTERS: Final = [
+    _param("app_id", "query", "Only this app's agents.", {"type": "string"}),
+    _param(
+        "state",
+        "query",
+        "Only agents in these states (repeat for several).",
+        {"type": "array", "items": _ref("State")},
+        style="form",
+        explode=True,
+    ),
+    _param("channel", "query", "Only agents in this channel.", {"type": "string"}),
+    _param(
+        "label.{KEY}",
+        "query",
+        "Only agents whose label KEY has this value, e.g. `label.tenant=acme` (one parameter "
+        "per label; all must match).",
+        {"type": "string"},
+    ),
+    _param("since", "query", "Started at or after this time.", _TIME),
+    _param("until", "query", "Started before this time.", _TIME),
+    *_PAGE,
+]
+
+DOCUMENT: Final[dict[str, Any]] = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "convoai-ledger",
+        "version": "1",
+        "description": "Agora Conversational AI webhooks into a lifecycle ledger: agents, PCU "
+        "against the cap, histories. Times are RFC 3339 UTC strings.",
+    },
+    "components": {
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        "schemas": _SCHEMAS,
+    },
+    "paths": {
+        "/v1/webhooks/agora/{app_id}": _webhook(with_app=True),
+        "/v1/webhooks/agora": _webhook(with_app=False),
+        "/v1/agents": _read(
+            "Agents, newest first",
+            "A page of agents.",
+            "AgentList",
+            params=_AGENT_FILTERS,
+            found=False,
+        ),
+        "/v1/agents/{agent_id}": _read(
+            "One agent with its transitions and errors",
+            "The agent.",
+            "AgentDetail",
+            params=[_AGENT_ID],
+        ),
+        "/v1/agents/{agent_id}/history": _read(
+            "The agent's session history (transcript and turns)",
+            "The history.",
+            "History",
+            params=[_AGENT_ID],
+        ),
+        "/v1/agents/{agent_id}/events": _read(
+            "The agent's stored notifications in event order",
+            "A page of notifications.",
+            "EventList",
+            params=[_AGENT_ID, *_PAGE],
+        ),
+        "/v1/apps/{app_id}/pcu": _read(
+            "Current PCU against the cap, and the peak over a window",
+            "The app's PCU.",
+            "Pcu",
+            params=[
+                _APP_ID,
+                _param(
+                    "window",
+                    "query",
+                    "Peak window.",
+                    {"enum": ["1h", "24h", "7d", "30d"], "default": "24h"},
+                ),
+            ],
+        ),
+        "/v1/apps/{app_id}/pcu/series": _read(
+            "Exact concurrency per bucket (max and time-weighted average)",
+            "The series; buckets start at `from` every `step` seconds, the last ends at `to`.",
+            "PcuSeries",
+            params=[
+                _APP_ID,
+                _param("from", "query", "Series start (default: `to` minus 24 h).", _TIME),
+                _param("to", "query", "Series end, exclusive (default: now).", _TIME),
+                _param(
+                    "step",
+                    "query",
+                    "Bucket length in seconds (at most 10,000 buckets).",
+                    {"type": "integer", "minimum": 1, "default": 300},
+                ),
+            ],
+        ),
+        "/healthz": _plain(
+            "The process is up",
+            {"200": {"description": "Up.", "content": {JSON: {"schema": _ref("Health")}}}},
+        ),
+        "/readyz": _plain(
+            "The database is reachable and the schema at head",
+            {"200": _answer("Ready.", "Ready"), "503": _answer("Not ready.", "Ready")},
+        ),
+        "/metrics": _plain(
+            "Prometheus metrics (text exposition format)",
+            {
+                "200": {
+                    "description": "Metrics.",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                }
+            },
+        ),
+        "/openapi.json": _plain(
+            "This document",
+            {
+                "200": {
+                    "description": "OpenAPI 3.1.",
+                    "content": {JSON: {"schema": {"type": "object"}}},
+                }
+            },
+        ),
+    },
+}

@@ -16,7 +16,7 @@ import structlog
 from structlog.tracebacks import ExceptionDictTransformer
 from structlog.typing import Processor
 
-# Noisy libraries kept at WARNING unless LOG_LEVEL=debug.
+# Noisy libraries kept at WARNING unless LOG_LEVEL=debug (SQLAlchemy then at INFO, see below).
 _QUIET: Final = (
     "uvicorn.access",
     "sqlalchemy.engine",
@@ -65,6 +65,10 @@ def configure(*, level: str = "info", fmt: str = "json") -> None:
     root.setLevel(numeric)
     for name in _QUIET:
         logging.getLogger(name).setLevel(numeric if numeric <= logging.DEBUG else logging.WARNING)
+    # At DEBUG SQLAlchemy also logs every result row (raw bodies, transcripts): statements are
+    # enough, and the engine hides their parameters (`db.create_engine`).
+    engine_log = logging.getLogger("sqlalchemy.engine")
+    engine_log.setLevel(max(engine_log.level, logging.INFO))
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True

@@ -67,7 +67,8 @@ def server(
     create_database: Callable[[], str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServiceProcess]:
     log_dir: Path = tmp_path_factory.mktemp("api-fuzz")
-    with serving(environment(create_database()), log_dir) as (process,):
+    env = environment(create_database(), SHUTDOWN_DRAIN_S="0")
+    with serving(env, log_dir) as (process,):
         seed(process.url)
         yield process
 

@@ -67,7 +67,11 @@ def forbidden() -> set[str]:
 
 
 def with_password(url: str) -> str:
+    """The URL with our password; one that has its own (TEST_DATABASE_URL) keeps it, unchecked
+    (it may be an everyday word)."""
     parts = urlsplit(url)
+    if parts.password:
+        return url
     user = parts.username or "postgres"
     host = parts.netloc.rsplit("@", 1)[-1]
     return urlunsplit(parts._replace(netloc=f"{user}:{DB_PASSWORD}@{host}"))

@@ -7,7 +7,7 @@ restarts the shared one (`TEST_DATABASE_URL`).
 
 Agora gives up on a notification after three retries; a delivery that exhausts them is lost, and
 finding it is reconciliation's job (tests/integration/test_reconcile.py). Here the NCS retry gaps
-(at once, then 2 s, then 5 s: the last attempt 7 s after the first) are sized to cover the
+(at once, then 2 s, then 4 s: the last attempt 6 s after the first) are sized to cover the
 outage, which is measured and asserted to be shorter, so every delivery answered 503 must be
 accepted on a retry and the ledger must end exactly as the simulator's truth, with no repair.
 """
@@ -29,7 +29,8 @@ from tests.simulation import Ledger, ledger, ours, truth
 
 pytestmark = pytest.mark.chaos
 
-RETRY_GAPS_S = (0.0, 2.0, 5.0)
+# Not 5 s: uvicorn closes a connection idle that long, and reusing it just then is a lost attempt.
+RETRY_GAPS_S = (0.0, 2.0, 4.0)
 DELIVERY = ncs.DeliveryPolicy(
     retry_gaps_s=RETRY_GAPS_S, timeout_s=5.0, shuffle=True, duplicates=0.1
 )
@@ -99,14 +100,16 @@ def test_a_restart_under_load_loses_and_doubles_nothing(
 
     statuses = {a.status for d in deliveries for a in d.attempts}
     retried = [d for d in deliveries if any(a.status == 503 for a in d.attempts)]
+    unanswered = sum(a.status is None for d in deliveries for a in d.attempts)
     print(
         f"outage {outage_s:.1f} s; {len(deliveries)} notifications, {len(retried)} answered 503"
-        f" and accepted on a retry; sessions {summary}"
+        f" and accepted on a retry ({unanswered} attempts unanswered); sessions {summary}"
     )
     assert outage_s < sum(RETRY_GAPS_S), "the outage outlasted NCS's retries: resize the test"
     assert summary.started == AGENTS
-    # Only 200 and 503 were ever answered (no 500, and no request went unanswered).
-    assert statuses == {200, 503}
+    # Only 200 and 503 were answered (never a 500); an attempt without an answer (a keep-alive
+    # connection closed as it was reused) is retried by NCS like a 503.
+    assert 503 in statuses and statuses <= {200, 503, None}
     assert len(retried) >= 50
     assert all(d.outcome == "delivered" for d in deliveries)
 

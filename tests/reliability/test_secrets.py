@@ -190,7 +190,7 @@ def test_a_full_run_logs_no_secret_or_token(
                         "--duration=2",
                         "--shuffle",
                         "--duplicates=0.3",
-                        "--drop=0.15",
+                        "--drop=0.3",
                         "--seed=7",
                     ],
                     env,

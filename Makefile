@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 LOCAL := $(BIN)/python -m service.localdb run --data .data --
 SOURCES := service tests migrations benchmarks
 
-.PHONY: install run demo test test-unit test-integration lint fmt bench migrate revision db-up db-down clean
+.PHONY: install run demo test chaos test-unit test-integration lint fmt bench migrate revision db-up db-down clean
 
 install: $(STAMP)
 
@@ -37,6 +37,11 @@ demo: install
 # The whole suite against TEST_DATABASE_URL if set, else a throw-away embedded PostgreSQL.
 test: lint
 	$(BIN)/python -m pytest
+
+# The slow reliability tests (marked chaos, left out of make test): PostgreSQL restarted under
+# load, replicas and workers racing, a full run's logs searched for secrets. A few minutes.
+chaos: install
+	$(BIN)/python -m pytest -m chaos
 
 test-unit: install
 	$(BIN)/python -m pytest tests/unit

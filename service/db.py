@@ -32,6 +32,8 @@ def create_engine(url: str, *, pool_size: int = 10, max_overflow: int = 10) -> A
         max_overflow=max_overflow,
         pool_timeout=POOL_TIMEOUT_S,
         pool_pre_ping=True,
+        # Statement parameters hold raw bodies and transcripts: never in logs or error messages.
+        hide_parameters=True,
         connect_args={"connect_timeout": CONNECT_TIMEOUT_S, "application_name": "convoai-ledger"},
     )
 

@@ -13,6 +13,7 @@ variant: `turn_id` as integer or string, timestamps in seconds or milliseconds, 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -52,6 +53,14 @@ TEST_UID: Final = 12121212
 _EARLIEST_S: Final = 946_684_800
 _LATEST_S: Final = 7_258_118_400  # 2200-01-01
 _MS_THRESHOLD: Final = 1_000_000_000_000  # larger values are milliseconds
+
+# What the tables can hold. Integers go into PostgreSQL `integer` columns (32-bit) unless noted,
+# `bigint` for notifyMs and vendor error codes; a value out of range is malformed, not a failed
+# insert. `channel` is indexed, and a btree entry holds at most 2,704 bytes: Agora's channel names
+# are far shorter, and 256 characters (as agent_id) stay under that in any encoding.
+_INT32: Final = 2**31
+_INT64: Final = 2**63
+_MAX_ID_CHARS: Final = 256
 
 IgnoreReason = Literal["not_convoai", "unknown_event_type", "test_callback"]
 
@@ -224,11 +233,11 @@ def parse(body: bytes) -> Notification:
     notice_id = _field(document, "noticeId", str, required=True)
     if not notice_id.strip():
         raise MalformedEvent("noticeId must not be empty")
-    if len(notice_id) > 256:
+    if len(notice_id) > _MAX_ID_CHARS:
         raise MalformedEvent("noticeId is longer than 256 characters")
     product_id = _int_field(document, "productId", required=True)
     event_type = _int_field(document, "eventType", required=True)
-    notify_ms = _int_field(document, "notifyMs")
+    notify_ms = _int_field(document, "notifyMs", limit=_INT64)
     sid = _field(document, "sid", str)
     payload = _field(document, "payload", dict, required=True)
     ignored = _ignore_reason(product_id, event_type, payload)
@@ -280,9 +289,12 @@ def _reject_constant(name: str) -> None:
 
 
 def _check_storable(value: object, where: str, depth: int = 0) -> None:
-    """PostgreSQL jsonb cannot hold NUL characters or lone surrogates; reject them up front."""
+    """PostgreSQL jsonb cannot hold NUL characters, lone surrogates or infinite numbers (JSON
+    such as 1e400 decodes to one); reject them up front."""
     if depth > 64:
         raise MalformedEvent(f"{where} is nested too deeply")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise MalformedEvent(f"{where} is a number out of range")
     if isinstance(value, str):
         if "\x00" in value:
             raise MalformedEvent(f"{where} contains a NUL character")
@@ -355,20 +367,23 @@ def _parse_event(event_type: int, payload: Mapping[str, Any]) -> Event:
         **base,
         direction="inbound" if event_type == INBOUND_CALL_STATE else "outbound",
         state=_field(payload, "state", str, where="payload", required=True),
-        reported_at=timestamp(_int_field(payload, "report_ms", where="payload")),
+        reported_at=timestamp(_int_field(payload, "report_ms", where="payload", limit=None)),
     )
 
 
 def _agent_fields(payload: Mapping[str, Any]) -> dict[str, Any]:
     agent_id = _field(payload, "agent_id", str, where="payload", required=True)
-    if not agent_id.strip() or len(agent_id) > 256:
+    if not agent_id.strip() or len(agent_id) > _MAX_ID_CHARS:
         raise MalformedEvent(
-            "payload.agent_id must be a non-empty string of at most 256 characters"
+            f"payload.agent_id must be a non-empty string of at most {_MAX_ID_CHARS} characters"
         )
+    channel = _field(payload, "channel", str, where="payload")
+    if channel is not None and len(channel) > _MAX_ID_CHARS:
+        raise MalformedEvent(f"payload.channel must be at most {_MAX_ID_CHARS} characters")
     return {
         "agent_id": agent_id,
         "name": _field(payload, "name", str, where="payload"),
-        "channel": _field(payload, "channel", str, where="payload"),
+        "channel": channel,
         "labels": _field(payload, "labels", dict, where="payload"),
         "started_at": _time_field(payload, "start_ts"),
     }
@@ -390,7 +405,7 @@ def _error(item: object, index: int) -> ErrorItem:
         raise MalformedEvent(f"{where} must be an object")
     return ErrorItem(
         module=_field(item, "module", str, where=where),
-        code=_int_field(item, "code", where=where),
+        code=_int_field(item, "code", where=where, limit=_INT64),
         message=_field(item, "message", str, where=where),
         turn_id=_turn_id(item, where),
     )
@@ -416,8 +431,8 @@ def parse_turn(item: object, where: str) -> Turn:
     metrics = _field(item, "metrics", dict, where=where) or {}
     return Turn(
         turn_id=turn_id,
-        start_at=timestamp(_int_field(start, "start_at", where=f"{where}.start")),
-        end_at=timestamp(_int_field(end, "end_at", where=f"{where}.end")),
+        start_at=timestamp(_int_field(start, "start_at", where=f"{where}.start", limit=None)),
+        end_at=timestamp(_int_field(end, "end_at", where=f"{where}.end", limit=None)),
         start_type=_field(start, "type", str, where=f"{where}.start"),
         end_type=_field(end, "type", str, where=f"{where}.end"),
         e2e_latency_ms=_int_field(metrics, "e2e_latency_ms", where=f"{where}.metrics"),
@@ -478,24 +493,37 @@ _KIND_NAMES: Final[Mapping[type[Any], str]] = {
 
 
 def _int_field(
-    document: Mapping[str, Any], key: str, *, where: str = "", required: bool = False
+    document: Mapping[str, Any],
+    key: str,
+    *,
+    where: str = "",
+    required: bool = False,
+    limit: int | None = _INT32,
 ) -> Any:
+    """An integer (or integral float) in [-limit, limit); `limit=None` for times, which
+    `timestamp()` bounds."""
+    name = f"{where}.{key}" if where else key
     value = _field(document, key, (int, float), where=where, required=required)
     if isinstance(value, float):
         if not value.is_integer():
-            raise MalformedEvent(f"{f'{where}.' if where else ''}{key} must be an integer")
-        return int(value)
+            raise MalformedEvent(f"{name} must be an integer")
+        value = int(value)
+    if value is not None and limit is not None and not -limit <= value < limit:
+        raise MalformedEvent(f"{name} is out of range")
     return value
 
 
 def _number_field(document: Mapping[str, Any], key: str, where: str) -> None:
+    """A figure kept in an integer column: any number within its range."""
     value = document.get(key)
     if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
         raise MalformedEvent(f"{where}.{key} must be a number")
+    if value is not None and not -_INT32 <= value < _INT32:
+        raise MalformedEvent(f"{where}.{key} is out of range")
 
 
 def _time_field(payload: Mapping[str, Any], key: str) -> datetime | None:
-    return timestamp(_int_field(payload, key, where="payload"))
+    return timestamp(_int_field(payload, key, where="payload", limit=None))
 
 
 def _list(payload: Mapping[str, Any], key: str) -> list[Any]:

@@ -151,11 +151,13 @@ async def _settle(deps: Deps, job: jobs.Job, *, history_call: jobs.CallOutcome) 
     """Done if complete; `unavailable` past the grace deadline; else wait for a 103."""
     deadline = job.stop_recorded_at + timedelta(seconds=deps.settings.history_grace_s)
     async with deps.engine.begin() as conn:
+        # FOR SHARE: a 103 storing its transcript right now is waited for and seen, or waits for
+        # the requeue and then expedites it; otherwise the job would sleep out the grace period.
         row = (
             await conn.execute(
-                select(history.c.status, func.now().label("now")).where(
-                    history.c.agent_id == job.agent_id
-                )
+                select(history.c.status, func.now().label("now"))
+                .where(history.c.agent_id == job.agent_id)
+                .with_for_update(read=True)
             )
         ).first()
         status, now = (row[0], row[1]) if row is not None else ("pending", None)

@@ -145,8 +145,14 @@ async def record_call(
     """Store how `call` ended; False (and nothing written) if `owner` no longer holds the job.
 
     The row stays locked until the caller's transaction ends, so what the caller stores beside it
-    (transcript, turns) is written by the lease holder only.
+    (transcript, turns) is written by the lease holder only. The agent's row is locked first
+    (FOR KEY SHARE, as the foreign keys of those rows would later), the order every webhook
+    transaction takes: agent, then history and turns, then the job. Taking the job first
+    deadlocked with a 112 or 103 for the same agent.
     """
+    await conn.execute(
+        select(agent.c.agent_id).where(agent.c.agent_id == agent_id).with_for_update(key_share=True)
+    )
     column = history_job.c.history_call if call == "history" else history_job.c.turns_call
     stmt = (
         update(history_job)

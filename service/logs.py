@@ -13,9 +13,10 @@ import sys
 from typing import Final
 
 import structlog
+from structlog.tracebacks import ExceptionDictTransformer
 from structlog.typing import Processor
 
-# Noisy libraries kept at WARNING unless LOG_LEVEL=debug.
+# Noisy libraries kept at WARNING unless LOG_LEVEL=debug (SQLAlchemy then at INFO, see below).
 _QUIET: Final = (
     "uvicorn.access",
     "sqlalchemy.engine",
@@ -34,11 +35,17 @@ def configure(*, level: str = "info", fmt: str = "json") -> None:
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.StackInfoRenderer(),
     ]
+    # Tracebacks without local variables: a frame's locals hold connection parameters (the
+    # database password), request headers and raw bodies. structlog shows them by default.
     renderer: Processor
     if fmt == "console":
-        renderer = structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=sys.stdout.isatty(), exception_formatter=_console_traceback()
+        )
     else:
-        shared.append(structlog.processors.dict_tracebacks)
+        shared.append(
+            structlog.processors.ExceptionRenderer(ExceptionDictTransformer(show_locals=False))
+        )
         renderer = structlog.processors.JSONRenderer()
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
@@ -58,6 +65,19 @@ def configure(*, level: str = "info", fmt: str = "json") -> None:
     root.setLevel(numeric)
     for name in _QUIET:
         logging.getLogger(name).setLevel(numeric if numeric <= logging.DEBUG else logging.WARNING)
+    # At DEBUG SQLAlchemy also logs every result row (raw bodies, transcripts): statements are
+    # enough, and the engine hides their parameters (`db.create_engine`).
+    engine_log = logging.getLogger("sqlalchemy.engine")
+    engine_log.setLevel(max(engine_log.level, logging.INFO))
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+
+
+def _console_traceback() -> structlog.typing.ExceptionRenderer:
+    """rich's traceback when rich is installed (it is optional), else the plain one."""
+    try:
+        import rich  # noqa: F401
+    except ImportError:
+        return structlog.dev.plain_traceback
+    return structlog.dev.RichTracebackFormatter(show_locals=False)

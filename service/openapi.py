@@ -349,7 +349,12 @@ DOCUMENT: Final[dict[str, Any]] = {
             "PcuSeries",
             params=[
                 _APP_ID,
-                _param("from", "query", "Series start (default: `to` minus 24 h).", _TIME),
+                _param(
+                    "from",
+                    "query",
+                    "Series start (default: `to` minus 24 h; at most 366 days before `to`).",
+                    _TIME,
+                ),
                 _param("to", "query", "Series end, exclusive (default: now).", _TIME),
                 _param(
                     "step",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
@@ -131,6 +132,14 @@ def poll(check: Callable[[], Any], *, timeout: float = 10.0, interval: float = 0
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout} s (last: {result!r})")
         time.sleep(interval)
+
+
+async def until(check: Callable[[], object], timeout: float = 10.0) -> None:
+    """`poll` for coroutines: `check` runs in a thread, so it may block (SQL)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await asyncio.to_thread(check):
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)
 
 
 def reader_headers(token: str = READ_TOKEN) -> dict[str, str]:

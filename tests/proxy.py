@@ -2,19 +2,22 @@
 
 Cutting closes every open connection and refuses new ones, which is what the service sees when
 the database goes down; it works the same against an embedded server or TEST_DATABASE_URL.
+Given several targets it hands each new connection to the next one in turn, as a round-robin
+load balancer in front of service replicas would.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import socket
 import threading
 from urllib.parse import urlsplit, urlunsplit
 
 
 class TcpProxy:
-    def __init__(self, target_host: str, target_port: int) -> None:
-        self.target = (target_host, target_port)
+    def __init__(self, target_host: str, target_port: int, *more: tuple[str, int]) -> None:
+        self._targets = itertools.cycle([(target_host, target_port), *more])
         self._listener: socket.socket | None = None
         self._sockets: set[socket.socket] = set()
         self._lock = threading.Lock()
@@ -63,7 +66,7 @@ class TcpProxy:
             except OSError:
                 return
             try:
-                upstream = socket.create_connection(self.target)
+                upstream = socket.create_connection(next(self._targets))
             except OSError:
                 client.close()
                 continue

@@ -3,6 +3,7 @@
 `ledger(...)` starts the simulator (REST API + NCS sender) in a background thread and the service
 (`serve`, with the worker unless told otherwise) as a subprocess pointed at it, on a real port.
 Retries, polling and leases are made fast through the environment, never by patching.
+`truth(run)` is what the simulator knows of every agent, `ours(sql)` the same from our rows.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ import httpx
 
 from service.simulator import ncs, server
 from service.simulator.backend import Outgoing, SimAgent, SimApp
-from tests.factories import APP_ID, SECRET, environment, poll, reader_headers
+from tests.factories import APP_ID, SECRET, Sql, environment, poll, reader_headers
 from tests.processes import ServiceProcess, free_port
 
 CUSTOMER_ID = "customer-one"
@@ -148,3 +150,35 @@ def ledger(
             yield Ledger(sim=running, service=service, env=full_env, log_dir=log_dir)
         finally:
             service.terminate()
+
+
+def at(seconds: int | None) -> datetime | None:
+    return None if seconds is None else datetime.fromtimestamp(seconds, tz=UTC)
+
+
+def truth(run: Ledger) -> dict[str, dict[str, Any]]:
+    """What our agent rows should say, from the simulator's own record of each agent."""
+
+    def read() -> dict[str, dict[str, Any]]:
+        return {
+            a.agent_id: {
+                "state": a.state,
+                "started_at": at(a.start_ts),
+                "stopped_at": at(a.stop_ts),
+                "stop_message": a.message,
+                "active_from": at(a.start_ts),
+                "active_until": at(a.stop_ts),
+            }
+            for a in run.sim.backend.agents.values()
+        }
+
+    return run.sim.call(read)
+
+
+def ours(sql: Sql) -> dict[str, dict[str, Any]]:
+    """Our agent rows, in the shape of `truth`."""
+    rows = sql.rows(
+        "SELECT agent_id, state, started_at, stopped_at, stop_message, active_from, active_until"
+        " FROM agent"
+    )
+    return {row.pop("agent_id"): row for row in rows}

@@ -26,6 +26,8 @@ DEFAULT_WINDOW: Final = "24h"
 DEFAULT_STEP_S: Final = 300
 DEFAULT_SPAN: Final = timedelta(hours=24)
 MAX_POINTS: Final = 10_000
+# A series reads every whole hour it covers, whatever the step: bound the span, not only the points.
+MAX_SPAN: Final = timedelta(days=366)
 LABEL_PREFIX: Final = "label."
 
 
@@ -127,6 +129,8 @@ async def app_pcu_series(request: Request) -> Response:
     step = _step(params)
     if start >= end:
         raise InvalidParameter("from: must be before to")
+    if end - start > MAX_SPAN:
+        raise InvalidParameter(f"from: at most {MAX_SPAN.days} days before to")
     if (end - start) / timedelta(seconds=step) > MAX_POINTS:
         raise InvalidParameter(f"step: at most {MAX_POINTS} points per series")
     async with request.state.engine.connect() as conn:

@@ -112,6 +112,9 @@ def test_a_series_defaults_to_the_last_day_in_five_minute_steps(client: TestClie
         ("step=1.5", "step"),
         ("from=2025-07-02T00:00:00Z&to=2025-07-01T00:00:00Z", "from"),
         ("from=2025-07-01T00:00:00Z&to=2025-07-31T00:00:00Z&step=60", "step"),  # 43,200 points
+        # One bucket of 1,920 years was 17 million hour pieces: a minute of CPU, then a 503.
+        ("from=0080-08-21T00:00:47Z&to=2000-01-01T00:00:00Z&step=31000000000", "from"),
+        ("from=2024-07-01T00:00:00Z&to=2025-07-02T00:00:01Z&step=86400", "from"),
         ("from=soon", "from"),
         ("to=2025-07-01", "to"),
         ("window=24h", "window"),
@@ -123,6 +126,12 @@ def test_bad_series_parameters_are_400_naming_the_parameter(
     response = client.get(f"/v1/apps/{APP_ID}/pcu/series?{query}", headers=reader_headers())
     assert response.status_code == 400
     assert response.json()["detail"].startswith(f"{parameter}:")
+
+
+def test_a_series_may_span_a_leap_year(client: TestClient) -> None:
+    query = "from=2024-01-01T00:00:00Z&to=2025-01-01T00:00:00Z&step=86400"
+    response = client.get(f"/v1/apps/{APP_ID}/pcu/series?{query}", headers=reader_headers())
+    assert (response.status_code, len(response.json()["points"])) == (200, 366)
 
 
 def test_an_unknown_window_is_400(client: TestClient) -> None:

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
+import psycopg
 import pytest
+from starlette.testclient import TestClient
 
-from tests.factories import Sql, poll
-from tests.simulation import ledger
+from service import config, history, jobs, worker
+from service.simulator import server
+from tests.factories import APP_ID, Sql, deliver, payload, poll, post, until
+from tests.simulation import CUSTOMER_ID, CUSTOMER_SECRET, ledger, sim_app
 
 pytestmark = pytest.mark.slow
 
@@ -213,3 +219,93 @@ def test_a_worker_told_to_stop_finishes_its_job_first(
         assert code == 0
         assert job(sql, agent_id).get("status") == "done"
         assert run.history(agent_id)["status"] == "complete"
+
+
+def test_a_transcript_committed_while_the_job_settles_still_completes_the_job(
+    client: TestClient, sql: Sql, make_settings: Callable[..., config.Settings]
+) -> None:
+    """The job reads the history as pending just as a 103 commits: it must not wait out the
+    grace period (it did, requeued with the 103's expedite already past)."""
+    post(client, deliver(101, payload("a1", start_ts=1751400000)))
+    post(client, deliver(102, payload("a1", start_ts=1751400000, stop_ts=1751400612)))
+    with server.in_thread([sim_app()]) as sim:  # it knows no a1: /history and /turns are 404
+        settings = make_settings(
+            AGORA_API_BASE_URL=sim.api_base_url,
+            AGORA_CUSTOMER_ID=CUSTOMER_ID,
+            AGORA_CUSTOMER_SECRET=CUSTOMER_SECRET,
+            HISTORY_GRACE_S="600",
+        )
+        # The 103's transaction, stored but not yet committed when the job settles.
+        with psycopg.connect(sql.url) as webhook:
+            webhook.execute(
+                "UPDATE history SET status = 'complete', source = 'webhook' WHERE agent_id = 'a1'"
+            )
+
+            async def scenario() -> history.Settled:
+                async with worker.open_deps(settings) as deps:
+                    async with deps.engine.begin() as conn:
+                        claimed = await jobs.claim(conn, owner=deps.owner, lease_s=30)
+                    assert claimed is not None
+                    task = asyncio.create_task(history.run_job(deps, claimed))
+                    await until(lambda: task.done() or sql.value(WAITING_ON_A_LOCK) > 0)
+                    webhook.execute(EXPEDITE)
+                    webhook.commit()
+                    return await asyncio.wait_for(task, timeout=10)
+
+            settled = asyncio.run(scenario())
+    assert settled == "complete"
+    assert job(sql, "a1")["status"] == "done"
+
+
+WAITING_ON_A_LOCK = (
+    "SELECT count(*) FROM pg_stat_activity"
+    " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+)
+# What the 103's transaction does after storing the transcript (`jobs.expedite`).
+EXPEDITE = (
+    "UPDATE history_job SET due_at = now()"
+    " WHERE agent_id = 'a1' AND status = 'queued' AND due_at > now()"
+)
+
+
+def test_turns_stored_by_a_job_and_by_a_112_at_the_same_moment_do_not_deadlock(
+    client: TestClient, sql: Sql, make_settings: Callable[..., config.Settings]
+) -> None:
+    """A webhook holds the agent's row and stores turns; a job stores the same turns meanwhile.
+    The job used to insert first and then wait for the agent row (its foreign key), while the
+    webhook waited for the job's insert: PostgreSQL aborted one of them."""
+    post(client, deliver(101, payload("a1", start_ts=1751400000)))
+    post(client, deliver(102, payload("a1", start_ts=1751400000, stop_ts=1751400612)))
+    with server.in_thread([sim_app()]) as sim:
+        sim.call(sim.backend.join, APP_ID, name="a1", channel="chan-a1", agent_id="a1")
+        sim.call(sim.backend.talk, "a1", user="hi", assistant="hello", quiet=True)
+        settings = make_settings(
+            AGORA_API_BASE_URL=sim.api_base_url,
+            AGORA_CUSTOMER_ID=CUSTOMER_ID,
+            AGORA_CUSTOMER_SECRET=CUSTOMER_SECRET,
+        )
+        # The 112's transaction: the agent row locked first, as every webhook does.
+        with psycopg.connect(sql.url) as webhook:
+            webhook.execute("SELECT 1 FROM agent WHERE agent_id = 'a1' FOR UPDATE")
+
+            async def scenario() -> history.Settled:
+                async with worker.open_deps(settings) as deps:
+                    async with deps.engine.begin() as conn:
+                        claimed = await jobs.claim(conn, owner=deps.owner, lease_s=30)
+                    assert claimed is not None
+                    task = asyncio.create_task(history.run_job(deps, claimed))
+                    await until(lambda: task.done() or sql.value(WAITING_ON_A_LOCK) > 0)
+                    await asyncio.to_thread(
+                        webhook.execute,
+                        "INSERT INTO agent_turn (agent_id, turn_id, data, source)"
+                        " VALUES ('a1', 1, '{}', 'webhook') ON CONFLICT DO NOTHING",
+                    )
+                    webhook.commit()
+                    return await asyncio.wait_for(task, timeout=10)
+
+            settled = asyncio.run(scenario())
+    assert settled == "complete"
+    assert sql.rows("SELECT turn_id, source FROM agent_turn") == [
+        {"turn_id": 1, "source": "webhook"}
+    ]
+    assert job(sql, "a1")["turns_call"] == "ok"

@@ -14,7 +14,6 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from service import config, reconcile, worker
 from service.simulator import ncs
 from service.simulator.backend import Outgoing
 from tests.factories import APP_ID, Sql, deliver, payload, poll
-from tests.simulation import FAST_DELIVERY, Ledger, ledger
+from tests.simulation import FAST_DELIVERY, Ledger, ledger, ours, truth
 
 pytestmark = pytest.mark.slow
 
@@ -69,37 +68,6 @@ def reconcile_once(run: Ledger, **env: str) -> reconcile.Summary:
             return await reconcile.run_pass(deps, app_id=APP_ID)
 
     return asyncio.run(once())
-
-
-def at(seconds: int | None) -> datetime | None:
-    return None if seconds is None else datetime.fromtimestamp(seconds, tz=UTC)
-
-
-def truth(run: Ledger) -> dict[str, dict[str, Any]]:
-    """What our agent rows should say, from the simulator's own record of each agent."""
-
-    def read() -> dict[str, dict[str, Any]]:
-        return {
-            a.agent_id: {
-                "state": a.state,
-                "started_at": at(a.start_ts),
-                "stopped_at": at(a.stop_ts),
-                "stop_message": a.message,
-                "active_from": at(a.start_ts),
-                "active_until": at(a.stop_ts),
-            }
-            for a in run.sim.backend.agents.values()
-        }
-
-    return run.sim.call(read)
-
-
-def ours(sql: Sql) -> dict[str, dict[str, Any]]:
-    rows = sql.rows(
-        "SELECT agent_id, state, started_at, stopped_at, stop_message, active_from, active_until"
-        " FROM agent"
-    )
-    return {row.pop("agent_id"): row for row in rows}
 
 
 def transitions(sql: Sql, agent_id: str) -> list[tuple[str, str, str, str]]:

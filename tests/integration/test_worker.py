@@ -11,16 +11,9 @@ from starlette.testclient import TestClient
 
 from service import config, worker
 from service.simulator import server
-from tests.factories import APP_ID, Sql, deliver, environment, payload, poll, post
+from tests.factories import APP_ID, Sql, deliver, environment, payload, poll, post, until
 from tests.processes import ServiceProcess, free_port
 from tests.simulation import CUSTOMER_ID, CUSTOMER_SECRET, sim_app
-
-
-async def until(check: Callable[[], object], timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await asyncio.to_thread(check):
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
 
 
 def test_a_job_still_in_flight_when_the_grace_runs_out_is_released_for_another_worker(

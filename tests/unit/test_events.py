@@ -182,6 +182,51 @@ def test_malformed_notifications_name_the_problem(raw: bytes, detail: str) -> No
         events.parse(raw)
 
 
+@pytest.mark.parametrize(
+    ("raw", "detail"),
+    [
+        # Each of these was answered 500 (or 503) when the insert failed; now it is a 400.
+        (body({"agent_id": "a"}, productId=2**31), "productId is out of range"),
+        (body({"agent_id": "a"}, eventType=-(2**31) - 1), "eventType is out of range"),
+        (body({"agent_id": "a"}, notifyMs=2**63), "notifyMs is out of range"),
+        (
+            body({"agent_id": "a", "errors": [{"code": 2**63}]}, eventType=110),
+            "payload.errors[0].code is out of range",
+        ),
+        (
+            body({"agent_id": "a", "metrics": [{"turn_id": 1, "asr_ttlw": 1e300}]}, eventType=111),
+            "payload.metrics[0].asr_ttlw is out of range",
+        ),
+        (
+            body({"agent_id": "a", "turns": [{"turn_id": 2**31}]}, eventType=112),
+            "payload.turns[0].turn_id is out of range",
+        ),
+        (
+            body(
+                {"agent_id": "a", "turns": [{"turn_id": 1, "metrics": {"e2e_latency_ms": 2**40}}]},
+                eventType=112,
+            ),
+            "payload.turns[0].metrics.e2e_latency_ms is out of range",
+        ),
+        (
+            b'{"noticeId": "n", "productId": 17, "eventType": 101, "payload": {"agent_id": "a",'
+            b' "labels": {"x": 1e400}}}',
+            "body.payload.labels.x is a number out of range",
+        ),
+        (body({"agent_id": "a", "channel": "c" * 257}), "payload.channel must be at most 256"),
+    ],
+)
+def test_values_the_tables_cannot_hold_are_malformed(raw: bytes, detail: str) -> None:
+    with pytest.raises(MalformedEvent, match=re.escape(detail)):
+        events.parse(raw)
+
+
+def test_times_out_of_range_are_absent_not_malformed() -> None:
+    note = events.parse(body({"agent_id": "a", "start_ts": 2**70}, notifyMs=2**62))
+    assert note.event is not None and note.event.started_at is None
+    assert note.notify_ms == 2**62
+
+
 def test_build_is_the_inverse_of_parse() -> None:
     raw = events.build(
         101, {"agent_id": "a", "start_ts": 1751400000}, notice_id="n-9", notify_ms=1751400000999

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import psycopg
 from psycopg import sql
@@ -38,15 +38,33 @@ def create_engine(url: str, *, pool_size: int = 10, max_overflow: int = 10) -> A
     )
 
 
+async def driver_connection(conn: AsyncConnection) -> psycopg.AsyncConnection[Any]:
+    """The psycopg connection under `conn`, inside its transaction, for statements sent in one
+    round trip (`async with raw.pipeline():`). Its errors are `psycopg.Error`, not SQLAlchemy's.
+    """
+    raw = await conn.get_raw_connection()
+    driver = raw.driver_connection
+    if not isinstance(driver, psycopg.AsyncConnection):
+        raise TypeError(f"expected a psycopg async connection, got {type(driver).__name__}")
+    return driver
+
+
 def migrations_path() -> Path:
     """The alembic script directory: inside the wheel when installed, else beside `service/`."""
     packaged = Path(__file__).parent / "migrations"
     return packaged if packaged.is_dir() else Path(__file__).parent.parent / "migrations"
 
 
+# What a statement can raise: SQLAlchemy's errors, psycopg's own from pipelined statements
+# (`driver_connection`), and the socket's.
+ERRORS: Final = (exc.SQLAlchemyError, psycopg.Error, OSError)
+
+
 def is_unavailable(error: BaseException) -> bool:
     """Whether a driver error means the database is down or unreachable, not that we erred."""
     if isinstance(error, exc.TimeoutError | ConnectionError | OSError):
+        return True
+    if isinstance(error, psycopg.OperationalError | psycopg.InterfaceError):  # pipelined
         return True
     if isinstance(error, exc.DBAPIError):
         return error.connection_invalidated or isinstance(

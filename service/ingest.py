@@ -20,7 +20,6 @@ from datetime import datetime
 from typing import Any, Literal
 
 import structlog
-from sqlalchemy import exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service import db, events, jobs, lifecycle, metrics, pcu, repositories, rollup
@@ -80,7 +79,7 @@ async def handle(
             outcome = await _apply(
                 conn, app_id=app_id, note=note, received_at=received_at, limits=limits
             )
-    except (exc.SQLAlchemyError, OSError) as error:
+    except db.ERRORS as error:
         if db.is_unavailable(error):
             raise db.unavailable_from(error) from error
         raise
@@ -114,15 +113,15 @@ async def _apply(
     received_at: datetime,
     limits: pcu.Limits,
 ) -> Outcome:
-    if not await repositories.record_notification(
+    stored, row = await repositories.record_and_lock(
         conn, app_id=app_id, note=note, received_at=received_at
-    ):
+    )
+    if not stored:
         return Outcome(status="duplicate", agent_id=note.agent_id)
     event = note.event
-    if event is None:
+    if event is None or row is None:
         return Outcome(status="ignored")
     at = note.occurred_at or received_at
-    row, _ = await repositories.lock_agent(conn, agent_id=event.agent_id, app_id=app_id)
     if row.app_id != app_id:
         log.warning("agent_app_mismatch", stored_app_id=row.app_id, app_id=app_id)
     applied = await observe(
@@ -233,19 +232,16 @@ async def _account(
     limits: pcu.Limits,
 ) -> list[rollup.Crossing]:
     """Keep the PCU rollup and threshold alarm in step with the agent's new interval."""
-    before = (row.active_from, row.active_until)
-    after = (
-        values.get("active_from", row.active_from),
-        values.get("active_until", row.active_until),
+    return await rollup.upkeep(
+        conn,
+        app_id=row.app_id,
+        before=(row.active_from, row.active_until),
+        after=(
+            values.get("active_from", row.active_from),
+            values.get("active_until", row.active_until),
+        ),
+        limits=limits,
     )
-    if after == before:
-        return []
-    await rollup.move(conn, app_id=row.app_id, before=before, after=after)
-    was_active = before[0] is not None and before[1] is None
-    is_active = after[0] is not None and after[1] is None
-    if was_active == is_active:
-        return []
-    return await rollup.settle_threshold(conn, app_id=row.app_id, limits=limits)
 
 
 def _agent_values(

@@ -46,10 +46,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Final, Literal, TypeVar
 
 import structlog
-from sqlalchemy import exc, func, select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service import agora, history, ingest, lifecycle, metrics, repositories
+from service import agora, db, history, ingest, lifecycle, metrics, repositories
 from service.lifecycle import Kind, State
 
 log = structlog.get_logger(__name__)
@@ -166,7 +166,7 @@ async def run_pass(deps: history.Deps, *, app_id: str) -> Summary:
                 summary.outcome, summary.reason = "skipped", "another process holds the lease"
     except agora.AgoraNotConfigured:
         summary.outcome, summary.reason = "skipped", "no REST credentials"
-    except (exc.SQLAlchemyError, OSError) as error:
+    except db.ERRORS as error:
         summary.outcome, summary.reason = "failed", f"database error ({type(error).__name__})"
     except BaseException as error:  # cancelled (shutdown), or a bug: reported, then raised
         summary.outcome, summary.reason = "failed", f"interrupted ({type(error).__name__})"

@@ -1,9 +1,10 @@
 """Write-side statements (and the reads reconciliation decides on: `unsettled_agents`,
 `tracked_agents`, `last_alive_at`). Each takes the caller's connection first and never commits.
 
-Dedupe and serialisation are Postgres's job: `record_notification` is an
-`INSERT … ON CONFLICT DO NOTHING RETURNING`, `lock_agent` holds the agent's row lock until the
+Dedupe and serialisation are Postgres's job: `record_and_lock` stores a delivery with an
+`INSERT … ON CONFLICT DO NOTHING RETURNING`; it and `lock_agent` hold the agent's row lock until the
 caller's transaction ends, so two replicas applying notifications for one agent take turns.
+Several rows are written as one multi-row VALUES statement, not an executemany.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
-from sqlalchemy import RowMapping, and_, func, literal, or_, select, update
+from sqlalchemy import RowMapping, and_, bindparam, func, literal, or_, select, text, update
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -27,7 +28,6 @@ from service.tables import (
     call_state,
     history,
     history_job,
-    notification,
 )
 
 Source = Literal["webhook", "reconcile"]
@@ -49,7 +49,7 @@ class AgentRow:
     last_event_at: datetime | None
 
     @classmethod
-    def from_row(cls, row: RowMapping) -> AgentRow:
+    def from_row(cls, row: Mapping[Any, Any]) -> AgentRow:
         return cls(
             agent_id=row["agent_id"],
             app_id=row["app_id"],
@@ -78,32 +78,92 @@ _AGENT_COLUMNS = (
 )
 
 
-async def record_notification(
+_AGENT_NAMES: Final = ", ".join(c.name for c in _AGENT_COLUMNS)
+_NEW_NAMES: Final = ", ".join(f"new.{c.name} AS new_{c.name}" for c in _AGENT_COLUMNS)
+
+# One statement, one round trip: store the delivery (nothing if it is a duplicate); if it is new
+# and names an agent we do not know, create the agent IDLE with its `pending` history; answer the
+# stored id and the agent's row: the one just created (`new_*`, ours until we commit) or the
+# existing one, locked in the lateral subquery. The sub-statements share one snapshot: an agent
+# created meanwhile by a concurrent transaction is in neither, and the caller falls back to
+# `lock_agent`.
+_RECORD_AND_LOCK: Final = text(
+    f"""
+    WITH stored AS (
+        INSERT INTO notification (app_id, notice_id, product_id, event_type, agent_id, outcome,
+                                  event_at, notify_ms, received_at, body)
+        VALUES (:app_id, :notice_id, :product_id, :event_type, :agent_id, :outcome, :event_at,
+                :notify_ms, :received_at, :body)
+        ON CONFLICT (app_id, notice_id) DO NOTHING
+        RETURNING id
+    ),
+    created AS (
+        INSERT INTO agent (agent_id, app_id, state)
+        SELECT CAST(:agent_id AS text), :app_id, 'IDLE'
+        WHERE CAST(:agent_id AS text) IS NOT NULL AND EXISTS (SELECT FROM stored)
+        ON CONFLICT (agent_id) DO NOTHING
+        RETURNING {_AGENT_NAMES}
+    ),
+    history_row AS (
+        INSERT INTO history (agent_id) SELECT agent_id FROM created
+        ON CONFLICT (agent_id) DO NOTHING
+    )
+    SELECT (SELECT id FROM stored) AS stored_id, {_NEW_NAMES}, locked.*
+    FROM (SELECT 1) AS one
+    LEFT JOIN created AS new ON true
+    LEFT JOIN LATERAL (
+        SELECT {_AGENT_NAMES} FROM agent
+        WHERE agent_id = :agent_id AND EXISTS (SELECT FROM stored)
+        FOR UPDATE OF agent
+    ) AS locked ON true"""
+).bindparams(bindparam("body", type_=JSONB))
+
+
+async def record_and_lock(
     conn: AsyncConnection,
     *,
     app_id: str,
     note: events.Notification,
     received_at: datetime,
-) -> bool:
-    """Store a verified delivery; False when `(app_id, noticeId)` is already stored."""
-    stmt = (
-        insert(notification)
-        .values(
-            app_id=app_id,
-            notice_id=note.notice_id,
-            product_id=note.product_id,
-            event_type=note.event_type,
-            agent_id=note.agent_id,
-            outcome="ignored" if note.ignored else "accepted",
-            event_at=note.occurred_at,
-            notify_ms=note.notify_ms,
-            received_at=received_at,
-            body=note.body,
+) -> tuple[bool, AgentRow | None]:
+    """Store a verified delivery (dedupe on `(app_id, noticeId)`) and, for a new one about an
+    agent, take the agent's row as `lock_agent` does: one round trip when the agent is known.
+
+    Answers `(stored, row)`: `stored` is False for a duplicate (and `row` None); `row` is the
+    agent's row, locked until the transaction ends and created IDLE (with its `pending` history)
+    if unknown, or None when the notification names no agent.
+    """
+    found = (
+        (
+            await conn.execute(
+                _RECORD_AND_LOCK,
+                {
+                    "app_id": app_id,
+                    "notice_id": note.notice_id,
+                    "product_id": note.product_id,
+                    "event_type": note.event_type,
+                    "agent_id": note.agent_id,
+                    "outcome": "ignored" if note.ignored else "accepted",
+                    "event_at": note.occurred_at,
+                    "notify_ms": note.notify_ms,
+                    "received_at": received_at,
+                    "body": note.body,
+                },
+            )
         )
-        .on_conflict_do_nothing(index_elements=[notification.c.app_id, notification.c.notice_id])
-        .returning(notification.c.id)
+        .mappings()
+        .one()
     )
-    return (await conn.execute(stmt)).first() is not None
+    if found["stored_id"] is None:
+        return False, None
+    if note.agent_id is None:
+        return True, None
+    if found["new_agent_id"] is not None:
+        return True, AgentRow.from_row({c.name: found[f"new_{c.name}"] for c in _AGENT_COLUMNS})
+    if found["agent_id"] is not None:
+        return True, AgentRow.from_row(found)
+    row, _ = await lock_agent(conn, agent_id=note.agent_id, app_id=app_id)
+    return True, row
 
 
 async def lock_agent(conn: AsyncConnection, *, agent_id: str, app_id: str) -> tuple[AgentRow, bool]:
@@ -156,21 +216,22 @@ async def add_transitions(
     if not steps:
         return
     await conn.execute(
-        insert(agent_transition),
-        [
-            {
-                "agent_id": agent_id,
-                "from_state": step.from_state.value,
-                "to_state": step.to_state.value,
-                "cause": step.kind.value,
-                "source": source,
-                "notice_id": notice_id,
-                "inferred": step.inferred,
-                "event_at": step.at,
-                "received_at": received_at,
-            }
-            for step in steps
-        ],
+        insert(agent_transition).values(
+            [
+                {
+                    "agent_id": agent_id,
+                    "from_state": step.from_state.value,
+                    "to_state": step.to_state.value,
+                    "cause": step.kind.value,
+                    "source": source,
+                    "notice_id": notice_id,
+                    "inferred": step.inferred,
+                    "event_at": step.at,
+                    "received_at": received_at,
+                }
+                for step in steps
+            ]
+        )
     )
 
 
@@ -199,7 +260,7 @@ async def add_errors(
         }
         for position, item in enumerate(items)
     ]
-    await conn.execute(insert(agent_error).on_conflict_do_nothing(), rows)
+    await conn.execute(insert(agent_error).values(rows).on_conflict_do_nothing())
 
 
 async def add_metrics(
@@ -227,7 +288,7 @@ async def add_metrics(
         }
         for position, item in enumerate(items)
     ]
-    await conn.execute(insert(agent_metric).on_conflict_do_nothing(), rows)
+    await conn.execute(insert(agent_metric).values(rows).on_conflict_do_nothing())
 
 
 async def upsert_turns(
@@ -254,7 +315,7 @@ async def upsert_turns(
         }
         for turn in {t.turn_id: t for t in turns}.values()
     ]
-    await conn.execute(insert(agent_turn).on_conflict_do_nothing(), rows)
+    await conn.execute(insert(agent_turn).values(rows).on_conflict_do_nothing())
 
 
 async def add_call_state(
@@ -323,21 +384,20 @@ async def mark_history_unavailable(conn: AsyncConnection, *, agent_id: str, reas
     return (await conn.execute(stmt)).first() is not None
 
 
-async def enqueue_history_job(conn: AsyncConnection, *, agent_id: str, app_id: str) -> bool:
-    """Record the durable history job for a stopped agent (once per agent); True if new.
+async def enqueue_history_job(conn: AsyncConnection, *, agent_id: str, app_id: str) -> None:
+    """Record the durable history job for a stopped agent (once per agent); if it is new,
+    listening workers are notified when the caller's transaction commits.
 
-    Listening workers are notified when the caller's transaction commits.
+    One statement: the notification is sent only if the job is new.
     """
-    stmt = (
+    created = (
         insert(history_job)
         .values(agent_id=agent_id, app_id=app_id)
         .on_conflict_do_nothing(index_elements=[history_job.c.agent_id])
         .returning(history_job.c.agent_id)
+        .cte("created")
     )
-    created = (await conn.execute(stmt)).first() is not None
-    if created:
-        await jobs.notify(conn, agent_id)
-    return created
+    await conn.execute(select(func.pg_notify(jobs.CHANNEL, created.c.agent_id)))
 
 
 def _int_or_none(value: object) -> int | None:

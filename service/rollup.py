@@ -27,9 +27,10 @@ from typing import Final
 
 from sqlalchemy import func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service import lifecycle, pcu
+from service import db, lifecycle, pcu
 from service.tables import agent, pcu_alarm
 
 Interval = tuple[datetime | None, datetime | None]
@@ -205,30 +206,66 @@ class Crossing:
     cap: int
 
 
-async def move(conn: AsyncConnection, *, app_id: str, before: Interval, after: Interval) -> None:
-    """Rewrite the rollup minutes of every edge that differs between `before` and `after`.
+# The same statements in psycopg's own form, for `upkeep()`'s pipeline.
+_PSYCOPG: Final = PGDialect_psycopg()  # type: ignore[no-untyped-call]
+_LOCK_SQL: Final = str(_LOCK.compile(dialect=_PSYCOPG))
+_REWRITE_SQL: Final = str(_REWRITE.compile(dialect=_PSYCOPG))
+_ALARM_ROW_SQL: Final = "INSERT INTO pcu_alarm (app_id) VALUES (%(app)s) ON CONFLICT DO NOTHING"
+_ALARM_LOCK_SQL: Final = "SELECT level FROM pcu_alarm WHERE app_id = %(app)s FOR UPDATE"
+_CURRENT_SQL: Final = (
+    "SELECT count(*) FROM agent WHERE app_id = %(app)s AND state = ANY(%(active)s)"
+)
+_ACTIVE: Final = [state.value for state in lifecycle.ACTIVE]
+
+
+async def upkeep(
+    conn: AsyncConnection,
+    *,
+    app_id: str,
+    before: Interval,
+    after: Interval,
+    limits: pcu.Limits,
+) -> list[Crossing]:
+    """Rewrite the rollup minutes (and hours) of every edge that differs between `before` and
+    `after`; if the agent became active or inactive, settle the app's threshold alarm. Answers
+    the upward crossings.
 
     Call after the agent row holds `after`, in the same transaction, with the agent row locked.
+    The statements go in one round trip (psycopg's pipeline mode), so the app's locks are held
+    for that round trip and the commit: the minute and hour advisory locks, the rewrite (a new
+    statement, so a new snapshot: it sees every edge committed by earlier lock holders, who held
+    these locks until their commit), then the alarm row lock and the current PCU under it.
     """
     changed = set(_edges(before)) ^ set(_edges(after))
     if not changed:
-        return
+        return []
     minutes = sorted({pcu.floor_grain(pcu.to_us(at)) for at, _ in changed})
     hours = sorted({minute - minute % pcu.HOUR_US for minute in minutes})
     # Minute locks, then hour locks, each set in key order: one global order for everyone.
     minute_keys = sorted(_key("minute", app_id, minute) for minute in minutes)
     hour_keys = sorted(_key("hour", app_id, hour) for hour in hours)
-    # Taken one by one in this order (unnest yields the array in order).
-    await conn.execute(_LOCK, {"keys": [*minute_keys, *hour_keys]})
-    # A new statement takes a new snapshot: it sees every edge committed by earlier lock holders
-    # (who held these locks until their commit).
-    await conn.execute(
-        _REWRITE,
-        {
-            "app": app_id,
-            "minutes": [pcu.from_us(minute) for minute in minutes],
-            "hours": [pcu.from_us(hour) for hour in hours],
-        },
+    settle = _is_active(before) != _is_active(after)
+    params = {
+        "app": app_id,
+        "keys": [*minute_keys, *hour_keys],
+        "minutes": [pcu.from_us(minute) for minute in minutes],
+        "hours": [pcu.from_us(hour) for hour in hours],
+        "active": _ACTIVE,
+    }
+    raw = await db.driver_connection(conn)
+    async with raw.pipeline():
+        await raw.execute(_LOCK_SQL, params)  # taken one by one, in the array's order
+        await raw.execute(_REWRITE_SQL, params)
+        if settle:
+            await raw.execute(_ALARM_ROW_SQL, params)  # the app's first activity creates it
+            alarm = await raw.execute(_ALARM_LOCK_SQL, params)
+            counted = await raw.execute(_CURRENT_SQL, params)
+    if not settle:
+        return []
+    found, current = await alarm.fetchone(), await counted.fetchone()
+    assert found is not None and current is not None
+    return await _settle(
+        conn, app_id=app_id, stored=pcu.Threshold(found[0]), current=int(current[0]), limits=limits
     )
 
 
@@ -237,17 +274,31 @@ async def settle_threshold(
 ) -> list[Crossing]:
     """Re-read the app's current PCU under its alarm row lock; answer the upward crossings.
 
-    Call in every transaction that makes an agent active or inactive, after the agent row is
-    written. The lock makes these transactions count one after another, in commit order, so each
-    crossing is seen by exactly one of them, however many replicas run.
+    `upkeep()` does this itself when an agent's activity changes; this is for a caller that
+    changes the current PCU otherwise. The lock makes these transactions count one after
+    another, in commit order, so each crossing is seen by exactly one of them, however many
+    replicas run.
     """
     locked = select(pcu_alarm.c.level).where(pcu_alarm.c.app_id == app_id).with_for_update()
     found = (await conn.execute(locked)).scalar_one_or_none()
     if found is None:  # the app's first activity: create its row, then lock it
         await conn.execute(pg_insert(pcu_alarm).values(app_id=app_id).on_conflict_do_nothing())
         found = (await conn.execute(locked)).scalar_one()
-    stored = pcu.Threshold(found)
     current = await current_pcu(conn, app_id=app_id)
+    return await _settle(
+        conn, app_id=app_id, stored=pcu.Threshold(found), current=current, limits=limits
+    )
+
+
+async def _settle(
+    conn: AsyncConnection,
+    *,
+    app_id: str,
+    stored: pcu.Threshold,
+    current: int,
+    limits: pcu.Limits,
+) -> list[Crossing]:
+    """Store the level `current` puts the app at (its alarm row is locked); answer crossings."""
     level = pcu.threshold(current, cap=limits.cap, warn_fraction=limits.warn_fraction)
     if level == stored:
         return []
@@ -260,6 +311,10 @@ async def settle_threshold(
         Crossing(app_id=app_id, threshold=crossed, current=current, cap=limits.cap)
         for crossed in pcu.crossings(stored, level)
     ]
+
+
+def _is_active(interval: Interval) -> bool:
+    return interval[0] is not None and interval[1] is None
 
 
 async def current_pcu(conn: AsyncConnection, *, app_id: str) -> int:

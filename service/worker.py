@@ -28,7 +28,6 @@ from wsgiref.simple_server import WSGIServer
 
 import prometheus_client
 import structlog
-from sqlalchemy import exc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service import agora, db, history, jobs, reconcile, retention
@@ -178,7 +177,7 @@ async def _claim(deps: history.Deps) -> jobs.Job | None:
     try:
         async with deps.engine.begin() as conn:
             return await jobs.claim(conn, owner=deps.owner, lease_s=deps.settings.history_lease_s)
-    except (exc.SQLAlchemyError, OSError) as error:
+    except db.ERRORS as error:
         log.warning("history_claim_failed", error=type(error).__name__)
         await asyncio.sleep(RETRY_DELAY_S)
         return None
@@ -225,7 +224,7 @@ async def _drain(
             async with deps.engine.begin() as conn:
                 released = await jobs.release(conn, agent_id=job.agent_id, owner=deps.owner)
             log.info("history_job_released", agent_id=job.agent_id, released=released)
-        except (exc.SQLAlchemyError, OSError) as error:
+        except db.ERRORS as error:
             log.warning("history_release_failed", agent_id=job.agent_id, error=type(error).__name__)
 
 
@@ -242,7 +241,7 @@ async def _heartbeat(
         try:
             async with deps.engine.begin() as conn:
                 await jobs.heartbeat(conn, owner=deps.owner, lease_s=lease, agent_ids=agent_ids)
-        except (exc.SQLAlchemyError, OSError) as error:
+        except db.ERRORS as error:
             log.warning("history_heartbeat_failed", error=type(error).__name__)
 
 

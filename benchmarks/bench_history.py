@@ -10,19 +10,16 @@ transcript comes from the API), and the service as subprocesses.
 2. Drain: 1,000 agents stopped with no worker running, then 1 (and, after a reset, 2)
    `convoai-ledger worker` processes; the time from starting the workers until every job is done.
 
-Prints the figures and records them in BENCHMARKS.md (section "history").
+Prints the figures and records them in BENCHMARKS.md ("history").
 """
 
 from __future__ import annotations
 
-import os
-import re
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -30,7 +27,8 @@ import psycopg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from service import localdb, schema  # noqa: E402
+from benchmarks import common  # noqa: E402
+from service import schema  # noqa: E402
 from service.simulator import ncs, server  # noqa: E402
 from service.simulator.backend import SimApp  # noqa: E402
 from tests.processes import ServiceProcess, free_port  # noqa: E402
@@ -40,16 +38,6 @@ CUSTOMER_ID, CUSTOMER_SECRET = "bench-customer", "bench-customer-secret"
 LATENCY_S = 0.020
 LATENCY_AGENTS, STOP_RATE = 200, 20.0
 DRAIN_AGENTS = 1000
-
-
-@contextmanager
-def database() -> Iterator[str]:
-    given = os.environ.get("BENCH_DATABASE_URL")
-    if given:
-        yield given
-        return
-    with localdb.temporary() as pg:
-        yield pg.url
 
 
 def psycopg_url(url: str) -> str:
@@ -70,11 +58,6 @@ def wait(check: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.02)
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
 def main() -> None:
     logs = Path(tempfile.mkdtemp(prefix="bench-history-"))
     port = free_port()
@@ -86,7 +69,7 @@ def main() -> None:
         pcu_cap=100_000,
     )
     with (
-        database() as url,
+        common.server_url() as url,
         server.in_thread(
             [app],
             target=f"http://127.0.0.1:{port}",
@@ -111,8 +94,7 @@ def main() -> None:
             "PORT": str(port),
         }
         figures = latency(sim, url, env, logs) + drain(sim, url, env, logs)
-    print("\n".join(figures))
-    record(figures)
+    common.record("history", figures)
 
 
 def start_and_stop(sim: server.Running, count: int, *, prefix: str, rate: float | None) -> None:
@@ -146,8 +128,8 @@ def latency(sim: server.Running, url: str, env: dict[str, str], logs: Path) -> l
     values = [float(r[0]) for r in rows]
     return [
         f"STOPPED -> history stored ({len(values)} agents, simulator +{LATENCY_S * 1000:.0f} ms,"
-        f" {STOP_RATE:.0f} stops/s): p50 {percentile(values, 0.5):.0f} ms,"
-        f" p95 {percentile(values, 0.95):.0f} ms, max {max(values):.0f} ms,"
+        f" {STOP_RATE:.0f} stops/s): p50 {common.percentile(values, 0.5):.0f} ms,"
+        f" p95 {common.percentile(values, 0.95):.0f} ms, max {max(values):.0f} ms,"
         f" mean {statistics.fmean(values):.0f} ms"
     ]
 
@@ -206,17 +188,6 @@ def reset(url: str) -> None:
             " transcript_at = NULL WHERE agent_id IN (SELECT agent_id FROM history_job)"
         )
         conn.execute("DELETE FROM agent_turn")
-
-
-def record(figures: list[str]) -> None:
-    path = ROOT / "BENCHMARKS.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    section = "## history\n\n" + "\n".join(f"- {f}" for f in figures) + "\n"
-    if "## history\n" in text:
-        text = re.sub(r"## history\n.*?(?=\n## |\Z)", section, text, flags=re.S)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,8 @@ import psycopg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from service import concurrency, db, localdb, pcu, rollup, schema  # noqa: E402
+from benchmarks import common  # noqa: E402
+from service import concurrency, db, pcu, rollup, schema  # noqa: E402
 from tests.factories import Delivery, deliver, payload, reader_headers  # noqa: E402
 from tests.processes import free_port  # noqa: E402
 
@@ -47,8 +48,6 @@ APP = "bench-app"
 SECRET = "bench-secret"
 TOKEN = "reader-token-one"
 DAYS = 30
-RECORD = Path(__file__).resolve().parent / "BENCHMARKS.md"
-MARK_BEGIN, MARK_END = "<!-- bench_pcu:begin -->", "<!-- bench_pcu:end -->"
 
 
 def main() -> int:
@@ -56,7 +55,7 @@ def main() -> int:
     parser.add_argument("--sessions", type=int, default=1_000_000)
     parser.add_argument("--requests", type=int, default=300)
     args = parser.parse_args()
-    with server_url() as admin_url:
+    with common.server_url() as admin_url:
         url = fresh_database(admin_url)
         now = datetime.now(UTC).replace(microsecond=0)
         timings = prepare(url, sessions=args.sessions, now=now)
@@ -65,16 +64,6 @@ def main() -> int:
             lines += ingest_contention(base)
     report(timings + lines, sessions=args.sessions)
     return 0
-
-
-@contextlib.contextmanager
-def server_url() -> Iterator[str]:
-    given = os.environ.get("BENCH_DATABASE_URL")
-    if given:
-        yield urlunsplit(urlsplit(given)._replace(scheme="postgresql"))
-        return
-    with localdb.temporary(durable=False) as server:
-        yield server.url
 
 
 def fresh_database(admin_url: str) -> str:
@@ -361,24 +350,8 @@ def rfc(value: datetime) -> str:
 
 
 def report(lines: list[str], *, sessions: int) -> None:
-    load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
-    header = (
-        f"bench_pcu, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores, "
-        f"load average {load} (1/5/15 min) at the end, {sessions:,} sessions over {DAYS} days"
-    )
-    print(header)
-    for line in lines:
-        print("  " + line)
-    block = "\n".join(
-        [MARK_BEGIN, "```", header, *("  " + line for line in lines), "```", MARK_END]
-    )
-    existing = RECORD.read_text(encoding="utf-8") if RECORD.exists() else "# Benchmark figures\n"
-    if MARK_BEGIN in existing:
-        head, rest = existing.split(MARK_BEGIN, 1)
-        existing = head + block + rest.split(MARK_END, 1)[1]
-    else:
-        existing = existing.rstrip("\n") + "\n\n" + block + "\n"
-    RECORD.write_text(existing, encoding="utf-8")
+    note = f"{sessions:,} sessions over {DAYS} days, one app; latencies over real HTTP."
+    common.record("pcu", lines, notes=[note])
 
 
 if __name__ == "__main__":

@@ -20,14 +20,13 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from service import localdb, schema  # noqa: E402
+from benchmarks import common  # noqa: E402
+from service import schema  # noqa: E402
 from service.simulator import server  # noqa: E402
 from service.simulator.backend import SimApp  # noqa: E402
 from tests.factories import admin, with_database  # noqa: E402
@@ -38,16 +37,6 @@ LIVE = 1000
 CHURN = 100
 LATENCIES_S = (0.0, 0.020)
 SUMMARY = re.compile(r"completed in (?P<seconds>[\d.]+) s: (?P<rest>.*)$")
-
-
-@contextmanager
-def database() -> Iterator[str]:
-    given = os.environ.get("BENCH_DATABASE_URL")
-    if given:
-        yield given
-        return
-    with localdb.temporary() as pg:
-        yield pg.url
 
 
 def fresh_database(url: str, name: str) -> str:
@@ -68,14 +57,14 @@ def main() -> None:
         pcu_cap=100_000,
     )
     figures = [f"load average before: {load()}"]
-    with database() as url:
+    with common.server_url() as url:
         for latency in LATENCIES_S:
             db_url = fresh_database(url, f"bench_reconcile_{int(latency * 1000)}")
             with server.in_thread([app], latency_s=latency, seed=1) as sim:
                 figures += scenarios(sim, db_url, latency)
     figures.append(f"load average after: {load()}")
     print("\n".join(figures))
-    record(figures)
+    common.record("reconcile", figures)
 
 
 def scenarios(sim: server.Running, url: str, latency: float) -> list[str]:
@@ -135,17 +124,6 @@ def one_pass(sim: server.Running, env: dict[str, str], what: str) -> str:
 
 def load() -> str:
     return " ".join(f"{value:.2f}" for value in os.getloadavg())
-
-
-def record(figures: list[str]) -> None:
-    path = ROOT / "BENCHMARKS.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    section = "## reconcile\n\n" + "\n".join(f"- {f}" for f in figures) + "\n"
-    if "## reconcile\n" in text:
-        text = re.sub(r"## reconcile\n.*?(?=\n## |\Z)", section, text, flags=re.S)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
 
 
 if __name__ == "__main__":

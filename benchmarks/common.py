@@ -1,0 +1,74 @@
+"""What every benchmark shares: its database, and recording its figures in BENCHMARKS.md.
+
+Each script owns one section of the top-level BENCHMARKS.md (`## name`), rewritten on every run
+with the date, the machine (cores, memory, load average) and the command that produced it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RECORD = ROOT / "BENCHMARKS.md"
+HEADER = (
+    "# Benchmarks\n\n"
+    "Produced by `make bench` (each `benchmarks/bench_*.py` in turn, never part of `make test`);\n"
+    "every section says when, on what machine and with which command its figures were taken.\n"
+    "`BENCH_DATABASE_URL` points a run at an existing server instead of a throw-away embedded one.\n"
+)
+
+
+@contextmanager
+def server_url(*, durable: bool = False) -> Iterator[str]:
+    """`BENCH_DATABASE_URL` if set, else a throw-away embedded PostgreSQL (fsync on if `durable`)."""
+    given = os.environ.get("BENCH_DATABASE_URL")
+    if given:
+        yield given.replace("postgresql+psycopg://", "postgresql://", 1)
+        return
+    from service import localdb
+
+    with localdb.temporary(durable=durable) as server:
+        yield server.url
+
+
+def machine() -> str:
+    """Cores, memory and the load average now (1/5/15 min)."""
+    memory = ""
+    meminfo = Path("/proc/meminfo")
+    if meminfo.exists():
+        total_kib = int(meminfo.read_text().split()[1])
+        memory = f", {total_kib / 1024 / 1024:.0f} GiB"
+    load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
+    return f"{os.cpu_count()} cores{memory}, load average {load}"
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def record(section: str, lines: Sequence[str], *, notes: Sequence[str] = ()) -> None:
+    """Print `lines` and write them as the `## section` of BENCHMARKS.md."""
+    command = "python " + shlex.join([os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]])
+    when = f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
+    head = f"{when}, {machine()}, `{command}`"
+    print(f"== {section}: {head}")
+    for line in lines:
+        print(f"  {line}")
+    body = [f"## {section}", "", head, "", *notes, *([""] if notes else [])]
+    body += [f"- {line}" for line in lines]
+    block = "\n".join(body) + "\n"
+    text = RECORD.read_text(encoding="utf-8") if RECORD.exists() else HEADER
+    pattern = re.compile(rf"^## {re.escape(section)}\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: block + "\n", text, count=1).rstrip("\n") + "\n"
+    else:
+        text = text.rstrip("\n") + "\n\n" + block
+    RECORD.write_text(text, encoding="utf-8")

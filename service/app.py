@@ -15,6 +15,7 @@ import threading
 from collections.abc import AsyncIterator
 from typing import TypedDict
 
+import psycopg
 import structlog
 from sqlalchemy import exc
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -76,6 +77,7 @@ def create_app(
             ServiceError: _service_error,
             HTTPException: _http_error,
             exc.SQLAlchemyError: _database_error,
+            psycopg.Error: _database_error,  # from statements sent on the driver's connection
             Exception: _unexpected_error,
         },
         lifespan=lifespan,

@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import common, loadgen  # noqa: E402
-from service import events, localdb, rollup, signatures  # noqa: E402
+from service import events, jobs, localdb, repositories, rollup, signatures  # noqa: E402
 from tests.processes import ServiceProcess, free_port  # noqa: E402
 
 APP_ID, SECRET = "bench-app", "bench-ingest-secret"
@@ -83,24 +83,27 @@ def fresh_database(admin_url: str, name: str) -> str:
 
 # The service's statements per notification, in order (see the module docstring). `:n` is a
 # random 62-bit number naming one agent; `:body` one notification body as jsonb.
-_AGENT_COLUMNS = (
-    "agent_id, app_id, name, channel, state, state_at, started_at, active_from, active_until,"
-    " last_event_at"
-)
-_ACTIVE = "('STARTING', 'RUNNING', 'RECOVERING', 'STOPPING')"
+def _one_line(sql: str) -> str:
+    return " ".join(line.strip() for line in sql.splitlines() if line.strip())
 
 
-def _notification(event_type: int) -> str:
-    return (
-        "INSERT INTO notification (app_id, notice_id, product_id, event_type, agent_id, outcome,"
-        " event_at, notify_ms, received_at, body) VALUES (:app, 'pgb-' || :n || '-"
-        f"{event_type}', 17, {event_type}, 'pgb-' || :n, 'accepted', now(), 0, now(),"
-        f" :body{event_type}) ON CONFLICT (app_id, notice_id) DO NOTHING RETURNING id;"
-    )
-
-
-def _lock_agent() -> str:
-    return f"SELECT {_AGENT_COLUMNS} FROM agent WHERE agent_id = 'pgb-' || :n FOR UPDATE;"
+def _record_and_lock(event_type: int) -> str:
+    """The service's own first statement (`repositories._RECORD_AND_LOCK`), for pgbench."""
+    values = {
+        "app_id": ":app",
+        "notice_id": f"('pgb-' || :n || '-{event_type}')",
+        "product_id": "17",
+        "event_type": str(event_type),
+        "agent_id": "('pgb-' || :n)",
+        "outcome": "'accepted'",
+        "event_at": "now()",
+        "notify_ms": "0",
+        "received_at": "now()",
+        "body": f"CAST(:body{event_type} AS jsonb)",
+    }
+    sql = str(repositories._RECORD_AND_LOCK.text)
+    sql = re.sub(r"(?<!:):(\w+)\b", lambda m: values[m.group(1)], sql)
+    return _one_line(sql) + ";"
 
 
 def _transition(from_state: str, to_state: str, cause: str) -> str:
@@ -112,66 +115,78 @@ def _transition(from_state: str, to_state: str, cause: str) -> str:
 
 
 def _pcu_upkeep() -> str:
-    rewrite = (
-        str(rollup._REWRITE.text)
-        .replace("CAST(:minutes AS timestamptz[])", "ARRAY[date_trunc('minute', now())]")
-        .replace("CAST(:hours AS timestamptz[])", "ARRAY[date_trunc('hour', now())]")
+    """`rollup.upkeep`'s statements for one minute and hour and the commit, in one pipeline as
+    the service sends them."""
+    keys = (
+        "ARRAY[hashtextextended('pcu_minute/' || :app || date_trunc('minute', now()), 0),"
+        " hashtextextended('pcu_hour/' || :app || date_trunc('hour', now()), 0)]"
     )
-    rewrite = " ".join(line.strip() for line in rewrite.splitlines() if line.strip())
-    return "\n".join(
-        [
-            "SELECT pg_advisory_xact_lock(key) FROM unnest(ARRAY["
-            "hashtextextended('pcu_minute/' || :app || date_trunc('minute', now()), 0),"
-            " hashtextextended('pcu_hour/' || :app || date_trunc('hour', now()), 0)]) AS key;",
-            rewrite + ";",
-            "SELECT level FROM pcu_alarm WHERE app_id = :app FOR UPDATE;",
-            f"SELECT count(*) FROM agent WHERE app_id = :app AND state IN {_ACTIVE};",
-        ]
-    )
+    active = "ARRAY[" + ", ".join(f"'{state}'" for state in rollup._ACTIVE) + "]"
+    replacements = {
+        "CAST(%(keys)s AS bigint[])": keys,
+        "CAST(%(minutes)s AS timestamptz[])": "ARRAY[date_trunc('minute', now())]",
+        "CAST(%(hours)s AS timestamptz[])": "ARRAY[date_trunc('hour', now())]",
+        "%(active)s": active,
+        "%(app)s": ":app",
+        "%(cap)s": "20",  # PCU_CAP's default, as the service runs here
+        "%(warn_at)s": "16",
+    }
+    statements = []
+    for sql in (
+        rollup._LOCK_SQL,
+        rollup._REWRITE_SQL,
+        rollup._ALARM_ROW_SQL,
+        rollup._ALARM_LOCK_SQL,
+        rollup._SETTLE_SQL,
+        "COMMIT",
+    ):
+        for old, new in replacements.items():
+            sql = sql.replace(old, new)
+        statements.append(_one_line(sql) + ";")
+    return "\n".join(["\\startpipeline", *statements, "\\endpipeline"])
 
 
 def ceiling_script(kinds: tuple[int, ...]) -> str:
     """The service's transactions for one agent's notifications of `kinds`, as a pgbench script.
 
-    Every transaction starts as `repositories.record_and_lock` does: the delivery, the agent and
-    its history row if new, the agent's row lock.
+    Each transaction is what `ingest.handle` sends: the service's own first statement (the
+    delivery stored, the agent created or locked), the writes its lifecycle decision makes, and
+    the commit, which for 101 and 102 ends the PCU upkeep's pipeline.
     """
-    start = [
-        "BEGIN;",
-        "INSERT INTO agent (agent_id, app_id, state) VALUES ('pgb-' || :n, :app, 'IDLE')"
-        " ON CONFLICT (agent_id) DO NOTHING;",
-        "INSERT INTO history (agent_id) VALUES ('pgb-' || :n) ON CONFLICT (agent_id) DO NOTHING;",
-        _lock_agent(),
-    ]
     transactions = {
         101: [
             "UPDATE agent SET name = 'name-' || :n, channel = 'chan-' || :n, state = 'RUNNING',"
-            " state_at = now(), started_at = now(), active_from = now(), last_event_at = now(),"
-            " updated_at = now() WHERE agent_id = 'pgb-' || :n;",
+            " state_at = now(), started_at = date_trunc('second', now()),"
+            " active_from = date_trunc('second', now()), last_event_at = now(),"
+            ' labels = labels || \'{"tenant": "bench"}\', updated_at = now()'
+            " WHERE agent_id = 'pgb-' || :n;",
             _transition("IDLE", "RUNNING", "agent_joined"),
             _pcu_upkeep(),
         ],
         111: [
-            "UPDATE agent SET last_event_at = now(), updated_at = now()"
-            " WHERE agent_id = 'pgb-' || :n;",
+            'UPDATE agent SET last_event_at = now(), labels = labels || \'{"tenant": "bench"}\','
+            " updated_at = now() WHERE agent_id = 'pgb-' || :n;",
             "INSERT INTO agent_metric (agent_id, notice_id, position, turn_id, asr_ttlw, llm_ttfb,"
             " llm_ttfs, tts_ttfb, figures, event_at) VALUES ('pgb-' || :n, 'pgb-' || :n, 0, '1',"
             " 300, 500, 700, 100, '{\"asr_ttlw\": 300}', now()) ON CONFLICT DO NOTHING;",
         ],
         102: [
             "UPDATE agent SET state = 'STOPPED', state_at = now(), stopped_at = now(),"
-            " stop_status = 'STOPPED', stop_message = 'OK', active_until = now(),"
-            " last_event_at = now(), updated_at = now() WHERE agent_id = 'pgb-' || :n;",
+            " stop_status = 'STOPPED', stop_message = 'OK',"
+            " active_until = date_trunc('second', now()),"
+            ' last_event_at = now(), labels = labels || \'{"tenant": "bench"}\','
+            " updated_at = now() WHERE agent_id = 'pgb-' || :n;",
             _transition("RUNNING", "STOPPED", "agent_left"),
             "WITH created AS (INSERT INTO history_job (agent_id, app_id)"
             " VALUES ('pgb-' || :n, :app) ON CONFLICT (agent_id) DO NOTHING RETURNING agent_id)"
-            " SELECT pg_notify('history_job', agent_id) FROM created;",
+            f" SELECT pg_notify('{jobs.CHANNEL}', agent_id) FROM created;",
             _pcu_upkeep(),
         ],
     }
     lines = ["\\set n random(1, 4611686018427387903)"]
     for kind in kinds:
-        lines += [start[0], _notification(kind), *start[1:], *transactions[kind], "COMMIT;"]
+        commit = [] if kind in (101, 102) else ["COMMIT;"]  # 101 and 102 commit in the upkeep
+        lines += ["BEGIN;", _record_and_lock(kind), *transactions[kind], *commit]
     return "\n".join(lines)
 
 
@@ -201,20 +216,26 @@ def pgbench_ceiling(url: str, kinds: tuple[int, ...]) -> dict[str, float]:
 
 
 def notifications(
-    count: int, *, prefix: str, kinds: tuple[int, ...] = LIFECYCLE
+    count: int, *, prefix: str, kinds: tuple[int, ...] = LIFECYCLE, per_second: float = 100.0
 ) -> list[tuple[int, bytes, dict[str, str]]]:
-    """Signed notifications of `kinds` for `count` agents, in blocks of BLOCK agents."""
+    """Signed notifications of `kinds` for `count` agents, in blocks of BLOCK agents.
+
+    As Agora's, `start_ts` and `stop_ts` are whole seconds: `per_second` agents start in each
+    second from now on (about when they will be sent) and stop 30 s later, so every minute holds
+    the edges of the agents sent in it.
+    """
     now = int(time.time())
     out: list[tuple[int, bytes, dict[str, str]]] = []
     for first in range(0, count, BLOCK):
-        agents = [f"{prefix}-{i:06d}" for i in range(first, min(count, first + BLOCK))]
+        agents = [(i, f"{prefix}-{i:06d}") for i in range(first, min(count, first + BLOCK))]
         for event_type in kinds:
-            for agent_id in agents:
+            for i, agent_id in agents:
+                start_ts = now + int(i / per_second)
                 payload: dict[str, object] = {
                     "agent_id": agent_id,
                     "name": f"name-{agent_id}",
                     "channel": f"chan-{agent_id}",
-                    "start_ts": now,
+                    "start_ts": start_ts,
                     "labels": {"tenant": "bench"},
                 }
                 if event_type == 111:
@@ -223,7 +244,7 @@ def notifications(
                          "tts_ttfb": 120}
                     ]  # fmt: skip
                 if event_type == 102:
-                    payload.update(stop_ts=now + 30, status="STOPPED", message="OK")
+                    payload.update(stop_ts=start_ts + 30, status="STOPPED", message="OK")
                 body = events.build(
                     event_type,
                     payload,
@@ -235,9 +256,11 @@ def notifications(
     return out
 
 
-def requests(count: int, *, prefix: str, kinds: tuple[int, ...] = LIFECYCLE) -> list[bytes]:
+def requests(
+    count: int, *, prefix: str, kinds: tuple[int, ...] = LIFECYCLE, per_second: float = 100.0
+) -> list[bytes]:
     path = f"/v1/webhooks/agora/{APP_ID}"
-    built = notifications(count, prefix=prefix, kinds=kinds)
+    built = notifications(count, prefix=prefix, kinds=kinds, per_second=per_second)
     return [loadgen.request(path, body, headers) for _, body, headers in built]
 
 
@@ -266,7 +289,7 @@ def service_run(url: str, kinds: tuple[int, ...], ceiling: dict[str, float]) -> 
         check(loaded, "full load")
         half_rate = loaded.rate / 2
         count = int(half_rate * HALF_SECONDS / per_agent) + BLOCK
-        half = requests(count, prefix="half", kinds=kinds)
+        half = requests(count, prefix="half", kinds=kinds, per_second=half_rate / per_agent)
         halved = loadgen.in_process(
             loadgen.open_loop, port, half, rate=half_rate, connections=CONNECTIONS * 2
         )

@@ -53,7 +53,8 @@ def soak(url: str) -> list[str]:
         warm = loadgen.in_process(loadgen.closed, port, warmup, concurrency=32)
         bench_ingest.check(warm, "warm-up")
         rate = warm.rate / 2
-        load = bench_ingest.requests(int(rate * SOAK_SECONDS / 3) + 100, prefix="soak")
+        count = int(rate * SOAK_SECONDS / 3) + 100
+        load = bench_ingest.requests(count, prefix="soak", per_second=rate / 3)
         before = {pid: rss_mib(pid) for pid in workers}
         started = time.monotonic()
         soaked = loadgen.in_process(loadgen.open_loop, port, load, rate=rate, connections=64)

@@ -124,6 +124,8 @@ async def _apply(
     at = note.occurred_at or received_at
     if row.app_id != app_id:
         log.warning("agent_app_mismatch", stored_app_id=row.app_id, app_id=app_id)
+    await _record_effects(conn, event, note=note, received_at=received_at)
+    # Last: its PCU upkeep may commit in its own round trip (see `rollup.upkeep`).
     applied = await observe(
         conn,
         row,
@@ -132,8 +134,8 @@ async def _apply(
         notice_id=note.notice_id,
         received_at=received_at,
         limits=limits,
+        commit=True,
     )
-    await _record_effects(conn, event, note=note, received_at=received_at)
     out_of_order = row.last_event_at is not None and at < row.last_event_at
     return Outcome(
         status="accepted", agent_id=event.agent_id, out_of_order=out_of_order, applied=applied
@@ -178,12 +180,15 @@ async def observe(
     notice_id: str | None,
     received_at: datetime,
     limits: pcu.Limits,
+    commit: bool = False,
 ) -> Applied:
     """Apply `obs` to the locked agent `row`: state, transitions, bookkeeping, history job, PCU.
 
     Returns the recorded steps (none for redeliveries, stale or refused observations) and the
     PCU thresholds crossed; the caller commits, then passes the result to `report()`. One agent
-    per transaction: the PCU locks are taken after the agent's (see `rollup`).
+    per transaction: the PCU locks are taken after the agent's (see `rollup`). With `commit`,
+    the PCU upkeep, when there is one, commits the transaction in its own round trip: call it
+    last, and run nothing on `conn` after it.
     """
     started_at = _earliest(row.started_at, obs.started_at)
     steps: list[lifecycle.Step] = []
@@ -211,7 +216,7 @@ async def observe(
     )
     if any(lifecycle.is_terminal(step.to_state) for step in steps):
         await repositories.enqueue_history_job(conn, agent_id=row.agent_id, app_id=row.app_id)
-    crossings = await _account(conn, row, values, limits=limits)
+    crossings = await _account(conn, row, values, limits=limits, commit=commit)
     for step in steps:
         log.info(
             "transition_applied",
@@ -230,6 +235,7 @@ async def _account(
     values: Mapping[str, Any],
     *,
     limits: pcu.Limits,
+    commit: bool,
 ) -> list[rollup.Crossing]:
     """Keep the PCU rollup and threshold alarm in step with the agent's new interval."""
     return await rollup.upkeep(
@@ -241,6 +247,7 @@ async def _account(
             values.get("active_until", row.active_until),
         ),
         limits=limits,
+        commit=commit,
     )
 
 

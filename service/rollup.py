@@ -25,13 +25,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
 
-from sqlalchemy import func, select, text, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import func, select, text
 from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service import db, lifecycle, pcu
-from service.tables import agent, pcu_alarm
+from service.tables import agent
 
 Interval = tuple[datetime | None, datetime | None]
 
@@ -212,9 +211,30 @@ _LOCK_SQL: Final = str(_LOCK.compile(dialect=_PSYCOPG))
 _REWRITE_SQL: Final = str(_REWRITE.compile(dialect=_PSYCOPG))
 _ALARM_ROW_SQL: Final = "INSERT INTO pcu_alarm (app_id) VALUES (%(app)s) ON CONFLICT DO NOTHING"
 _ALARM_LOCK_SQL: Final = "SELECT level FROM pcu_alarm WHERE app_id = %(app)s FOR UPDATE"
-_CURRENT_SQL: Final = (
-    "SELECT count(*) FROM agent WHERE app_id = %(app)s AND state = ANY(%(active)s)"
-)
+# Under the alarm row lock, in a statement of its own (so its snapshot sees every transaction
+# that held the lock before): count the app's active agents, store the level that puts it at
+# (`pcu.threshold` in SQL, so that the commit can follow in the same round trip) and answer the
+# level stored before.
+_SETTLE_SQL: Final = """
+    WITH current AS (
+        SELECT count(*)::int AS n FROM agent
+        WHERE app_id = %(app)s AND state = ANY(%(active)s)
+    ),
+    reached AS (
+        SELECT n, CASE WHEN n >= %(cap)s THEN 'cap'
+                       WHEN n >= %(warn_at)s THEN 'warning'
+                       ELSE 'normal' END AS level
+        FROM current
+    ),
+    stored AS (
+        SELECT level FROM pcu_alarm WHERE app_id = %(app)s
+    ),
+    changed AS (
+        UPDATE pcu_alarm SET level = reached.level, changed_at = now() FROM reached
+        WHERE pcu_alarm.app_id = %(app)s AND pcu_alarm.level <> reached.level
+    )
+    SELECT stored.level AS stored, reached.level AS level, reached.n AS current
+    FROM stored, reached"""
 _ACTIVE: Final = [state.value for state in lifecycle.ACTIVE]
 
 
@@ -225,16 +245,23 @@ async def upkeep(
     before: Interval,
     after: Interval,
     limits: pcu.Limits,
+    commit: bool = False,
 ) -> list[Crossing]:
     """Rewrite the rollup minutes (and hours) of every edge that differs between `before` and
     `after`; if the agent became active or inactive, settle the app's threshold alarm. Answers
     the upward crossings.
 
     Call after the agent row holds `after`, in the same transaction, with the agent row locked.
-    The statements go in one round trip (psycopg's pipeline mode), so the app's locks are held
-    for that round trip and the commit: the minute and hour advisory locks, the rewrite (a new
-    statement, so a new snapshot: it sees every edge committed by earlier lock holders, who held
-    these locks until their commit), then the alarm row lock and the current PCU under it.
+    The statements go in one round trip (psycopg's pipeline mode): the minute and hour advisory
+    locks; the rewrite (a new statement, so a new snapshot: it sees every edge committed by
+    earlier lock holders, who held these locks until their commit); then the alarm row lock and,
+    in the next statement, the recount and the level it puts the app at.
+
+    With `commit`, the same round trip ends with `COMMIT` when there was anything to do: the
+    app's locks are released as soon as the server has committed,
+    not whenever this process's event loop gets back to it, which under load is what one app's
+    starts and stops would wait for. Nothing may run on the connection after a commit (a
+    statement would open a new transaction); the caller's own commit then finds nothing to do.
     """
     changed = set(_edges(before)) ^ set(_edges(after))
     if not changed:
@@ -251,6 +278,8 @@ async def upkeep(
         "minutes": [pcu.from_us(minute) for minute in minutes],
         "hours": [pcu.from_us(hour) for hour in hours],
         "active": _ACTIVE,
+        "cap": limits.cap,
+        "warn_at": limits.warn_fraction * limits.cap,
     }
     raw = await db.driver_connection(conn)
     async with raw.pipeline():
@@ -258,55 +287,15 @@ async def upkeep(
         await raw.execute(_REWRITE_SQL, params)
         if settle:
             await raw.execute(_ALARM_ROW_SQL, params)  # the app's first activity creates it
-            alarm = await raw.execute(_ALARM_LOCK_SQL, params)
-            counted = await raw.execute(_CURRENT_SQL, params)
+            await raw.execute(_ALARM_LOCK_SQL, params)
+            settled = await raw.execute(_SETTLE_SQL, params)
+        if commit:
+            await raw.execute("COMMIT")
     if not settle:
         return []
-    found, current = await alarm.fetchone(), await counted.fetchone()
-    assert found is not None and current is not None
-    return await _settle(
-        conn, app_id=app_id, stored=pcu.Threshold(found[0]), current=int(current[0]), limits=limits
-    )
-
-
-async def settle_threshold(
-    conn: AsyncConnection, *, app_id: str, limits: pcu.Limits
-) -> list[Crossing]:
-    """Re-read the app's current PCU under its alarm row lock; answer the upward crossings.
-
-    `upkeep()` does this itself when an agent's activity changes; this is for a caller that
-    changes the current PCU otherwise. The lock makes these transactions count one after
-    another, in commit order, so each crossing is seen by exactly one of them, however many
-    replicas run.
-    """
-    locked = select(pcu_alarm.c.level).where(pcu_alarm.c.app_id == app_id).with_for_update()
-    found = (await conn.execute(locked)).scalar_one_or_none()
-    if found is None:  # the app's first activity: create its row, then lock it
-        await conn.execute(pg_insert(pcu_alarm).values(app_id=app_id).on_conflict_do_nothing())
-        found = (await conn.execute(locked)).scalar_one()
-    current = await current_pcu(conn, app_id=app_id)
-    return await _settle(
-        conn, app_id=app_id, stored=pcu.Threshold(found), current=current, limits=limits
-    )
-
-
-async def _settle(
-    conn: AsyncConnection,
-    *,
-    app_id: str,
-    stored: pcu.Threshold,
-    current: int,
-    limits: pcu.Limits,
-) -> list[Crossing]:
-    """Store the level `current` puts the app at (its alarm row is locked); answer crossings."""
-    level = pcu.threshold(current, cap=limits.cap, warn_fraction=limits.warn_fraction)
-    if level == stored:
-        return []
-    await conn.execute(
-        update(pcu_alarm)
-        .where(pcu_alarm.c.app_id == app_id)
-        .values(level=level.value, changed_at=func.now())
-    )
+    row = await settled.fetchone()
+    assert row is not None
+    stored, level, current = pcu.Threshold(row[0]), pcu.Threshold(row[1]), int(row[2])
     return [
         Crossing(app_id=app_id, threshold=crossed, current=current, cap=limits.cap)
         for crossed in pcu.crossings(stored, level)

@@ -65,24 +65,23 @@ def main() -> None:
     with common.server_url(durable=True) as admin_url:
         for kinds in SCENARIOS:
             slug = "_".join(str(kind) for kind in kinds)
-            ceiling = pgbench_ceiling(fresh_database(admin_url, f"ceiling_{slug}"), kinds)
-            lines += service_run(fresh_database(admin_url, f"ingest_{slug}"), kinds, ceiling)
+            ceiling = pgbench_ceiling(common.fresh_database(admin_url, f"ceiling_{slug}"), kinds)
+            lines += service_run(common.fresh_database(admin_url, f"ingest_{slug}"), kinds, ceiling)
     common.record("ingest", lines, notes=NOTES)
 
 
-def fresh_database(admin_url: str, name: str) -> str:
-    from service import schema
-    from tests.factories import with_database
+def service_env(url: str, port: int) -> dict[str, str]:
+    """What `serve` needs here: the database, the one app and its secret, a port."""
+    return {
+        "DATABASE_URL": url,
+        "AGORA_APP_ID": APP_ID,
+        "AGORA_WEBHOOK_SECRETS": SECRET,
+        "READ_API_TOKENS": "bench-reader",
+        "RECONCILE_INTERVAL_S": "0",
+        "PORT": str(port),
+    }
 
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    schema.upgrade(with_database(admin_url, name, driver=True))
-    return with_database(admin_url, name)
 
-
-# The service's statements per notification, in order (see the module docstring). `:n` is a
-# random 62-bit number naming one agent; `:body` one notification body as jsonb.
 def _one_line(sql: str) -> str:
     return " ".join(line.strip() for line in sql.splitlines() if line.strip())
 
@@ -268,14 +267,7 @@ def service_run(url: str, kinds: tuple[int, ...], ceiling: dict[str, float]) -> 
     """Warm-up, full load, half load against `serve --workers 2`; every answer 200, every
     notification stored once. Answers the figures, labelled with the mix of `kinds`."""
     port = free_port()
-    env = {
-        "DATABASE_URL": url,
-        "AGORA_APP_ID": APP_ID,
-        "AGORA_WEBHOOK_SECRETS": SECRET,
-        "READ_API_TOKENS": "bench-reader",
-        "RECONCILE_INTERVAL_S": "0",
-        "PORT": str(port),
-    }
+    env = service_env(url, port)
     mix = "/".join(str(kind) for kind in kinds)
     per_agent = len(kinds)
     logs = Path(tempfile.mkdtemp(prefix="bench-ingest-"))

@@ -29,21 +29,14 @@ LIMIT = 0.10
 
 def main() -> None:
     with common.server_url(durable=True) as admin_url:
-        url = bench_ingest.fresh_database(admin_url, "bench_memory")
+        url = common.fresh_database(admin_url, "bench_memory")
         lines = soak(url)
     common.record("memory", lines)
 
 
 def soak(url: str) -> list[str]:
     port = free_port()
-    env = {
-        "DATABASE_URL": url,
-        "AGORA_APP_ID": bench_ingest.APP_ID,
-        "AGORA_WEBHOOK_SECRETS": bench_ingest.SECRET,
-        "READ_API_TOKENS": "bench-reader",
-        "RECONCILE_INTERVAL_S": "0",
-        "PORT": str(port),
-    }
+    env = bench_ingest.service_env(url, port)
     logs = Path(tempfile.mkdtemp(prefix="bench-memory-"))
     warmup = bench_ingest.requests(2_000, prefix="warm")
     service = ServiceProcess(["serve", "--workers", "2"], env, logs / "serve.log")

@@ -23,7 +23,6 @@ import contextlib
 import io
 import os
 import random
-import statistics
 import subprocess
 import sys
 import time
@@ -31,7 +30,6 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import psycopg
@@ -40,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import common  # noqa: E402
-from service import concurrency, db, pcu, rollup, schema  # noqa: E402
+from service import concurrency, db, pcu, rollup  # noqa: E402
 from tests.factories import Delivery, deliver, payload, reader_headers  # noqa: E402
 from tests.processes import free_port  # noqa: E402
 
@@ -56,7 +54,7 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=300)
     args = parser.parse_args()
     with common.server_url() as admin_url:
-        url = fresh_database(admin_url)
+        url = common.fresh_database(admin_url, f"bench_pcu_{os.getpid()}")
         now = datetime.now(UTC).replace(microsecond=0)
         timings = prepare(url, sessions=args.sessions, now=now)
         with service(url) as base:
@@ -64,16 +62,6 @@ def main() -> int:
             lines += ingest_contention(base)
     report(timings + lines, sessions=args.sessions)
     return 0
-
-
-def fresh_database(admin_url: str) -> str:
-    name = f"bench_pcu_{os.getpid()}"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = urlunsplit(urlsplit(admin_url)._replace(path=f"/{name}"))
-    schema.upgrade(urlunsplit(urlsplit(url)._replace(scheme="postgresql+psycopg")))
-    return url
 
 
 def sessions(count: int, *, now: datetime) -> Iterator[tuple[datetime, datetime | None]]:
@@ -248,10 +236,8 @@ def service(url: str) -> Iterator[str]:
 
 
 def percentiles(samples: list[float]) -> str:
-    ordered = sorted(samples)
-    p50 = statistics.median(ordered)
-    p95 = ordered[max(0, int(len(ordered) * 0.95) - 1)]
-    return f"p50 {p50:6.1f} ms  p95 {p95:6.1f} ms  max {ordered[-1]:6.1f} ms"
+    p50, p95 = common.percentile(samples, 0.5), common.percentile(samples, 0.95)
+    return f"p50 {p50:6.1f} ms  p95 {p95:6.1f} ms  max {max(samples):6.1f} ms"
 
 
 def timed(client: httpx.Client, path: str, requests: int) -> list[float]:

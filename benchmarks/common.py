@@ -38,6 +38,20 @@ def server_url(*, durable: bool = False) -> Iterator[str]:
         yield server.url
 
 
+def fresh_database(admin_url: str, name: str) -> str:
+    """Database `name` on the server of `admin_url`, dropped if it was there, migrated to head."""
+    import psycopg
+
+    from service import schema
+    from tests.factories import with_database
+
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    schema.upgrade(with_database(admin_url, name, driver=True))
+    return with_database(admin_url, name)
+
+
 def machine() -> str:
     """Cores, memory and the load average now (1/5/15 min)."""
     memory = ""

@@ -175,6 +175,14 @@ def truth(run: Ledger) -> dict[str, dict[str, Any]]:
     return run.sim.call(read)
 
 
+def states_entered_twice(sql: Sql) -> list[dict[str, Any]]:
+    """Agents whose transition log enters one state more than once (it never should)."""
+    return sql.rows(
+        "SELECT agent_id, to_state FROM agent_transition GROUP BY agent_id, to_state"
+        " HAVING count(*) > 1"
+    )
+
+
 def ours(sql: Sql) -> dict[str, dict[str, Any]]:
     """Our agent rows, in the shape of `truth`."""
     rows = sql.rows(

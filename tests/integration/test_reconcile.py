@@ -15,7 +15,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import httpx
 import psycopg
@@ -25,7 +24,7 @@ from service import config, reconcile, worker
 from service.simulator import ncs
 from service.simulator.backend import Outgoing
 from tests.factories import APP_ID, Sql, deliver, payload, poll
-from tests.simulation import FAST_DELIVERY, Ledger, ledger, ours, truth
+from tests.simulation import FAST_DELIVERY, Ledger, ledger, ours, states_entered_twice, truth
 
 pytestmark = pytest.mark.slow
 
@@ -77,13 +76,6 @@ def transitions(sql: Sql, agent_id: str) -> list[tuple[str, str, str, str]]:
         id=agent_id,
     )
     return [(r["from_state"], r["to_state"], r["source"], r["cause"]) for r in rows]
-
-
-def duplicated_transitions(sql: Sql) -> list[dict[str, Any]]:
-    return sql.rows(
-        "SELECT agent_id, to_state, count(*) FROM agent_transition"
-        " GROUP BY agent_id, to_state HAVING count(*) > 1"
-    )
 
 
 def stop_failing(run: Ledger, agent_id: str) -> None:
@@ -153,7 +145,7 @@ def test_one_pass_repairs_lost_joins_and_leaves_across_list_pages(
         {"adopted": 0, "closed": 0, "gone": 0},
         0,
     )
-    assert duplicated_transitions(sql) == []
+    assert states_entered_twice(sql) == []
 
 
 def test_an_agent_agora_no_longer_knows_is_closed_when_last_seen_alive(
@@ -243,7 +235,7 @@ def test_a_pass_cut_short_by_agora_503s_repairs_nothing_wrongly_and_the_next_com
     assert completed.outcome == "completed"
     assert completed.repairs == {"adopted": 0, "closed": 7, "gone": 0}
     assert ours(sql) == expected
-    assert duplicated_transitions(sql) == []
+    assert states_entered_twice(sql) == []
 
 
 def test_a_pass_killed_half_way_leaves_whole_repairs_and_releases_its_lease(
@@ -281,7 +273,7 @@ def test_a_pass_killed_half_way_leaves_whole_repairs_and_releases_its_lease(
     assert 0 < closed < 16
     assert (rest.outcome, rest.repairs["closed"]) == ("completed", 16 - closed)
     assert ours(sql) == expected
-    assert duplicated_transitions(sql) == []
+    assert states_entered_twice(sql) == []
 
 
 def test_two_workers_reconciling_at_once_record_every_repair_once(
@@ -311,7 +303,7 @@ def test_two_workers_reconciling_at_once_record_every_repair_once(
     assert sum(s.repairs["adopted"] for s in summaries) == 20
     assert sum(s.repairs["closed"] for s in summaries) == 10
     assert ours(sql) == expected
-    assert duplicated_transitions(sql) == []
+    assert states_entered_twice(sql) == []
     assert all(len(transitions(sql, a)) == 1 for a in unjoined)
     assert all(len(transitions(sql, a)) == 2 for a in unleft)
 

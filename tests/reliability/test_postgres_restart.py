@@ -25,7 +25,7 @@ import pytest
 from service import localdb, schema
 from service.simulator import ncs, sessions
 from tests.factories import APP_ID, Sql, admin, poll, with_database
-from tests.simulation import Ledger, ledger, ours, truth
+from tests.simulation import Ledger, ledger, ours, states_entered_twice, truth
 
 pytestmark = pytest.mark.chaos
 
@@ -120,13 +120,7 @@ def test_a_restart_under_load_loses_and_doubles_nothing(
     }
     # Final agents (state, times, PCU interval) are the simulator's truth.
     assert ours(sql) == expected
-    assert (
-        sql.rows(
-            "SELECT agent_id, to_state FROM agent_transition GROUP BY agent_id, to_state"
-            " HAVING count(*) > 1"
-        )
-        == []
-    )
+    assert states_entered_twice(sql) == []
     stopped = [a for a, row in expected.items() if row["state"] in ("STOPPED", "FAILED")]
     assert len(stopped) == AGENTS
     assert "unhandled_error" not in log and "worker_crashed" not in log

@@ -22,7 +22,7 @@ from service.simulator import ncs, server, sessions
 from tests.factories import APP_ID, Sql, environment, poll
 from tests.processes import ServiceProcess, free_port
 from tests.proxy import TcpProxy
-from tests.simulation import FAST, Ledger, ours, sim_app, truth
+from tests.simulation import FAST, Ledger, ours, sim_app, states_entered_twice, truth
 
 pytestmark = pytest.mark.chaos
 
@@ -117,13 +117,7 @@ def test_two_replicas_and_two_workers_end_in_the_truth_with_each_job_done_once(
     assert min(handled) > 0 and min(settled) > 0  # both replicas and both workers took part
     assert sql.count("notification") == len(deliveries)
     assert ours(sql) == expected
-    assert (
-        sql.rows(
-            "SELECT agent_id, to_state FROM agent_transition GROUP BY agent_id, to_state"
-            " HAVING count(*) > 1"
-        )
-        == []
-    )
+    assert states_entered_twice(sql) == []
     assert sql.value("SELECT count(*) FROM agent_transition WHERE source = 'reconcile'") == 0
     assert sql.value("SELECT count(*) FROM history WHERE status = 'complete'") == AGENTS
 

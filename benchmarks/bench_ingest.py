@@ -94,7 +94,10 @@ def _record_and_lock(event_type: int) -> str:
         "product_id": "17",
         "event_type": str(event_type),
         "agent_id": "('pgb-' || :n)",
+        "agent": "('pgb-' || :n)",
         "outcome": "'accepted'",
+        "problem": "NULL",
+        "raw": "NULL",
         "event_at": "now()",
         "notify_ms": "0",
         "received_at": "now()",
@@ -107,8 +110,8 @@ def _record_and_lock(event_type: int) -> str:
 
 def _transition(from_state: str, to_state: str, cause: str) -> str:
     return (
-        "INSERT INTO agent_transition (agent_id, from_state, to_state, cause, source, notice_id,"
-        f" inferred, event_at, received_at) VALUES ('pgb-' || :n, '{from_state}', '{to_state}',"
+        "INSERT INTO agent_transition (app_id, agent_id, from_state, to_state, cause, source, notice_id,"
+        f" inferred, event_at, received_at) VALUES (:app, 'pgb-' || :n, '{from_state}', '{to_state}',"
         f" '{cause}', 'webhook', 'pgb-' || :n, false, now(), now());"
     )
 
@@ -165,8 +168,8 @@ def ceiling_script(kinds: tuple[int, ...]) -> str:
         111: [
             'UPDATE agent SET last_event_at = now(), labels = labels || \'{"tenant": "bench"}\','
             " updated_at = now() WHERE agent_id = 'pgb-' || :n;",
-            "INSERT INTO agent_metric (agent_id, notice_id, position, turn_id, asr_ttlw, llm_ttfb,"
-            " llm_ttfs, tts_ttfb, figures, event_at) VALUES ('pgb-' || :n, 'pgb-' || :n, 0, '1',"
+            "INSERT INTO agent_metric (app_id, agent_id, notice_id, position, turn_id, asr_ttlw, llm_ttfb,"
+            " llm_ttfs, tts_ttfb, figures, event_at) VALUES (:app, 'pgb-' || :n, 'pgb-' || :n, 0, '1',"
             " 300, 500, 700, 100, '{\"asr_ttlw\": 300}', now()) ON CONFLICT DO NOTHING;",
         ],
         102: [
@@ -177,7 +180,7 @@ def ceiling_script(kinds: tuple[int, ...]) -> str:
             " updated_at = now() WHERE agent_id = 'pgb-' || :n;",
             _transition("RUNNING", "STOPPED", "agent_left"),
             "WITH created AS (INSERT INTO history_job (agent_id, app_id)"
-            " VALUES ('pgb-' || :n, :app) ON CONFLICT (agent_id) DO NOTHING RETURNING agent_id)"
+            " VALUES ('pgb-' || :n, :app) ON CONFLICT (app_id, agent_id) DO NOTHING RETURNING agent_id)"
             f" SELECT pg_notify('{jobs.CHANNEL}', agent_id) FROM created;",
             _pcu_upkeep(),
         ],

@@ -107,9 +107,11 @@ def _worker_ended(task: asyncio.Task[None]) -> None:
 
 async def _service_error(request: Request, error: Exception) -> Response:
     assert isinstance(error, ServiceError)
-    body = {"error": error.code}
-    if isinstance(error, RequestRejected) and error.show_detail:
-        body["detail"] = error.detail
+    body: dict[str, object] = {"error": error.code}
+    if isinstance(error, RequestRejected):
+        if error.show_detail:
+            body["detail"] = error.detail
+        body.update(error.extra())
     return JSONResponse(body, status_code=error.status_hint)
 
 

@@ -10,6 +10,7 @@
     │   ├── MalformedEvent            400 invalid_notification
     │   ├── Unauthorized              401 unauthorized
     │   ├── NotFound                  404 not_found
+    │   ├── AmbiguousAgent            409 ambiguous_agent (with the app_ids)
     │   └── InvalidParameter          400 invalid_parameter
     └── Unavailable                   503 unavailable: a dependency (the database) is down
 
@@ -53,6 +54,10 @@ class RequestRejected(ServiceError):
     # Whether the JSON answer carries "detail"; the contract gives it only to some errors.
     show_detail: ClassVar[bool] = False
 
+    def extra(self) -> dict[str, object]:
+        """More members of the JSON answer, beside "error" (and "detail")."""
+        return {}
+
 
 class UnknownApp(RequestRejected):
     """No app with this App ID is configured."""
@@ -95,6 +100,20 @@ class NotFound(RequestRejected):
 
     status_hint = 404
     code = "not_found"
+
+
+class AmbiguousAgent(RequestRejected):
+    """This agent_id exists in several apps: say which with `app_id`."""
+
+    status_hint = 409
+    code = "ambiguous_agent"
+
+    def __init__(self, app_ids: list[str]) -> None:
+        super().__init__()
+        self.app_ids = app_ids
+
+    def extra(self) -> dict[str, object]:
+        return {"app_ids": self.app_ids}
 
 
 class InvalidParameter(RequestRejected):

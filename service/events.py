@@ -1,24 +1,29 @@
 """Agora NCS notifications as values (pure: no I/O).
 
-`parse(body)` validates a verified raw body once, at the edge, and returns a `Notification`: the
-envelope, the decoded body (stored verbatim as jsonb) and, for the ConvoAI events we act on, a typed
-`Event`. Anything malformed raises `MalformedEvent` with a detail naming the field.
+`parse(body)` reads a verified raw body once, at the edge, and returns a `Notification`: the
+envelope, the body as it will be stored and, for the ConvoAI events we act on, a typed `Event`.
+Only the envelope can make a body invalid (`MalformedEvent`, 400): a JSON object with `noticeId`
+(string or integer), `productId` and `eventType` (integers) and `payload` (object). The payload is
+read leniently (`service.fields`): what has no plain meaning is left out and noted in `problems`;
+a notification whose agent cannot be identified (no usable `payload.agent_id`) is `unusable`,
+stored and answered `unapplied` (CONTRACT §3, Hardening).
 
 Field names and meanings quote Agora's "Notification event types" page (docs.agora.io,
 conversational-ai/develop/event-types). Where the docs are loose we accept every documented
 variant: `turn_id` as integer or string, timestamps in seconds or milliseconds, `name` and
-`labels` absent on older payloads.
+`labels` absent on older payloads, `status` as a name or Agora's integer enum.
 """
 
 from __future__ import annotations
 
 import json
-import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
+from service import fields
 from service.errors import MalformedEvent
 
 CONVOAI_PRODUCT_ID: Final = 17
@@ -45,22 +50,39 @@ EVENT_NAMES: Final[Mapping[int, str]] = {
     OUTBOUND_CALL_STATE: "outbound_call_state",
 }
 
+# Agora's agent status enum (query/list API); 102's `status` may carry the integer.
+STATUS_CODES: Final[Mapping[int, str]] = {
+    0: "IDLE",
+    1: "STARTING",
+    2: "RUNNING",
+    3: "STOPPING",
+    4: "STOPPED",
+    5: "RECOVERING",
+    6: "FAILED",
+}
+
 # Console "Check" sends test callbacks with channelName `test_webhook` and uid `12121212`.
 TEST_CHANNEL: Final = "test_webhook"
 TEST_UID: Final = 12121212
 
-# Unix seconds below this (2000-01-01) are placeholders such as 111's `start_ts: 1000`.
-_EARLIEST_S: Final = 946_684_800
-_LATEST_S: Final = 7_258_118_400  # 2200-01-01
-_MS_THRESHOLD: Final = 1_000_000_000_000  # larger values are milliseconds
-
-# What the tables can hold. Integers go into PostgreSQL `integer` columns (32-bit) unless noted,
-# `bigint` for notifyMs and vendor error codes; a value out of range is malformed, not a failed
-# insert. `channel` is indexed, and a btree entry holds at most 2,704 bytes: Agora's channel names
-# are far shorter, and 256 characters (as agent_id) stay under that in any encoding.
-_INT32: Final = 2**31
-_INT64: Final = 2**63
-_MAX_ID_CHARS: Final = 256
+# Ids are keys and index entries: a btree entry holds at most 2,704 bytes, and Agora's ids and
+# channel names are far shorter than 256 characters in any encoding.
+MAX_ID_CHARS: Final = 256
+# Labels are a few of the caller's own ids (tenant, session): bounded so one body cannot grow every
+# later write of its agent.
+MAX_LABELS: Final = 64
+MAX_LABEL_CHARS: Final = 1024
+# Python refuses to turn longer digit strings into ints; such a number is absurd for any field.
+_MAX_INT_DIGITS: Final = 4000
+# jsonb holds no NUL character and no unpaired surrogate: a body whose JSON escapes one is stored
+# with them replaced (and its exact bytes beside it).
+_UNSTORABLE: Final = re.compile(rb"\\u(?:0000|[dD][89a-fA-F][0-9a-fA-F]{2})")
+_REPLACEMENT: Final = "\ufffd"
+# Every escape in a JSON text, surrogate pairs first and whole, so that an escaped backslash is
+# never read as the start of another escape.
+_ESCAPE: Final = re.compile(
+    r"\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}|\\u([0-9a-fA-F]{4})|\\.", re.S
+)
 
 IgnoreReason = Literal["not_convoai", "unknown_event_type", "test_callback"]
 
@@ -166,7 +188,7 @@ class CallState(AgentEvent):
     """201 inbound / 202 outbound SIP call state (`START`, `ANSWERED`, `HANGUP`, ...)."""
 
     direction: Literal["inbound", "outbound"]
-    state: str
+    state: str | None
     reported_at: datetime | None  # `report_ms`
 
 
@@ -191,9 +213,12 @@ class Notification:
     event_type: int
     notify_ms: int | None  # NCS send time; changes on every retry
     sid: str | None
-    body: Mapping[str, Any]  # the decoded body, stored as received
-    event: Event | None  # None when ignored
+    json: str  # the body as stored (jsonb): as received, unless jsonb cannot hold it
+    raw: bytes | None  # the exact bytes, when `json` had to differ from them
+    event: Event | None  # None when ignored or unusable
     ignored: IgnoreReason | None
+    unusable: str | None = None  # why the event cannot be applied (no usable agent)
+    problems: str | None = None  # what was left out while reading the payload
     occurred_at: datetime | None  # best event time: payload times first, then notifyMs
 
     @property
@@ -203,6 +228,12 @@ class Notification:
     @property
     def event_name(self) -> str:
         return EVENT_NAMES.get(self.event_type, f"event_{self.event_type}")
+
+    @property
+    def problem(self) -> str | None:
+        """What the stored notification's `problem` says: why it is unapplied, else what was
+        left out."""
+        return self.unusable or self.problems
 
 
 def build(
@@ -227,53 +258,85 @@ def build(
     return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
-def parse(body: bytes) -> Notification:
-    """Decode and validate a verified body; raise `MalformedEvent` naming what is wrong."""
-    document = _decode(body)
-    notice_id = _field(document, "noticeId", str, required=True)
-    if not notice_id.strip():
-        raise MalformedEvent("noticeId must not be empty")
-    if len(notice_id) > _MAX_ID_CHARS:
-        raise MalformedEvent("noticeId is longer than 256 characters")
-    product_id = _int_field(document, "productId", required=True)
-    event_type = _int_field(document, "eventType", required=True)
-    notify_ms = _int_field(document, "notifyMs", limit=_INT64)
-    sid = _field(document, "sid", str)
-    payload = _field(document, "payload", dict, required=True)
+def parse(body: bytes, *, received_at: datetime | None = None) -> Notification:
+    """Read a verified body; raise `MalformedEvent` only for a bad envelope.
+
+    `received_at` bounds plausible times (a day after it at most); it defaults to now.
+    """
+    received_at = received_at or datetime.now(UTC)
+    document, stored, raw = _decode(body)
+    notice_id = _notice_id(document.get("noticeId"))
+    product_id = _envelope_int(document, "productId")
+    event_type = _envelope_int(document, "eventType")
+    payload = document.get("payload")
+    if not isinstance(payload, dict):
+        raise MalformedEvent(
+            "payload is required" if payload is None else "payload must be an object"
+        )
+    problems = fields.Problems()
+    notify_ms = fields.integer(document.get("notifyMs"), "notifyMs", problems, limit=fields.INT64)
+    sid = fields.text(document.get("sid"), "sid", problems)
     ignored = _ignore_reason(product_id, event_type, payload)
-    event = None if ignored else _parse_event(event_type, payload)
+    event, unusable = None, None
+    if ignored is None:
+        try:
+            event = _Reader(payload, problems, received_at).event(event_type)
+        except _Unusable as exc:
+            unusable = str(exc)
     return Notification(
         notice_id=notice_id,
         product_id=product_id,
         event_type=event_type,
         notify_ms=notify_ms,
         sid=sid,
-        body=document,
+        json=stored,
+        raw=raw,
         event=event,
         ignored=ignored,
-        occurred_at=_occurred_at(event, notify_ms),
+        unusable=unusable,
+        problems=problems.summary(),
+        occurred_at=_occurred_at(event, notify_ms, received_at),
     )
 
 
 def timestamp(value: object) -> datetime | None:
-    """A Unix time in seconds or milliseconds (> 1e12) as aware UTC; None when implausible."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    seconds = value / 1000 if value >= _MS_THRESHOLD else float(value)
-    if not _EARLIEST_S <= seconds <= _LATEST_S:
-        return None
-    return datetime.fromtimestamp(seconds, tz=UTC)
+    """A Unix time in seconds or milliseconds (> 1e12) as aware UTC, truncated to the unit;
+    None when implausible (before 2000, or more than a day ahead)."""
+    return fields.timestamp(
+        value if isinstance(value, int | float) else None,
+        "time",
+        fields.Problems(),
+        received_at=datetime.now(UTC),
+    )
 
 
-def _decode(body: bytes) -> dict[str, Any]:
+def parse_turn(item: object, where: str, *, received_at: datetime | None = None) -> Turn:
+    """One turn object, as 112 sends it and `GET …/turns` answers it; `MalformedEvent` when it
+    has no usable `turn_id`. Its other fields are read leniently."""
+    problems = fields.Problems()
+    turn = _Reader({}, problems, received_at or datetime.now(UTC)).turn(item, where)
+    if turn is None:
+        raise MalformedEvent(problems.summary() or f"{where} is not a turn")
+    return turn
+
+
+class _Unusable(Exception):
+    """The event's agent cannot be identified."""
+
+
+def _decode(body: bytes) -> tuple[dict[str, Any], str, bytes | None]:
+    """The decoded object, the JSON text to store and, when that text is not the body itself,
+    the body's exact bytes."""
     try:
-        document = json.loads(body, parse_constant=_reject_constant)
+        text = body.decode("utf-8")
+        document = json.loads(text, parse_constant=_reject_constant, parse_int=_parse_int)
     except (ValueError, RecursionError) as exc:
         raise MalformedEvent(f"body is not valid JSON: {_reason(exc)}") from None
     if not isinstance(document, dict):
         raise MalformedEvent("body must be a JSON object")
-    _check_storable(document, "body")
-    return document
+    if _UNSTORABLE.search(body) is None:
+        return document, text, None
+    return _storable(document), _ESCAPE.sub(_storable_escape, text), body
 
 
 def _reason(exc: Exception) -> str:
@@ -281,6 +344,8 @@ def _reason(exc: Exception) -> str:
         return f"{exc.msg} at position {exc.pos}"
     if isinstance(exc, RecursionError):
         return "nested too deeply"
+    if isinstance(exc, UnicodeDecodeError):
+        return "not UTF-8"
     return str(exc)
 
 
@@ -288,27 +353,61 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not a JSON number")
 
 
-def _check_storable(value: object, where: str, depth: int = 0) -> None:
-    """PostgreSQL jsonb cannot hold NUL characters, lone surrogates or infinite numbers (JSON
-    such as 1e400 decodes to one); reject them up front."""
-    if depth > 64:
-        raise MalformedEvent(f"{where} is nested too deeply")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise MalformedEvent(f"{where} is a number out of range")
+def _parse_int(digits: str) -> int | float:
+    # Longer digit strings cannot become ints; as infinity they read as absurd, not invalid.
+    if len(digits) > _MAX_INT_DIGITS:
+        return float("-inf") if digits.startswith("-") else float("inf")
+    return int(digits)
+
+
+def _storable_escape(match: re.Match[str]) -> str:
+    """A JSON escape as jsonb can hold it: NUL and unpaired surrogates become U+FFFD."""
+    single = match.group(1)
+    if single is not None and (
+        single == "0000" or (single[0] in "dD" and single[1] in "89abcdefABCDEF")
+    ):
+        return "\\ufffd"
+    return match.group(0)
+
+
+def _storable(value: Any) -> Any:
+    """`value` with NUL characters and unpaired surrogates replaced, as jsonb can hold it."""
     if isinstance(value, str):
         if "\x00" in value:
-            raise MalformedEvent(f"{where} contains a NUL character")
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise MalformedEvent(f"{where} contains an unpaired surrogate") from None
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _check_storable(key, where, depth + 1)
-            _check_storable(item, f"{where}.{key}", depth + 1)
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            _check_storable(item, f"{where}[{index}]", depth + 1)
+            value = value.replace("\x00", _REPLACEMENT)
+        return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    if isinstance(value, dict):
+        return {_storable(k): _storable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_storable(item) for item in value]
+    return value
+
+
+def _notice_id(value: object) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if value is None:
+        raise MalformedEvent("noticeId is required")
+    if not isinstance(value, str):
+        raise MalformedEvent("noticeId must be a string or an integer")
+    if not value.strip():
+        raise MalformedEvent("noticeId must not be empty")
+    if len(value) > MAX_ID_CHARS or "\x00" in value or _REPLACEMENT in value:
+        raise MalformedEvent(f"noticeId must be at most {MAX_ID_CHARS} plain characters")
+    return value
+
+
+def _envelope_int(document: Mapping[str, Any], key: str) -> int:
+    value = document.get(key)
+    if value is None:
+        raise MalformedEvent(f"{key} is required")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise MalformedEvent(f"{key} must be an integer")
+    if not -fields.INT32 <= value < fields.INT32:
+        raise MalformedEvent(f"{key} is out of range")
+    return value
 
 
 def _ignore_reason(
@@ -324,132 +423,205 @@ def _ignore_reason(
     return None
 
 
-def _parse_event(event_type: int, payload: Mapping[str, Any]) -> Event:
-    base = _agent_fields(payload)
-    if event_type == AGENT_JOINED:
-        return AgentJoined(**base)
-    if event_type == AGENT_LEFT:
-        status = (_field(payload, "status", str, where="payload") or "STOPPED").strip().upper()
-        return AgentLeft(
+class _Reader:
+    """Reads one payload leniently, noting what it leaves out in `problems`."""
+
+    def __init__(
+        self, payload: Mapping[str, Any], problems: fields.Problems, received_at: datetime
+    ) -> None:
+        self.payload, self.problems, self.received_at = payload, problems, received_at
+
+    def event(self, event_type: int) -> Event:
+        base = self.agent_fields()
+        if event_type == AGENT_JOINED:
+            return AgentJoined(**base)
+        if event_type == AGENT_LEFT:
+            return AgentLeft(
+                **base,
+                stopped_at=self.time("stop_ts"),
+                status=self.status(),
+                message=self.text("message"),
+            )
+        if event_type == AGENT_HISTORY:
+            items = self.items("contents")
+            contents = (self.message(m, f"payload.contents[{i}]") for i, m in enumerate(items))
+            return AgentHistory(
+                **base,
+                stopped_at=self.time("stop_ts"),
+                contents=tuple(m for m in contents if m is not None),
+            )
+        if event_type == AGENT_EXPIRE:
+            return AgentExpire(**base, message=self.text("message"))
+        if event_type == AGENT_ERROR:
+            errors = (
+                self.error(e, f"payload.errors[{i}]") for i, e in enumerate(self.items("errors"))
+            )
+            return AgentError(**base, errors=tuple(e for e in errors if e is not None))
+        if event_type == AGENT_METRICS:
+            items = self.items("metrics")
+            metrics = (self.metric(m, f"payload.metrics[{i}]") for i, m in enumerate(items))
+            return AgentMetrics(**base, metrics=tuple(m for m in metrics if m is not None))
+        if event_type == TURNS_FINISHED:
+            turns = (self.turn(t, f"payload.turns[{i}]") for i, t in enumerate(self.items("turns")))
+            truncated = self.payload.get("is_truncated")
+            return TurnsFinished(
+                **base,
+                stopped_at=self.time("stop_ts"),
+                total_turn_count=fields.integer(
+                    self.payload.get("total_turn_count"), "payload.total_turn_count", self.problems
+                ),
+                is_truncated=truncated is True or truncated in (1, "true", "True"),
+                turns=tuple(t for t in turns if t is not None),
+            )
+        return CallState(
             **base,
-            stopped_at=_time_field(payload, "stop_ts"),
-            status=status,
-            message=_field(payload, "message", str, where="payload"),
+            direction="inbound" if event_type == INBOUND_CALL_STATE else "outbound",
+            state=self.text("state", max_chars=MAX_ID_CHARS),
+            reported_at=self.time("report_ms"),
         )
-    if event_type == AGENT_HISTORY:
-        return AgentHistory(
-            **base,
-            stopped_at=_time_field(payload, "stop_ts"),
-            contents=tuple(_message(m, i) for i, m in enumerate(_list(payload, "contents"))),
+
+    def agent_fields(self) -> dict[str, Any]:
+        agent_id = fields.text(
+            self.payload.get("agent_id"),
+            "payload.agent_id",
+            fields.Problems(),
+            max_chars=MAX_ID_CHARS,
         )
-    if event_type == AGENT_EXPIRE:
-        return AgentExpire(**base, message=_field(payload, "message", str, where="payload"))
-    if event_type == AGENT_ERROR:
-        return AgentError(
-            **base, errors=tuple(_error(e, i) for i, e in enumerate(_list(payload, "errors")))
+        if agent_id is None or not agent_id.strip() or _REPLACEMENT in agent_id:
+            raise _Unusable(
+                "payload.agent_id: no usable agent id (a non-empty string of at most"
+                f" {MAX_ID_CHARS} characters is needed)"
+            )
+        return {
+            "agent_id": agent_id,
+            "name": self.text("name", max_chars=MAX_ID_CHARS),
+            "channel": self.text("channel", max_chars=MAX_ID_CHARS),
+            "labels": self.labels(),
+            "started_at": self.time("start_ts"),
+        }
+
+    def labels(self) -> Mapping[str, Any] | None:
+        """`labels` as an object of at most `MAX_LABELS` keys of plain size; else ignored."""
+        found = fields.mapping(self.payload.get("labels"), "payload.labels", self.problems)
+        if not found:
+            return found
+        kept: dict[str, Any] = {}
+        for key, value in found.items():
+            if len(kept) == MAX_LABELS:
+                self.problems.add("payload.labels", f"has more than {MAX_LABELS} keys")
+                break
+            if len(key) > MAX_ID_CHARS or len(json.dumps(value)) > MAX_LABEL_CHARS:
+                self.problems.add(f"payload.labels.{key[:32]}", "is too long")
+                continue
+            kept[key] = value
+        return kept
+
+    def text(self, key: str, *, max_chars: int | None = None) -> str | None:
+        found: str | None = fields.text(
+            self.payload.get(key), f"payload.{key}", self.problems, max_chars=max_chars
         )
-    if event_type == AGENT_METRICS:
-        return AgentMetrics(
-            **base, metrics=tuple(_metric(m, i) for i, m in enumerate(_list(payload, "metrics")))
+        return found
+
+    def time(
+        self, key: str, source: Mapping[str, Any] | None = None, where: str = "payload"
+    ) -> datetime | None:
+        value = (self.payload if source is None else source).get(key)
+        return fields.timestamp(
+            value, f"{where}.{key}", self.problems, received_at=self.received_at
         )
-    if event_type == TURNS_FINISHED:
-        truncated = _field(payload, "is_truncated", bool, where="payload")
-        return TurnsFinished(
-            **base,
-            stopped_at=_time_field(payload, "stop_ts"),
-            total_turn_count=_int_field(payload, "total_turn_count", where="payload"),
-            is_truncated=bool(truncated),
-            turns=tuple(
-                parse_turn(t, f"payload.turns[{i}]") for i, t in enumerate(_list(payload, "turns"))
-            ),
-        )
-    return CallState(
-        **base,
-        direction="inbound" if event_type == INBOUND_CALL_STATE else "outbound",
-        state=_field(payload, "state", str, where="payload", required=True),
-        reported_at=timestamp(_int_field(payload, "report_ms", where="payload", limit=None)),
-    )
 
+    def items(self, key: str) -> list[Any]:
+        return fields.sequence(self.payload.get(key), f"payload.{key}", self.problems)
 
-def _agent_fields(payload: Mapping[str, Any]) -> dict[str, Any]:
-    agent_id = _field(payload, "agent_id", str, where="payload", required=True)
-    if not agent_id.strip() or len(agent_id) > _MAX_ID_CHARS:
-        raise MalformedEvent(
-            f"payload.agent_id must be a non-empty string of at most {_MAX_ID_CHARS} characters"
-        )
-    channel = _field(payload, "channel", str, where="payload")
-    if channel is not None and len(channel) > _MAX_ID_CHARS:
-        raise MalformedEvent(f"payload.channel must be at most {_MAX_ID_CHARS} characters")
-    return {
-        "agent_id": agent_id,
-        "name": _field(payload, "name", str, where="payload"),
-        "channel": channel,
-        "labels": _field(payload, "labels", dict, where="payload"),
-        "started_at": _time_field(payload, "start_ts"),
-    }
+    def status(self) -> str:
+        """102's `status`: a name, or Agora's integer enum; anything but FAILED is a stop."""
+        value = self.payload.get("status")
+        if isinstance(value, str) and not value.strip().lstrip("-").isdigit():
+            return value.strip().upper()[:MAX_ID_CHARS] or "STOPPED"
+        code = fields.integer(value, "payload.status", self.problems)
+        return STATUS_CODES.get(code, "STOPPED") if code is not None else "STOPPED"
 
-
-def _message(item: object, index: int) -> Message:
-    where = f"payload.contents[{index}]"
-    if not isinstance(item, dict):
-        raise MalformedEvent(f"{where} must be an object")
-    role = _field(item, "role", str, where=where) or "unknown"
-    content = _field(item, "content", str, where=where) or ""
-    extra = {k: v for k, v in item.items() if k not in ("role", "content")}
-    return Message(role=role, content=content, extra=extra)
-
-
-def _error(item: object, index: int) -> ErrorItem:
-    where = f"payload.errors[{index}]"
-    if not isinstance(item, dict):
-        raise MalformedEvent(f"{where} must be an object")
-    return ErrorItem(
-        module=_field(item, "module", str, where=where),
-        code=_int_field(item, "code", where=where, limit=_INT64),
-        message=_field(item, "message", str, where=where),
-        turn_id=_turn_id(item, where),
-    )
-
-
-def _metric(item: object, index: int) -> MetricItem:
-    where = f"payload.metrics[{index}]"
-    if not isinstance(item, dict):
-        raise MalformedEvent(f"{where} must be an object")
-    figures = {k: v for k, v in item.items() if k != "turn_id"}
-    for key in ("asr_ttlw", "llm_ttfb", "llm_ttfs", "tts_ttfb"):
-        _number_field(item, key, where)
-    return MetricItem(turn_id=_turn_id(item, where), figures=figures)
-
-
-def parse_turn(item: object, where: str) -> Turn:
-    """One turn object, as 112 sends it and `GET …/turns` answers it."""
-    if not isinstance(item, dict):
-        raise MalformedEvent(f"{where} must be an object")
-    turn_id = _int_field(item, "turn_id", where=where, required=True)
-    start = _field(item, "start", dict, where=where) or {}
-    end = _field(item, "end", dict, where=where) or {}
-    metrics = _field(item, "metrics", dict, where=where) or {}
-    return Turn(
-        turn_id=turn_id,
-        start_at=timestamp(_int_field(start, "start_at", where=f"{where}.start", limit=None)),
-        end_at=timestamp(_int_field(end, "end_at", where=f"{where}.end", limit=None)),
-        start_type=_field(start, "type", str, where=f"{where}.start"),
-        end_type=_field(end, "type", str, where=f"{where}.end"),
-        e2e_latency_ms=_int_field(metrics, "e2e_latency_ms", where=f"{where}.metrics"),
-        data=item,
-    )
-
-
-def _turn_id(item: Mapping[str, Any], where: str) -> str | None:
-    value = item.get("turn_id")
-    if value is None or value == "":
+    def item(self, item: object, where: str) -> Mapping[str, Any] | None:
+        if isinstance(item, dict):
+            return item
+        self.problems.add(where, "is not an object")
         return None
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise MalformedEvent(f"{where}.turn_id must be an integer or a string")
-    return str(value)
+
+    def message(self, item: object, where: str) -> Message | None:
+        found = self.item(item, where)
+        if found is None:
+            return None
+        role = fields.text(found.get("role"), f"{where}.role", self.problems) or "unknown"
+        content = fields.text(found.get("content"), f"{where}.content", self.problems) or ""
+        extra = {k: v for k, v in found.items() if k not in ("role", "content")}
+        return Message(role=role, content=content, extra=extra)
+
+    def error(self, item: object, where: str) -> ErrorItem | None:
+        found = self.item(item, where)
+        if found is None:
+            return None
+        error = ErrorItem(
+            module=fields.text(
+                found.get("module"), f"{where}.module", self.problems, max_chars=MAX_ID_CHARS
+            ),
+            code=fields.integer(
+                found.get("code"), f"{where}.code", self.problems, limit=fields.INT64
+            ),
+            message=fields.text(found.get("message"), f"{where}.message", self.problems),
+            turn_id=fields.turn_id(found.get("turn_id"), f"{where}.turn_id", self.problems),
+        )
+        if error.module is None and error.code is None and error.message is None:
+            self.problems.add(where, "says nothing (no module, code or message)")
+            return None
+        return error
+
+    def metric(self, item: object, where: str) -> MetricItem | None:
+        found = self.item(item, where)
+        if found is None:
+            return None
+        figures = {
+            key: fields.integer(value, f"{where}.{key}", self.problems)
+            for key, value in found.items()
+            if key != "turn_id"
+        }
+        figures = {key: value for key, value in figures.items() if value is not None}
+        turn = fields.turn_id(found.get("turn_id"), f"{where}.turn_id", self.problems)
+        if not figures:
+            self.problems.add(where, "has no figures")
+            return None
+        return MetricItem(turn_id=turn, figures=figures)
+
+    def turn(self, item: object, where: str) -> Turn | None:
+        found = self.item(item, where)
+        if found is None:
+            return None
+        number = fields.integer(found.get("turn_id"), f"{where}.turn_id", self.problems)
+        if number is None:
+            self.problems.add(where, "has no usable turn_id")
+            return None
+        start = fields.mapping(found.get("start"), f"{where}.start", self.problems) or {}
+        end = fields.mapping(found.get("end"), f"{where}.end", self.problems) or {}
+        metrics = fields.mapping(found.get("metrics"), f"{where}.metrics", self.problems) or {}
+        return Turn(
+            turn_id=number,
+            start_at=self.time("start_at", start, f"{where}.start"),
+            end_at=self.time("end_at", end, f"{where}.end"),
+            start_type=fields.text(
+                start.get("type"), f"{where}.start.type", self.problems, max_chars=MAX_ID_CHARS
+            ),
+            end_type=fields.text(
+                end.get("type"), f"{where}.end.type", self.problems, max_chars=MAX_ID_CHARS
+            ),
+            e2e_latency_ms=fields.integer(
+                metrics.get("e2e_latency_ms"), f"{where}.metrics.e2e_latency_ms", self.problems
+            ),
+            data=found,
+        )
 
 
-def _occurred_at(event: Event | None, notify_ms: int | None) -> datetime | None:
+def _occurred_at(
+    event: Event | None, notify_ms: int | None, received_at: datetime
+) -> datetime | None:
     """Event time, never arrival: the payload's own time where the event has one."""
     own: datetime | None = None
     if isinstance(event, AgentJoined):
@@ -458,73 +630,6 @@ def _occurred_at(event: Event | None, notify_ms: int | None) -> datetime | None:
         own = event.stopped_at
     elif isinstance(event, CallState):
         own = event.reported_at
-    return own or timestamp(notify_ms)
-
-
-def _field(
-    document: Mapping[str, Any],
-    key: str,
-    kind: type[Any] | tuple[type[Any], ...],
-    *,
-    where: str = "",
-    required: bool = False,
-) -> Any:
-    name = f"{where}.{key}" if where else key
-    value = document.get(key)
-    if value is None:
-        if required:
-            raise MalformedEvent(f"{name} is required")
-        return None
-    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-        described = (
-            "an integer" if isinstance(kind, tuple) else _KIND_NAMES.get(kind, kind.__name__)
-        )
-        raise MalformedEvent(f"{name} must be {described}")
-    return value
-
-
-_KIND_NAMES: Final[Mapping[type[Any], str]] = {
-    str: "a string",
-    dict: "an object",
-    list: "an array",
-    bool: "a boolean",
-    int: "an integer",
-}
-
-
-def _int_field(
-    document: Mapping[str, Any],
-    key: str,
-    *,
-    where: str = "",
-    required: bool = False,
-    limit: int | None = _INT32,
-) -> Any:
-    """An integer (or integral float) in [-limit, limit); `limit=None` for times, which
-    `timestamp()` bounds."""
-    name = f"{where}.{key}" if where else key
-    value = _field(document, key, (int, float), where=where, required=required)
-    if isinstance(value, float):
-        if not value.is_integer():
-            raise MalformedEvent(f"{name} must be an integer")
-        value = int(value)
-    if value is not None and limit is not None and not -limit <= value < limit:
-        raise MalformedEvent(f"{name} is out of range")
-    return value
-
-
-def _number_field(document: Mapping[str, Any], key: str, where: str) -> None:
-    """A figure kept in an integer column: any number within its range."""
-    value = document.get(key)
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
-        raise MalformedEvent(f"{where}.{key} must be a number")
-    if value is not None and not -_INT32 <= value < _INT32:
-        raise MalformedEvent(f"{where}.{key} is out of range")
-
-
-def _time_field(payload: Mapping[str, Any], key: str) -> datetime | None:
-    return timestamp(_int_field(payload, key, where="payload", limit=None))
-
-
-def _list(payload: Mapping[str, Any], key: str) -> list[Any]:
-    return _field(payload, key, list, where="payload") or []
+    if own is not None or notify_ms is None:
+        return own
+    return fields.from_unix(notify_ms, latest=received_at + fields.FUTURE_SLACK)

@@ -109,12 +109,21 @@ async def _fetch_history(
             outcome = _outcome(error)
     async with deps.engine.begin() as conn:
         if not await jobs.record_call(
-            conn, agent_id=job.agent_id, owner=deps.owner, call="history", outcome=outcome
+            conn,
+            app_id=job.app_id,
+            agent_id=job.agent_id,
+            owner=deps.owner,
+            call="history",
+            outcome=outcome,
         ):
             raise LeaseLost
         if fetched is not None:
             stored = await repositories.store_transcript(
-                conn, agent_id=job.agent_id, contents=fetched.contents, source="api"
+                conn,
+                app_id=job.app_id,
+                agent_id=job.agent_id,
+                contents=fetched.contents,
+                source="api",
             )
             log.info("history_fetched", items=len(fetched.contents), stored=stored)
     return outcome
@@ -137,12 +146,21 @@ async def _fetch_turns(
             outcome = _outcome(error)
     async with deps.engine.begin() as conn:
         if not await jobs.record_call(
-            conn, agent_id=job.agent_id, owner=deps.owner, call="turns", outcome=outcome
+            conn,
+            app_id=job.app_id,
+            agent_id=job.agent_id,
+            owner=deps.owner,
+            call="turns",
+            outcome=outcome,
         ):
             raise LeaseLost
         if fetched is not None:
             await repositories.upsert_turns(
-                conn, agent_id=job.agent_id, turns=fetched.turns, source="api"
+                conn,
+                app_id=job.app_id,
+                agent_id=job.agent_id,
+                turns=fetched.turns,
+                source="api",
             )
             log.info("turns_fetched", turns=len(fetched.turns), pages=fetched.pages)
 
@@ -156,7 +174,7 @@ async def _settle(deps: Deps, job: jobs.Job, *, history_call: jobs.CallOutcome) 
         row = (
             await conn.execute(
                 select(history.c.status, func.now().label("now"))
-                .where(history.c.agent_id == job.agent_id)
+                .where(history.c.app_id == job.app_id, history.c.agent_id == job.agent_id)
                 .with_for_update(read=True)
             )
         ).first()
@@ -168,18 +186,25 @@ async def _settle(deps: Deps, job: jobs.Job, *, history_call: jobs.CallOutcome) 
             settled = (
                 "unavailable"
                 if await repositories.mark_history_unavailable(
-                    conn, agent_id=job.agent_id, reason=reason
+                    conn, app_id=job.app_id, agent_id=job.agent_id, reason=reason
                 )
                 else "complete"
             )
         else:
             if not await jobs.requeue(
-                conn, agent_id=job.agent_id, owner=deps.owner, due_at=deadline, error=None
+                conn,
+                app_id=job.app_id,
+                agent_id=job.agent_id,
+                owner=deps.owner,
+                due_at=deadline,
+                error=None,
             ):
                 raise LeaseLost
             log.info("history_waiting", due_at=deadline.isoformat())
             return "waiting"
-        if not await jobs.finish(conn, agent_id=job.agent_id, owner=deps.owner, error=None):
+        if not await jobs.finish(
+            conn, app_id=job.app_id, agent_id=job.agent_id, owner=deps.owner, error=None
+        ):
             raise LeaseLost
     log.info("history_settled", outcome=settled, attempt=job.attempts)
     metrics.history_completed(settled)

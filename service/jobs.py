@@ -21,7 +21,18 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-from sqlalchemy import ColumnElement, RowMapping, Select, and_, func, literal, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    RowMapping,
+    Select,
+    and_,
+    func,
+    literal,
+    or_,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.tables import agent, history, history_job
@@ -62,8 +73,9 @@ class Job:
         )
 
 
-def _owned(agent_id: str, owner: str) -> ColumnElement[bool]:
+def _owned(app_id: str, agent_id: str, owner: str) -> ColumnElement[bool]:
     return and_(
+        history_job.c.app_id == app_id,
         history_job.c.agent_id == agent_id,
         history_job.c.lease_owner == owner,
         history_job.c.status == "running",
@@ -74,10 +86,14 @@ def _lease(lease_s: float) -> ColumnElement[datetime]:
     return func.now() + func.make_interval(0, 0, 0, 0, 0, 0, literal(lease_s))
 
 
-def _due() -> Select[tuple[str, str | None]]:
+def _due() -> Select[tuple[str, str, str | None]]:
     """The next claimable job, locked; rows other workers hold are skipped, not waited for."""
     return (
-        select(history_job.c.agent_id, history_job.c.lease_owner.label("previous_owner"))
+        select(
+            history_job.c.app_id,
+            history_job.c.agent_id,
+            history_job.c.lease_owner.label("previous_owner"),
+        )
         .where(
             history_job.c.status != "done",
             history_job.c.due_at <= func.now(),
@@ -94,7 +110,7 @@ async def claim(conn: AsyncConnection, *, owner: str, lease_s: float) -> Job | N
     due = _due().cte("due")
     stmt = (
         update(history_job)
-        .where(history_job.c.agent_id == due.c.agent_id)
+        .where(history_job.c.app_id == due.c.app_id, history_job.c.agent_id == due.c.agent_id)
         .values(
             status="running",
             lease_owner=owner,
@@ -110,11 +126,16 @@ async def claim(conn: AsyncConnection, *, owner: str, lease_s: float) -> Job | N
             history_job.c.turns_call,
             due.c.previous_owner,
             select(agent.c.channel)
-            .where(agent.c.agent_id == history_job.c.agent_id)
+            .where(
+                agent.c.app_id == history_job.c.app_id, agent.c.agent_id == history_job.c.agent_id
+            )
             .scalar_subquery()
             .label("channel"),
             select(history.c.status)
-            .where(history.c.agent_id == history_job.c.agent_id)
+            .where(
+                history.c.app_id == history_job.c.app_id,
+                history.c.agent_id == history_job.c.agent_id,
+            )
             .scalar_subquery()
             .label("history_status"),
         )
@@ -124,13 +145,14 @@ async def claim(conn: AsyncConnection, *, owner: str, lease_s: float) -> Job | N
 
 
 async def heartbeat(
-    conn: AsyncConnection, *, owner: str, lease_s: float, agent_ids: Sequence[str]
+    conn: AsyncConnection, *, owner: str, lease_s: float, keys: Sequence[tuple[str, str]]
 ) -> int:
-    """Extend the lease of the jobs `owner` is still working on; answers how many."""
+    """Extend the lease of the jobs (`(app_id, agent_id)`) `owner` is still working on; answers
+    how many."""
     stmt = (
         update(history_job)
         .where(
-            history_job.c.agent_id.in_(agent_ids),
+            tuple_(history_job.c.app_id, history_job.c.agent_id).in_(keys),
             history_job.c.lease_owner == owner,
             history_job.c.status == "running",
         )
@@ -140,7 +162,13 @@ async def heartbeat(
 
 
 async def record_call(
-    conn: AsyncConnection, *, agent_id: str, owner: str, call: Call, outcome: CallOutcome
+    conn: AsyncConnection,
+    *,
+    app_id: str,
+    agent_id: str,
+    owner: str,
+    call: Call,
+    outcome: CallOutcome,
 ) -> bool:
     """Store how `call` ended; False (and nothing written) if `owner` no longer holds the job.
 
@@ -151,23 +179,27 @@ async def record_call(
     deadlocked with a 112 or 103 for the same agent.
     """
     await conn.execute(
-        select(agent.c.agent_id).where(agent.c.agent_id == agent_id).with_for_update(key_share=True)
+        select(agent.c.agent_id)
+        .where(agent.c.app_id == app_id, agent.c.agent_id == agent_id)
+        .with_for_update(key_share=True)
     )
     column = history_job.c.history_call if call == "history" else history_job.c.turns_call
     stmt = (
         update(history_job)
-        .where(_owned(agent_id, owner))
+        .where(_owned(app_id, agent_id, owner))
         .values({column: outcome})
         .returning(history_job.c.agent_id)
     )
     return (await conn.execute(stmt)).first() is not None
 
 
-async def finish(conn: AsyncConnection, *, agent_id: str, owner: str, error: str | None) -> bool:
+async def finish(
+    conn: AsyncConnection, *, app_id: str, agent_id: str, owner: str, error: str | None
+) -> bool:
     """Mark the job done; False if `owner` no longer holds it."""
     stmt = (
         update(history_job)
-        .where(_owned(agent_id, owner))
+        .where(_owned(app_id, agent_id, owner))
         .values(
             status="done",
             finished_at=func.now(),
@@ -181,12 +213,18 @@ async def finish(conn: AsyncConnection, *, agent_id: str, owner: str, error: str
 
 
 async def requeue(
-    conn: AsyncConnection, *, agent_id: str, owner: str, due_at: datetime, error: str | None
+    conn: AsyncConnection,
+    *,
+    app_id: str,
+    agent_id: str,
+    owner: str,
+    due_at: datetime,
+    error: str | None,
 ) -> bool:
     """Put the job back to wait until `due_at` (the transcript's grace deadline)."""
     stmt = (
         update(history_job)
-        .where(_owned(agent_id, owner))
+        .where(_owned(app_id, agent_id, owner))
         .values(
             status="queued",
             due_at=due_at,
@@ -199,22 +237,23 @@ async def requeue(
     return (await conn.execute(stmt)).first() is not None
 
 
-async def release(conn: AsyncConnection, *, agent_id: str, owner: str) -> bool:
+async def release(conn: AsyncConnection, *, app_id: str, agent_id: str, owner: str) -> bool:
     """Hand a job back unfinished (shutdown): queued and due now, for any worker to take."""
     stmt = (
         update(history_job)
-        .where(_owned(agent_id, owner))
+        .where(_owned(app_id, agent_id, owner))
         .values(status="queued", lease_owner=None, lease_expires_at=None)
         .returning(history_job.c.agent_id)
     )
     return (await conn.execute(stmt)).first() is not None
 
 
-async def expedite(conn: AsyncConnection, *, agent_id: str) -> None:
+async def expedite(conn: AsyncConnection, *, app_id: str, agent_id: str) -> None:
     """A transcript arrived: a job waiting out the grace period is due now (and workers woken)."""
     stmt = (
         update(history_job)
         .where(
+            history_job.c.app_id == app_id,
             history_job.c.agent_id == agent_id,
             history_job.c.status == "queued",
             history_job.c.due_at > func.now(),

@@ -12,16 +12,21 @@ FAILED 6. Agora does not document its transitions; we read them as IDLE → STAR
 STOPPING → STOPPED, RUNNING ⇄ RECOVERING, any live state → FAILED. An agent we first hear of through
 an event that does not set a state (103, 104, 110, 111, 112, 201, 202) is IDLE and holds no slot.
 
-Notifications come in any order and any number of times, so three rules make the outcome depend on
+Notifications come in any order and any number of times, so these rules make the outcome depend on
 the set of observations only, never on their arrival order:
 
 1. Terminal states absorb. STOPPED and FAILED map every kind to themselves: a late 101 after a 102
-   changes nothing.
+   changes nothing. Only a stop can still correct the end: of two stops (a 102 FAILED and a 102
+   STOPPED, or a stop from reconciliation) the earliest by event time is the agent's end, FAILED
+   on a tie (`End`); a stop found earlier than the recorded end is one more step, from the
+   recorded terminal state to its own.
 2. Event time orders live states. A non-terminal observation older than the one that set the
    current state is stale and ignored (a reconcile pass saw STOPPING; a delayed 101 must not undo it).
 3. A stop implies its start. A 102 (or a reconciled STOPPED/FAILED) for an agent still IDLE carries
    Agora's `start_ts`; we record the join it implies (IDLE → RUNNING at `start_ts`) before the stop,
-   so "102 then 101" writes the same transitions as "101 then 102".
+   so "102 then 101" writes the same transitions as "101 then 102". A stop seen before any start
+   leaves the start unknown; the join is recorded when a start is reported (`late_start`), so
+   the agent's slot is what it would have been had the start come first.
 
 Redeliveries map a state to itself, so they plan no steps. A (state, kind) pair missing from the
 table is an impossible move, such as a reconcile pass seeing RUNNING for an agent that is STOPPING:
@@ -86,6 +91,15 @@ class Kind(StrEnum):
 
 
 S, K = State, Kind
+
+# What each kind of stop ends the agent as.
+STOP_OUTCOMES: Final[Mapping[Kind, State]] = {
+    K.LEFT_STOPPED: S.STOPPED,
+    K.LEFT_FAILED: S.FAILED,
+    K.OBSERVED_STOPPED: S.STOPPED,
+    K.OBSERVED_FAILED: S.FAILED,
+    K.GONE: S.STOPPED,
+}
 
 TRANSITIONS: Final[Mapping[tuple[State, Kind], State]] = {
     # IDLE: known only through events that set no state; anything Agora says settles it.
@@ -164,6 +178,19 @@ def next_state(state: State, kind: Kind) -> State:
         raise IllegalTransition(f"no transition from {state} on {kind}") from None
 
 
+@dataclass(frozen=True, slots=True)
+class End:
+    """How an agent ended, ordered so that the earlier end sorts first (FAILED on a tie of
+    times, then the message, so that any two ends compare the same way in any order)."""
+
+    at: datetime
+    state: State
+    message: str | None = None
+
+    def key(self) -> tuple[datetime, int, str]:
+        return (self.at, 0 if self.state == State.FAILED else 1, self.message or "")
+
+
 def plan(
     state: State,
     kind: Kind,
@@ -171,13 +198,20 @@ def plan(
     at: datetime,
     state_at: datetime | None,
     started_at: datetime | None,
+    message: str | None = None,
+    end_message: str | None = None,
 ) -> list[Step]:
     """The steps that observing `kind` at event time `at` causes; empty when nothing changes.
 
     `state_at` is the event time of the observation that set `state`; `started_at` is Agora's
-    `start_ts` for the agent when known. Raises `IllegalTransition` for an impossible move.
+    `start_ts` for the agent when known. For a stop, `message` is its reason and `end_message`
+    the recorded end's. Raises `IllegalTransition` for an impossible move.
     """
     target = next_state(state, kind)
+    if state in TERMINAL:
+        return _correct_end(
+            state, kind, at=at, state_at=state_at, message=message, end_message=end_message
+        )
     if target == state:
         return []
     if target not in TERMINAL and state_at is not None and at < state_at:
@@ -192,6 +226,47 @@ def plan(
         )
         return [joined, Step(from_state=State.RUNNING, to_state=target, kind=kind, at=at)]
     return [Step(from_state=state, to_state=target, kind=kind, at=at)]
+
+
+def _correct_end(
+    state: State,
+    kind: Kind,
+    *,
+    at: datetime,
+    state_at: datetime | None,
+    message: str | None,
+    end_message: str | None,
+) -> list[Step]:
+    """Rule 1's exception: a stop earlier than the recorded end becomes the end."""
+    outcome = STOP_OUTCOMES.get(kind)
+    if outcome is None or state_at is None:
+        return []
+    recorded = End(at=state_at, state=state, message=end_message)
+    if End(at=at, state=outcome, message=message).key() >= recorded.key():
+        return []
+    return [Step(from_state=state, to_state=outcome, kind=kind, at=at)]
+
+
+def late_start(
+    state: State,
+    *,
+    state_at: datetime | None,
+    active_from: datetime | None,
+    started_at: datetime | None,
+) -> Step | None:
+    """Rule 3, late: an agent that stopped before any start was known, and so never held a
+    slot, learns its start; the join it implies is recorded (inferred) at that start."""
+    if state not in TERMINAL or active_from is not None or started_at is None:
+        return None
+    if state_at is None or started_at > state_at:
+        return None
+    return Step(
+        from_state=State.IDLE,
+        to_state=State.RUNNING,
+        kind=Kind.JOINED,
+        at=started_at,
+        inferred=True,
+    )
 
 
 def is_active(state: State) -> bool:

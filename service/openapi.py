@@ -67,12 +67,32 @@ _AGENT_ID: Final = _param(
     "agent_id", "path", "Agora's agent id.", {"type": "string"}, required=True
 )
 _APP_ID: Final = _param("app_id", "path", "A configured App ID.", {"type": "string"}, required=True)
+_WHICH_APP: Final = _param(
+    "app_id",
+    "query",
+    "The agent's App ID; needed when this agent_id exists in several apps (else 409).",
+    {"type": "string"},
+)
+_AMBIGUOUS: Final = {
+    "409": _answer("The agent_id exists in several apps: name one with app_id.", "Ambiguous")
+}
 
 
-def _read(summary: str, answer: str, schema: str, *, params: list[Any], found: bool = True) -> Any:
+def _read(
+    summary: str,
+    answer: str,
+    schema: str,
+    *,
+    params: list[Any],
+    found: bool = True,
+    agent: bool = False,
+) -> Any:
     responses = {"200": _answer(answer, schema), **_READ_ERRORS}
     if found:
         responses.update(_NOT_FOUND)
+    if agent:
+        responses.update(_AMBIGUOUS)
+        params = [*params, _WHICH_APP]
     return {
         "get": {
             "summary": summary,
@@ -101,7 +121,7 @@ def _webhook(with_app: bool) -> dict[str, Any]:
                 "content": {JSON: {"schema": _ref("Notification")}},
             },
             "responses": {
-                "200": _answer("Accepted, duplicate or ignored.", "WebhookAnswer"),
+                "200": _answer("Accepted, unapplied, duplicate or ignored.", "WebhookAnswer"),
                 "400": _answer("Not a valid notification.", "InvalidNotification"),
                 "401": _answer("Missing or wrong signature.", "Error"),
                 "404": _answer("Unknown app.", "Error"),
@@ -137,7 +157,15 @@ _SCHEMAS: Final[dict[str, Any]] = {
         },
         "required": ["noticeId", "productId", "eventType", "payload"],
     },
-    "WebhookAnswer": _object({"status": {"enum": ["accepted", "duplicate", "ignored"]}}),
+    "WebhookAnswer": _object(
+        {"status": {"enum": ["accepted", "unapplied", "duplicate", "ignored"]}}
+    ),
+    "Ambiguous": _object(
+        {
+            "error": {"const": "ambiguous_agent"},
+            "app_ids": {"type": "array", "items": {"type": "string"}},
+        }
+    ),
     "State": {"enum": [state.value for state in lifecycle.State]},
     "Agent": _object(
         {
@@ -199,14 +227,29 @@ _SCHEMAS: Final[dict[str, Any]] = {
             "event_type": {"type": "integer"},
             "event_time": _NULLABLE_TIME,
             "received_at": _TIME,
+            "outcome": {"enum": ["accepted", "unapplied"]},
+            "problem": {
+                "type": ["string", "null"],
+                "description": "Why it is unapplied, or what was left out of it.",
+            },
             "payload": {"type": ["object", "null"]},
         }
     ),
     "EventList": _list_of("Event"),
+    "Unapplied": _object(
+        {
+            "notice_id": {"type": "string"},
+            "event_type": {"type": "integer"},
+            "received_at": _TIME,
+            "problem": {"type": ["string", "null"]},
+            "payload": {"type": ["object", "null"]},
+        }
+    ),
+    "UnappliedList": _list_of("Unapplied"),
     "History": _object(
         {
             "agent_id": {"type": "string"},
-            "status": {"enum": ["pending", "complete", "unavailable"]},
+            "status": {"enum": ["pending", "complete", "unavailable", "erased", "expired"]},
             "source": {"enum": ["webhook", "api", None]},
             "contents": {
                 "type": "array",
@@ -267,7 +310,12 @@ _SCHEMAS: Final[dict[str, Any]] = {
 }
 
 _AGENT_FILTERS: Final = [
-    _param("app_id", "query", "Only this app's agents.", {"type": "string"}),
+    _param(
+        "app_id",
+        "query",
+        "Only this app's agents (404 if it is not configured).",
+        {"type": "string"},
+    ),
     _param(
         "state",
         "query",
@@ -309,25 +357,37 @@ DOCUMENT: Final[dict[str, Any]] = {
             "A page of agents.",
             "AgentList",
             params=_AGENT_FILTERS,
-            found=False,
         ),
         "/v1/agents/{agent_id}": _read(
             "One agent with its transitions and errors",
             "The agent.",
             "AgentDetail",
             params=[_AGENT_ID],
+            agent=True,
         ),
         "/v1/agents/{agent_id}/history": _read(
             "The agent's session history (transcript and turns)",
             "The history.",
             "History",
             params=[_AGENT_ID],
+            agent=True,
         ),
         "/v1/agents/{agent_id}/events": _read(
             "The agent's stored notifications in event order",
             "A page of notifications.",
             "EventList",
             params=[_AGENT_ID, *_PAGE],
+            agent=True,
+        ),
+        "/v1/apps/{app_id}/notifications": _read(
+            "Stored notifications not yet applied, newest first",
+            "A page of unapplied notifications, each with its problem.",
+            "UnappliedList",
+            params=[
+                _APP_ID,
+                _param("status", "query", "Which notifications.", {"enum": ["unapplied"]}),
+                *_PAGE,
+            ],
         ),
         "/v1/apps/{app_id}/pcu": _read(
             "Current PCU against the cap, and the peak over a window",

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, select, tuple_
+from sqlalchemy import ColumnElement, Table, and_, func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service import concurrency, pcu
@@ -36,7 +36,7 @@ from service.tables import (
 class AgentFilter:
     """`GET /v1/agents` filters; `since`/`until` bound the start time, `until` exclusive."""
 
-    app_id: str | None = None
+    app_ids: Sequence[str] = ()  # the apps to list (those the caller may see)
     states: Sequence[str] = ()
     channel: str | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
@@ -50,19 +50,37 @@ def rfc3339(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-async def agent_detail(conn: AsyncConnection, agent_id: str) -> dict[str, Any] | None:
+async def agent_apps(conn: AsyncConnection, agent_id: str, *, app_ids: Sequence[str]) -> list[str]:
+    """The apps among `app_ids` that hold an agent with this `agent_id` (sorted)."""
+    rows = await conn.execute(
+        select(agent.c.app_id)
+        .where(agent.c.agent_id == agent_id, agent.c.app_id.in_(list(app_ids)))
+        .order_by(agent.c.app_id)
+    )
+    return [row[0] for row in rows]
+
+
+def _one_agent(table: Table, app_id: str, agent_id: str) -> ColumnElement[bool]:
+    return and_(table.c.app_id == app_id, table.c.agent_id == agent_id)
+
+
+async def agent_detail(conn: AsyncConnection, app_id: str, agent_id: str) -> dict[str, Any] | None:
     """The agent with its transitions (event order) and errors, or None if unknown."""
-    row = (await conn.execute(select(agent).where(agent.c.agent_id == agent_id))).mappings().first()
+    row = (
+        (await conn.execute(select(agent).where(_one_agent(agent, app_id, agent_id))))
+        .mappings()
+        .first()
+    )
     if row is None:
         return None
     transitions = await conn.execute(
         select(agent_transition)
-        .where(agent_transition.c.agent_id == agent_id)
+        .where(_one_agent(agent_transition, app_id, agent_id))
         .order_by(agent_transition.c.event_at, agent_transition.c.id)
     )
     errors = await conn.execute(
         select(agent_error)
-        .where(agent_error.c.agent_id == agent_id)
+        .where(_one_agent(agent_error, app_id, agent_id))
         .order_by(agent_error.c.event_at, agent_error.c.notice_id, agent_error.c.position)
     )
     return {
@@ -114,17 +132,19 @@ def _error(row: Any) -> dict[str, Any]:
     }
 
 
-async def agent_history(conn: AsyncConnection, agent_id: str) -> dict[str, Any] | None:
+async def agent_history(conn: AsyncConnection, app_id: str, agent_id: str) -> dict[str, Any] | None:
     """The agent's session record (CONTRACT §6), or None if the agent is unknown."""
     row = (
-        (await conn.execute(select(history).where(history.c.agent_id == agent_id)))
+        (await conn.execute(select(history).where(_one_agent(history, app_id, agent_id))))
         .mappings()
         .first()
     )
     if row is None:
         return None
     turns = await conn.execute(
-        select(agent_turn).where(agent_turn.c.agent_id == agent_id).order_by(agent_turn.c.turn_id)
+        select(agent_turn)
+        .where(_one_agent(agent_turn, app_id, agent_id))
+        .order_by(agent_turn.c.turn_id)
     )
     return {
         "agent_id": agent_id,
@@ -158,15 +178,22 @@ async def list_agents(
     key = agent_listed_at.label("listed_at")
     stmt = select(agent, key).where(*_agent_conditions(where))
     if cursor is not None:
-        at, agent_id = _decode_cursor(cursor, kinds=(int, str))
-        stmt = stmt.where(tuple_(agent_listed_at, agent.c.agent_id) < (pcu.from_us(at), agent_id))
-    stmt = stmt.order_by(agent_listed_at.desc(), agent.c.agent_id.desc()).limit(limit + 1)
+        at, app_id, agent_id = _decode_cursor(cursor, kinds=(int, str, str))
+        stmt = stmt.where(
+            tuple_(agent_listed_at, agent.c.app_id, agent.c.agent_id)
+            < (pcu.from_us(at), app_id, agent_id)
+        )
+    stmt = stmt.order_by(
+        agent_listed_at.desc(), agent.c.app_id.desc(), agent.c.agent_id.desc()
+    ).limit(limit + 1)
     rows = (await conn.execute(stmt)).mappings().all()
     page, more = rows[:limit], len(rows) > limit
     last = page[-1] if more else None
     return {
         "items": [agent_summary(row) for row in page],
-        "next_cursor": _encode_cursor([pcu.to_us(last["listed_at"]), last["agent_id"]])
+        "next_cursor": _encode_cursor(
+            [pcu.to_us(last["listed_at"]), last["app_id"], last["agent_id"]]
+        )
         if last is not None
         else None,
     }
@@ -174,8 +201,7 @@ async def list_agents(
 
 def _agent_conditions(where: AgentFilter) -> list[ColumnElement[bool]]:
     conditions: list[ColumnElement[bool]] = []
-    if where.app_id is not None:
-        conditions.append(agent.c.app_id == where.app_id)
+    conditions.append(agent.c.app_id.in_(list(where.app_ids)))
     if where.states:
         conditions.append(agent.c.state.in_(list(where.states)))
     if where.channel is not None:
@@ -190,14 +216,16 @@ def _agent_conditions(where: AgentFilter) -> list[ColumnElement[bool]]:
 
 
 async def agent_events(
-    conn: AsyncConnection, agent_id: str, *, limit: int, cursor: str | None
+    conn: AsyncConnection, app_id: str, agent_id: str, *, limit: int, cursor: str | None
 ) -> dict[str, Any] | None:
     """The agent's stored notifications in event order (arrival time where none), or None."""
-    known = await conn.scalar(select(agent.c.agent_id).where(agent.c.agent_id == agent_id))
+    known = await conn.scalar(select(agent.c.agent_id).where(_one_agent(agent, app_id, agent_id)))
     if known is None:
         return None
     at = func.coalesce(notification.c.event_at, notification.c.received_at)
-    stmt = select(notification, at.label("sort_at")).where(notification.c.agent_id == agent_id)
+    stmt = select(notification, at.label("sort_at")).where(
+        _one_agent(notification, app_id, agent_id)
+    )
     if cursor is not None:
         after_at, after_id = _decode_cursor(cursor, kinds=(int, int))
         stmt = stmt.where(tuple_(at, notification.c.id) > (pcu.from_us(after_at), after_id))
@@ -220,7 +248,43 @@ def _event(row: Any) -> dict[str, Any]:
         "event_type": row["event_type"],
         "event_time": rfc3339(row["event_at"]),
         "received_at": rfc3339(row["received_at"]),
+        "outcome": row["outcome"],
+        "problem": row["problem"],
         "payload": body.get("payload"),
+    }
+
+
+async def unapplied(
+    conn: AsyncConnection, *, app_id: str, limit: int, cursor: str | None
+) -> dict[str, Any]:
+    """The app's stored notifications not yet applied, newest first (CONTRACT §6)."""
+    stmt = select(notification).where(
+        notification.c.app_id == app_id, notification.c.outcome == "unapplied"
+    )
+    if cursor is not None:
+        before_at, before_id = _decode_cursor(cursor, kinds=(int, int))
+        stmt = stmt.where(
+            tuple_(notification.c.received_at, notification.c.id)
+            < (pcu.from_us(before_at), before_id)
+        )
+    stmt = stmt.order_by(notification.c.received_at.desc(), notification.c.id.desc())
+    rows = (await conn.execute(stmt.limit(limit + 1))).mappings().all()
+    page, more = rows[:limit], len(rows) > limit
+    last = page[-1] if more else None
+    return {
+        "items": [
+            {
+                "notice_id": row["notice_id"],
+                "event_type": row["event_type"],
+                "received_at": rfc3339(row["received_at"]),
+                "problem": row["problem"],
+                "payload": row["body"].get("payload") if isinstance(row["body"], dict) else None,
+            }
+            for row in page
+        ],
+        "next_cursor": _encode_cursor([pcu.to_us(last["received_at"]), last["id"]])
+        if last is not None
+        else None,
     }
 
 
@@ -269,12 +333,18 @@ def _encode_cursor(key: list[Any]) -> str:
     return base64.urlsafe_b64encode(json.dumps(key).encode()).decode().rstrip("=")
 
 
-def _decode_cursor(cursor: str, *, kinds: tuple[type, type]) -> tuple[Any, Any]:
+def _decode_cursor(cursor: str, *, kinds: tuple[type, ...]) -> tuple[Any, ...]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        first, second = json.loads(raw)
-    except (binascii.Error, ValueError, TypeError):
+        key = json.loads(raw)
+    except (binascii.Error, ValueError, TypeError, RecursionError):
         raise InvalidParameter("cursor: not a cursor this API gave out") from None
-    if not (isinstance(first, kinds[0]) and isinstance(second, kinds[1])):
+    if not (
+        isinstance(key, list)
+        and len(key) == len(kinds)
+        and all(
+            isinstance(v, k) and not isinstance(v, bool) for v, k in zip(key, kinds, strict=True)
+        )
+    ):
         raise InvalidParameter("cursor: not a cursor this API gave out")
-    return first, second
+    return tuple(key)

@@ -232,10 +232,17 @@ class _Pass:
         self.summary.listed = len(listed)
         ids = [item.agent_id for item in listed]
         async with self.engine.connect() as conn:
-            known = {a.agent_id: a for a in await repositories.tracked_agents(conn, agent_ids=ids)}
+            known = {
+                a.agent_id: a
+                for a in await repositories.tracked_agents(
+                    conn, app_id=self.summary.app_id, agent_ids=ids
+                )
+            }
         await _each(listed, lambda item: self._settle(item, known.get(item.agent_id)))
         async with self.engine.begin() as conn:
-            await repositories.mark_seen_live(conn, agent_ids=ids, at=self.started)
+            await repositories.mark_seen_live(
+                conn, app_id=self.summary.app_id, agent_ids=ids, at=self.started
+            )
         listed_ids = set(ids)
         suspects = [a for a in held if a.agent_id not in listed_ids or self._overdue(a)]
         await _each(suspects, self._check, stop=lambda: self.failed)
@@ -322,7 +329,9 @@ class _Pass:
             )
             self.summary.updated += bool(steps)
         async with self.engine.begin() as conn:
-            await repositories.mark_seen_live(conn, agent_ids=[ours.agent_id], at=now)
+            await repositories.mark_seen_live(
+                conn, app_id=self.summary.app_id, agent_ids=[ours.agent_id], at=now
+            )
         if self._overdue(ours):
             self.summary.overdue += 1
             log.warning(
@@ -341,7 +350,12 @@ class _Pass:
             )
             if lifecycle.is_terminal(row.state):
                 return  # settled meanwhile (a webhook)
-            alive = await repositories.last_alive_at(conn, agent_id=ours.agent_id) or now
+            alive = (
+                await repositories.last_alive_at(
+                    conn, app_id=self.summary.app_id, agent_id=ours.agent_id
+                )
+                or now
+            )
             if alive > now - self.grace:
                 self.summary.deferred += 1
                 return

@@ -1,122 +1,156 @@
 """Write-side statements (and the reads reconciliation decides on: `unsettled_agents`,
 `tracked_agents`, `last_alive_at`). Each takes the caller's connection first and never commits.
 
-Dedupe and serialisation are Postgres's job: `record_and_lock` stores a delivery with an
-`INSERT … ON CONFLICT DO NOTHING RETURNING`; it and `lock_agent` hold the agent's row lock until the
-caller's transaction ends, so two replicas applying notifications for one agent take turns.
-Several rows are written as one multi-row VALUES statement, not an executemany.
+An agent is `(app_id, agent_id)` in every statement. Dedupe and serialisation are Postgres's job:
+`record_and_lock` stores a delivery with an `INSERT … ON CONFLICT DO NOTHING RETURNING`; it and
+`lock_agent` hold the agent's row lock until the caller's transaction ends, so two replicas
+applying notifications for one agent take turns.
+
+A statement's size never depends on the payload's: the items of an array (errors, metrics, turns)
+go as one JSON array parameter that the server unpacks (`jsonb_array_elements`), so a body of
+tens of thousands of items is still one statement with a handful of parameters.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, Literal
 
-from sqlalchemy import RowMapping, and_, bindparam, func, literal, or_, select, text, update
+from sqlalchemy import RowMapping, and_, cast, func, literal, or_, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service import events, jobs, lifecycle
-from service.tables import (
-    agent,
-    agent_error,
-    agent_metric,
-    agent_transition,
-    agent_turn,
-    call_state,
-    history,
-    history_job,
-)
+from service.tables import agent, agent_transition, history, history_job
 
 Source = Literal["webhook", "reconcile"]
+Outcome = Literal["accepted", "ignored", "unapplied"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AgentRow:
     """The columns the lifecycle needs to decide, read under the row lock."""
 
-    agent_id: str
     app_id: str
+    agent_id: str
     name: str | None
+    name_at: datetime | None
     channel: str | None
+    channel_at: datetime | None
+    labels: Mapping[str, Any]
+    label_versions: Mapping[str, Any]
     state: lifecycle.State
     state_at: datetime | None
     started_at: datetime | None
+    stopped_at: datetime | None
+    stop_message: str | None
     active_from: datetime | None
     active_until: datetime | None
+    warning: str | None
+    warning_at: datetime | None
     last_event_at: datetime | None
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> AgentRow:
         return cls(
-            agent_id=row["agent_id"],
-            app_id=row["app_id"],
-            name=row["name"],
-            channel=row["channel"],
-            state=lifecycle.State(row["state"]),
-            state_at=row["state_at"],
-            started_at=row["started_at"],
-            active_from=row["active_from"],
-            active_until=row["active_until"],
-            last_event_at=row["last_event_at"],
+            **{name: row[name] for name in _AGENT_NAMES_LIST}, state=lifecycle.State(row["state"])
         )
 
 
-_AGENT_COLUMNS = (
-    agent.c.agent_id,
-    agent.c.app_id,
-    agent.c.name,
-    agent.c.channel,
-    agent.c.state,
-    agent.c.state_at,
-    agent.c.started_at,
-    agent.c.active_from,
-    agent.c.active_until,
-    agent.c.last_event_at,
+_AGENT_NAMES_LIST: Final = (
+    "app_id",
+    "agent_id",
+    "name",
+    "name_at",
+    "channel",
+    "channel_at",
+    "labels",
+    "label_versions",
+    "state_at",
+    "started_at",
+    "stopped_at",
+    "stop_message",
+    "active_from",
+    "active_until",
+    "warning",
+    "warning_at",
+    "last_event_at",
 )
-
-
-_AGENT_NAMES: Final = ", ".join(c.name for c in _AGENT_COLUMNS)
-_NEW_NAMES: Final = ", ".join(f"new.{c.name} AS new_{c.name}" for c in _AGENT_COLUMNS)
+_AGENT_COLUMNS: Final = (*_AGENT_NAMES_LIST, "state")
+_AGENT_NAMES: Final = ", ".join(_AGENT_COLUMNS)
+_NEW_NAMES: Final = ", ".join(f"new.{c} AS new_{c}" for c in _AGENT_COLUMNS)
 
 # One statement, one round trip: store the delivery (nothing if it is a duplicate); if it is new
 # and names an agent we do not know, create the agent IDLE with its `pending` history; answer the
 # stored id and the agent's row: the one just created (`new_*`, ours until we commit) or the
 # existing one, locked in the lateral subquery. The sub-statements share one snapshot: an agent
 # created meanwhile by a concurrent transaction is in neither, and the caller falls back to
-# `lock_agent`.
+# `lock_agent`. The body goes as JSON text, which the server parses into jsonb exactly as sent.
 _RECORD_AND_LOCK: Final = text(
     f"""
     WITH stored AS (
         INSERT INTO notification (app_id, notice_id, product_id, event_type, agent_id, outcome,
-                                  event_at, notify_ms, received_at, body)
-        VALUES (:app_id, :notice_id, :product_id, :event_type, :agent_id, :outcome, :event_at,
-                :notify_ms, :received_at, :body)
+                                  problem, event_at, notify_ms, received_at, body, raw)
+        VALUES (:app_id, :notice_id, :product_id, :event_type, :agent_id, :outcome, :problem,
+                :event_at, :notify_ms, :received_at, CAST(:body AS jsonb), :raw)
         ON CONFLICT (app_id, notice_id) DO NOTHING
         RETURNING id
     ),
     created AS (
-        INSERT INTO agent (agent_id, app_id, state)
-        SELECT CAST(:agent_id AS text), :app_id, 'IDLE'
-        WHERE CAST(:agent_id AS text) IS NOT NULL AND EXISTS (SELECT FROM stored)
-        ON CONFLICT (agent_id) DO NOTHING
+        INSERT INTO agent (app_id, agent_id, state)
+        SELECT :app_id, CAST(:agent AS text), 'IDLE'
+        WHERE CAST(:agent AS text) IS NOT NULL AND EXISTS (SELECT FROM stored)
+        ON CONFLICT (app_id, agent_id) DO NOTHING
         RETURNING {_AGENT_NAMES}
     ),
     history_row AS (
-        INSERT INTO history (agent_id) SELECT agent_id FROM created
-        ON CONFLICT (agent_id) DO NOTHING
+        INSERT INTO history (app_id, agent_id) SELECT app_id, agent_id FROM created
+        ON CONFLICT (app_id, agent_id) DO NOTHING
     )
     SELECT (SELECT id FROM stored) AS stored_id, {_NEW_NAMES}, locked.*
     FROM (SELECT 1) AS one
     LEFT JOIN created AS new ON true
     LEFT JOIN LATERAL (
         SELECT {_AGENT_NAMES} FROM agent
-        WHERE agent_id = :agent_id AND EXISTS (SELECT FROM stored)
+        WHERE app_id = :app_id AND agent_id = :agent AND EXISTS (SELECT FROM stored)
         FOR UPDATE OF agent
     ) AS locked ON true"""
-).bindparams(bindparam("body", type_=JSONB))
+)
+
+
+def outcome_of(note: events.Notification) -> Outcome:
+    """How a delivery is stored: `ignored` (not for us), `unapplied` (no usable agent) or
+    `accepted`."""
+    if note.ignored is not None:
+        return "ignored"
+    return "unapplied" if note.unusable is not None else "accepted"
+
+
+def _notification_params(
+    *,
+    app_id: str,
+    note: events.Notification,
+    received_at: datetime,
+    outcome: Outcome,
+    problem: str | None,
+) -> dict[str, Any]:
+    return {
+        "app_id": app_id,
+        "notice_id": note.notice_id,
+        "product_id": note.product_id,
+        "event_type": note.event_type,
+        "agent_id": note.agent_id,
+        "outcome": outcome,
+        "problem": problem,
+        "event_at": note.occurred_at,
+        "notify_ms": note.notify_ms,
+        "received_at": received_at,
+        "body": note.json,
+        "raw": note.raw,
+    }
 
 
 async def record_and_lock(
@@ -131,81 +165,105 @@ async def record_and_lock(
 
     Answers `(stored, row)`: `stored` is False for a duplicate (and `row` None); `row` is the
     agent's row, locked until the transaction ends and created IDLE (with its `pending` history)
-    if unknown, or None when the notification names no agent.
+    if unknown, or None when the notification is not applied to an agent.
     """
-    found = (
-        (
-            await conn.execute(
-                _RECORD_AND_LOCK,
-                {
-                    "app_id": app_id,
-                    "notice_id": note.notice_id,
-                    "product_id": note.product_id,
-                    "event_type": note.event_type,
-                    "agent_id": note.agent_id,
-                    "outcome": "ignored" if note.ignored else "accepted",
-                    "event_at": note.occurred_at,
-                    "notify_ms": note.notify_ms,
-                    "received_at": received_at,
-                    "body": note.body,
-                },
-            )
-        )
-        .mappings()
-        .one()
+    agent_id = note.agent_id if note.event is not None else None
+    params = _notification_params(
+        app_id=app_id,
+        note=note,
+        received_at=received_at,
+        outcome=outcome_of(note),
+        problem=note.problem,
     )
+    found = (await conn.execute(_RECORD_AND_LOCK, {**params, "agent": agent_id})).mappings().one()
     if found["stored_id"] is None:
         return False, None
-    if note.agent_id is None:
+    if agent_id is None:
         return True, None
     if found["new_agent_id"] is not None:
-        return True, AgentRow.from_row({c.name: found[f"new_{c.name}"] for c in _AGENT_COLUMNS})
+        return True, AgentRow.from_row({c: found[f"new_{c}"] for c in _AGENT_COLUMNS})
     if found["agent_id"] is not None:
         return True, AgentRow.from_row(found)
-    row, _ = await lock_agent(conn, agent_id=note.agent_id, app_id=app_id)
+    row, _ = await lock_agent(conn, app_id=app_id, agent_id=agent_id)
     return True, row
 
 
-async def lock_agent(conn: AsyncConnection, *, agent_id: str, app_id: str) -> tuple[AgentRow, bool]:
+_KEEP_UNAPPLIED: Final = text(
+    """
+    INSERT INTO notification (app_id, notice_id, product_id, event_type, agent_id, outcome,
+                              problem, event_at, notify_ms, received_at, body, raw)
+    VALUES (:app_id, :notice_id, :product_id, :event_type, :agent_id, :outcome, :problem,
+            :event_at, :notify_ms, :received_at, CAST(:body AS jsonb), :raw)
+    ON CONFLICT (app_id, notice_id) DO NOTHING
+    RETURNING id"""
+)
+
+
+async def keep_unapplied(
+    conn: AsyncConnection,
+    *,
+    app_id: str,
+    note: events.Notification,
+    received_at: datetime,
+    problem: str,
+) -> bool:
+    """Store a delivery that could not be applied, as `unapplied` with `problem`; False if its
+    noticeId was stored meanwhile."""
+    params = _notification_params(
+        app_id=app_id, note=note, received_at=received_at, outcome="unapplied", problem=problem
+    )
+    return (await conn.execute(_KEEP_UNAPPLIED, params)).first() is not None
+
+
+async def lock_agent(conn: AsyncConnection, *, app_id: str, agent_id: str) -> tuple[AgentRow, bool]:
     """The agent's row, locked until the transaction ends, created IDLE if unknown.
 
     Answers `(row, created)`. A new agent also gets its `pending` history row.
     """
-    locked = select(*_AGENT_COLUMNS).where(agent.c.agent_id == agent_id).with_for_update()
-    row = (await conn.execute(locked)).mappings().first()
+    key = {"app_id": app_id, "agent_id": agent_id}
+    row = (await conn.execute(_LOCK_AGENT, key)).mappings().first()
     if row is not None:
         return AgentRow.from_row(row), False
-    created = (
-        insert(agent)
-        .values(agent_id=agent_id, app_id=app_id, state=lifecycle.State.IDLE.value)
-        .on_conflict_do_nothing(index_elements=[agent.c.agent_id])
-        .returning(*_AGENT_COLUMNS)
-    )
-    row = (await conn.execute(created)).mappings().first()
+    row = (await conn.execute(_CREATE_AGENT, key)).mappings().first()
     if row is None:  # another transaction created it between our two statements
-        row = (await conn.execute(locked)).mappings().one()
+        row = (await conn.execute(_LOCK_AGENT, key)).mappings().one()
         return AgentRow.from_row(row), False
-    await conn.execute(insert(history).values(agent_id=agent_id).on_conflict_do_nothing())
     return AgentRow.from_row(row), True
 
 
+_LOCK_AGENT: Final = text(
+    f"SELECT {_AGENT_NAMES} FROM agent WHERE app_id = :app_id AND agent_id = :agent_id FOR UPDATE"
+)
+_CREATE_AGENT: Final = text(
+    f"""
+    WITH created AS (
+        INSERT INTO agent (app_id, agent_id, state) VALUES (:app_id, :agent_id, 'IDLE')
+        ON CONFLICT (app_id, agent_id) DO NOTHING
+        RETURNING {_AGENT_NAMES}
+    ),
+    history_row AS (
+        INSERT INTO history (app_id, agent_id) SELECT app_id, agent_id FROM created
+        ON CONFLICT (app_id, agent_id) DO NOTHING
+    )
+    SELECT * FROM created"""
+)
+
+
 async def update_agent(
-    conn: AsyncConnection,
-    agent_id: str,
-    values: Mapping[str, Any],
-    *,
-    labels: Mapping[str, Any] | None = None,
+    conn: AsyncConnection, *, app_id: str, agent_id: str, values: Mapping[str, Any]
 ) -> None:
-    """Write computed agent fields and merge `labels` in (the caller holds the row lock)."""
-    extra: dict[str, Any] = {"updated_at": func.now()}
-    if labels:
-        extra["labels"] = agent.c.labels.op("||")(literal(dict(labels), JSONB))
-    await conn.execute(update(agent).where(agent.c.agent_id == agent_id).values(**values, **extra))
+    """Write computed agent fields (the caller holds the row lock)."""
+    await conn.execute(
+        update(agent)
+        .where(agent.c.app_id == app_id, agent.c.agent_id == agent_id)
+        .values(**values, updated_at=func.now())
+    )
 
 
 async def add_transitions(
     conn: AsyncConnection,
     *,
+    app_id: str,
     agent_id: str,
     steps: Sequence[lifecycle.Step],
     source: Source,
@@ -219,6 +277,7 @@ async def add_transitions(
         insert(agent_transition).values(
             [
                 {
+                    "app_id": app_id,
                     "agent_id": agent_id,
                     "from_state": step.from_state.value,
                     "to_state": step.to_state.value,
@@ -235,114 +294,159 @@ async def add_transitions(
     )
 
 
+_ADD_ERRORS: Final = text(
+    """
+    INSERT INTO agent_error (app_id, agent_id, notice_id, position, module, code, message,
+                             turn_id, event_at, received_at)
+    SELECT :app_id, :agent_id, :notice_id, (o - 1)::int, e->>0, (e->>1)::bigint, e->>2, e->>3,
+           :at, :received_at
+    FROM jsonb_array_elements(CAST(:items AS jsonb)) WITH ORDINALITY AS u(e, o)
+    ON CONFLICT DO NOTHING"""
+)
+
+
 async def add_errors(
     conn: AsyncConnection,
     *,
+    app_id: str,
     agent_id: str,
     notice_id: str,
     items: Sequence[events.ErrorItem],
     at: datetime | None,
     received_at: datetime,
 ) -> None:
+    """Record a 110's errors, by position in the notification (a redelivery adds nothing)."""
     if not items:
         return
-    rows = [
+    rows = json.dumps([[e.module, e.code, e.message, e.turn_id] for e in items])
+    await conn.execute(
+        _ADD_ERRORS,
         {
+            "app_id": app_id,
             "agent_id": agent_id,
             "notice_id": notice_id,
-            "position": position,
-            "module": item.module,
-            "code": item.code,
-            "message": item.message,
-            "turn_id": item.turn_id,
-            "event_at": at,
+            "items": rows,
+            "at": at,
             "received_at": received_at,
-        }
-        for position, item in enumerate(items)
-    ]
-    await conn.execute(insert(agent_error).values(rows).on_conflict_do_nothing())
+        },
+    )
+
+
+_ADD_METRICS: Final = text(
+    """
+    INSERT INTO agent_metric (app_id, agent_id, notice_id, position, turn_id, asr_ttlw,
+                              llm_ttfb, llm_ttfs, tts_ttfb, figures, event_at)
+    SELECT :app_id, :agent_id, :notice_id, (o - 1)::int, m->>'turn_id',
+           (m->'figures'->>'asr_ttlw')::int, (m->'figures'->>'llm_ttfb')::int,
+           (m->'figures'->>'llm_ttfs')::int, (m->'figures'->>'tts_ttfb')::int,
+           m->'figures', :at
+    FROM jsonb_array_elements(CAST(:items AS jsonb)) WITH ORDINALITY AS u(m, o)
+    ON CONFLICT DO NOTHING"""
+)
 
 
 async def add_metrics(
     conn: AsyncConnection,
     *,
+    app_id: str,
     agent_id: str,
     notice_id: str,
     items: Sequence[events.MetricItem],
     at: datetime | None,
 ) -> None:
+    """Record a 111's per-turn figures, by position (a redelivery adds nothing)."""
     if not items:
         return
-    rows = [
-        {
-            "agent_id": agent_id,
-            "notice_id": notice_id,
-            "position": position,
-            "turn_id": item.turn_id,
-            "asr_ttlw": _int_or_none(item.figures.get("asr_ttlw")),
-            "llm_ttfb": _int_or_none(item.figures.get("llm_ttfb")),
-            "llm_ttfs": _int_or_none(item.figures.get("llm_ttfs")),
-            "tts_ttfb": _int_or_none(item.figures.get("tts_ttfb")),
-            "figures": dict(item.figures),
-            "event_at": at,
-        }
-        for position, item in enumerate(items)
-    ]
-    await conn.execute(insert(agent_metric).values(rows).on_conflict_do_nothing())
+    rows = json.dumps([{"turn_id": m.turn_id, "figures": m.figures} for m in items])
+    await conn.execute(
+        _ADD_METRICS,
+        {"app_id": app_id, "agent_id": agent_id, "notice_id": notice_id, "items": rows, "at": at},
+    )
+
+
+_UPSERT_TURNS: Final = text(
+    """
+    INSERT INTO agent_turn (app_id, agent_id, turn_id, start_at, end_at, start_type, end_type,
+                            e2e_latency_ms, data, source)
+    SELECT :app_id, :agent_id, (t->>0)::int, (t->>1)::timestamptz, (t->>2)::timestamptz,
+           t->>3, t->>4, (t->>5)::int, t->6, :source
+    FROM jsonb_array_elements(CAST(:items AS jsonb)) AS u(t)
+    ON CONFLICT DO NOTHING"""
+)
 
 
 async def upsert_turns(
     conn: AsyncConnection,
     *,
+    app_id: str,
     agent_id: str,
     turns: Sequence[events.Turn],
     source: Literal["webhook", "api"],
 ) -> None:
-    """Store turns by `(agent_id, turn_id)`; a turn already stored is kept as it is."""
+    """Store turns by `(app_id, agent_id, turn_id)`; a turn already stored is kept as it is."""
     if not turns:
         return
-    rows = [
-        {
-            "agent_id": agent_id,
-            "turn_id": turn.turn_id,
-            "start_at": turn.start_at,
-            "end_at": turn.end_at,
-            "start_type": turn.start_type,
-            "end_type": turn.end_type,
-            "e2e_latency_ms": turn.e2e_latency_ms,
-            "data": dict(turn.data),
-            "source": source,
-        }
-        for turn in {t.turn_id: t for t in turns}.values()
-    ]
-    await conn.execute(insert(agent_turn).values(rows).on_conflict_do_nothing())
+    rows = json.dumps(
+        [
+            [
+                turn.turn_id,
+                _iso(turn.start_at),
+                _iso(turn.end_at),
+                turn.start_type,
+                turn.end_type,
+                turn.e2e_latency_ms,
+                turn.data,
+            ]
+            for turn in {t.turn_id: t for t in turns}.values()
+        ],
+        ensure_ascii=False,
+    )
+    await conn.execute(
+        _UPSERT_TURNS, {"app_id": app_id, "agent_id": agent_id, "items": rows, "source": source}
+    )
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+_ADD_CALL_STATE: Final = text(
+    """
+    INSERT INTO call_state (app_id, agent_id, notice_id, direction, state, reported_at, received_at)
+    VALUES (:app_id, :agent_id, :notice_id, :direction, :state, :reported_at, :received_at)
+    ON CONFLICT DO NOTHING"""
+)
 
 
 async def add_call_state(
     conn: AsyncConnection,
     *,
+    app_id: str,
     agent_id: str,
     notice_id: str,
     event: events.CallState,
     received_at: datetime,
 ) -> None:
+    if event.state is None:
+        return
     await conn.execute(
-        insert(call_state)
-        .values(
-            agent_id=agent_id,
-            notice_id=notice_id,
-            direction=event.direction,
-            state=event.state,
-            reported_at=event.reported_at,
-            received_at=received_at,
-        )
-        .on_conflict_do_nothing()
+        _ADD_CALL_STATE,
+        {
+            "app_id": app_id,
+            "agent_id": agent_id,
+            "notice_id": notice_id,
+            "direction": event.direction,
+            "state": event.state,
+            "reported_at": event.reported_at,
+            "received_at": received_at,
+        },
     )
 
 
 async def store_transcript(
     conn: AsyncConnection,
     *,
+    app_id: str,
     agent_id: str,
     contents: Sequence[Mapping[str, Any]],
     source: Literal["webhook", "api"],
@@ -354,11 +458,11 @@ async def store_transcript(
     """
     stmt = (
         update(history)
-        .where(history.c.agent_id == agent_id)
+        .where(history.c.app_id == app_id, history.c.agent_id == agent_id)
         .values(
             status="complete",
             source=source,
-            contents=list(contents),
+            contents=cast(literal(json.dumps(list(contents), ensure_ascii=False)), JSONB),
             reason=None,
             transcript_at=func.now(),
             updated_at=func.now(),
@@ -370,21 +474,27 @@ async def store_transcript(
     return (await conn.execute(stmt)).first() is not None
 
 
-async def mark_history_unavailable(conn: AsyncConnection, *, agent_id: str, reason: str) -> bool:
+async def mark_history_unavailable(
+    conn: AsyncConnection, *, app_id: str, agent_id: str, reason: str
+) -> bool:
     """Settle a still-`pending` history as `unavailable` with `reason`; True if it was pending.
 
     A transcript stored later (`store_transcript`) still makes it `complete`.
     """
     stmt = (
         update(history)
-        .where(history.c.agent_id == agent_id, history.c.status == "pending")
+        .where(
+            history.c.app_id == app_id,
+            history.c.agent_id == agent_id,
+            history.c.status == "pending",
+        )
         .values(status="unavailable", reason=reason, updated_at=func.now())
         .returning(history.c.agent_id)
     )
     return (await conn.execute(stmt)).first() is not None
 
 
-async def enqueue_history_job(conn: AsyncConnection, *, agent_id: str, app_id: str) -> None:
+async def enqueue_history_job(conn: AsyncConnection, *, app_id: str, agent_id: str) -> None:
     """Record the durable history job for a stopped agent (once per agent); if it is new,
     listening workers are notified when the caller's transaction commits.
 
@@ -392,18 +502,12 @@ async def enqueue_history_job(conn: AsyncConnection, *, agent_id: str, app_id: s
     """
     created = (
         insert(history_job)
-        .values(agent_id=agent_id, app_id=app_id)
-        .on_conflict_do_nothing(index_elements=[history_job.c.agent_id])
-        .returning(history_job.c.agent_id)
+        .values(app_id=app_id, agent_id=agent_id)
+        .on_conflict_do_nothing(index_elements=[history_job.c.app_id, history_job.c.agent_id])
+        .returning(history_job.c.app_id, history_job.c.agent_id)
         .cte("created")
     )
     await conn.execute(select(func.pg_notify(jobs.CHANNEL, created.c.agent_id)))
-
-
-def _int_or_none(value: object) -> int | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return int(value)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -449,24 +553,30 @@ async def unsettled_agents(
     return [_tracked(row) for row in (await conn.execute(stmt)).mappings()]
 
 
-async def tracked_agents(conn: AsyncConnection, *, agent_ids: Sequence[str]) -> list[Tracked]:
-    """The agents among `agent_ids` that we know, in any state."""
+async def tracked_agents(
+    conn: AsyncConnection, *, app_id: str, agent_ids: Sequence[str]
+) -> list[Tracked]:
+    """The agents of `app_id` among `agent_ids` that we know, in any state."""
     if not agent_ids:
         return []
-    stmt = select(*_TRACKED_COLUMNS).where(agent.c.agent_id.in_(agent_ids))
+    stmt = select(*_TRACKED_COLUMNS).where(
+        agent.c.app_id == app_id, agent.c.agent_id.in_(agent_ids)
+    )
     return [_tracked(row) for row in (await conn.execute(stmt)).mappings()]
 
 
-async def mark_seen_live(conn: AsyncConnection, *, agent_ids: Sequence[str], at: datetime) -> int:
-    """Record that Agora listed or reported these agents live at `at`; answers the rows moved.
-
-    Only active agents are touched, and `seen_live_at` only moves forward.
+async def mark_seen_live(
+    conn: AsyncConnection, *, app_id: str, agent_ids: Sequence[str], at: datetime
+) -> int:
+    """Record that Agora listed or reported these agents of `app_id` live at `at`; answers the
+    rows moved. Only active agents are touched, and `seen_live_at` only moves forward.
     """
     if not agent_ids:
         return 0
     stmt = (
         update(agent)
         .where(
+            agent.c.app_id == app_id,
             agent.c.agent_id.in_(agent_ids),
             agent.c.state.in_(_ACTIVE_STATES),
             or_(agent.c.seen_live_at.is_(None), agent.c.seen_live_at < at),
@@ -476,7 +586,7 @@ async def mark_seen_live(conn: AsyncConnection, *, agent_ids: Sequence[str], at:
     return (await conn.execute(stmt)).rowcount
 
 
-async def last_alive_at(conn: AsyncConnection, *, agent_id: str) -> datetime | None:
+async def last_alive_at(conn: AsyncConnection, *, app_id: str, agent_id: str) -> datetime | None:
     """The latest time anything we hold says the agent was alive.
 
     The greatest of: a reconciliation pass seeing it live, its latest event time, the time its
@@ -490,6 +600,6 @@ async def last_alive_at(conn: AsyncConnection, *, agent_id: str) -> datetime | N
             agent.c.active_from,
             agent.c.started_at,
         )
-    ).where(agent.c.agent_id == agent_id)
+    ).where(tuple_(agent.c.app_id, agent.c.agent_id) == (app_id, agent_id))
     value: datetime | None = (await conn.execute(stmt)).scalar_one_or_none()
     return value

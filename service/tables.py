@@ -1,8 +1,9 @@
 """The schema, as SQLAlchemy Core tables; alembic revisions must match it exactly.
 
-Postgres holds the invariants: `(app_id, notice_id)` is unique (dedupe), states and sources are
-CHECKed, transitions are append-only (a trigger created by the first revision refuses UPDATE and
-DELETE), and every agent has at most one history and one history job.
+Postgres holds the invariants: `(app_id, notice_id)` is unique (dedupe), an agent is identified by
+`(app_id, agent_id)` in every table (two apps may use the same `agent_id` and never share a row),
+states and sources are CHECKed, transitions are append-only (a trigger created by the first
+revision refuses UPDATE and DELETE), and every agent has at most one history and one history job.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from sqlalchemy import (
     CheckConstraint,
     Column,
     DateTime,
-    ForeignKey,
+    ForeignKeyConstraint,
     Identity,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
     Table,
@@ -43,7 +45,22 @@ _STATES = "'IDLE', 'STARTING', 'RUNNING', 'STOPPING', 'STOPPED', 'RECOVERING', '
 # ok: answered 200; skipped: not needed (a webhook transcript was there first); not_found: 404;
 # rejected: another 4xx or an unreadable body; gave_up: retries exhausted; not_configured: no
 # REST credentials for the app.
-_CALL_OUTCOMES = "'ok', 'skipped', 'not_found', 'rejected', 'gave_up', 'not_configured'"
+# invalid_id: the agent_id is not a plain id, so it is never sent to Agora.
+_CALL_OUTCOMES = (
+    "'ok', 'skipped', 'not_found', 'rejected', 'gave_up', 'not_configured', 'invalid_id'"
+)
+# accepted: stored and applied; ignored: stored, not for us (another product, a test callback);
+# unapplied: stored, but it could not be applied (`problem` says why; `reapply` retries).
+NOTIFICATION_OUTCOMES = ("accepted", "ignored", "unapplied")
+
+
+def _agent_key() -> tuple[Column[object], Column[object], ForeignKeyConstraint]:
+    """`app_id`, `agent_id` and the foreign key to the agent they name."""
+    return (
+        Column("app_id", Text, nullable=False),
+        Column("agent_id", Text, nullable=False),
+        ForeignKeyConstraint(["app_id", "agent_id"], ["agent.app_id", "agent.agent_id"]),
+    )
 
 
 def _timestamp(name: str, *, nullable: bool = True, default_now: bool = False) -> Column[object]:
@@ -65,24 +82,43 @@ notification: Final = Table(
     Column("event_type", Integer, nullable=False),
     Column("agent_id", Text),
     Column("outcome", Text, nullable=False),
+    # Why an `unapplied` notification could not be applied (or what was left out of it).
+    Column("problem", Text),
     _timestamp("event_at"),
     Column("notify_ms", BigInteger),
     _timestamp("received_at", nullable=False, default_now=True),
+    # The body as JSON; when jsonb cannot hold it (a NUL character, an unpaired surrogate), a
+    # copy with those replaced, and the exact bytes in `raw`.
     Column("body", JSONB, nullable=False),
+    Column("raw", LargeBinary),
     UniqueConstraint("app_id", "notice_id"),
-    CheckConstraint("outcome IN ('accepted', 'ignored')", name="outcome"),
-    Index(None, "agent_id", "event_at", postgresql_where=text("agent_id IS NOT NULL")),
+    CheckConstraint(
+        "outcome IN (" + ", ".join(f"'{o}'" for o in NOTIFICATION_OUTCOMES) + ")", name="outcome"
+    ),
+    Index(None, "app_id", "agent_id", "event_at", postgresql_where=text("agent_id IS NOT NULL")),
     Index(None, "received_at"),
+    Index(
+        "ix_notification_unapplied",
+        "app_id",
+        text("received_at DESC"),
+        text("id DESC"),
+        postgresql_where=text("outcome = 'unapplied'"),
+    ),
 )
 
 agent: Final = Table(
     "agent",
     metadata,
-    Column("agent_id", Text, primary_key=True),
     Column("app_id", Text, nullable=False),
+    Column("agent_id", Text, nullable=False),
     Column("name", Text),
     Column("channel", Text),
+    # Event times of the notifications `name` and `channel` came from: the earliest wins.
+    _timestamp("name_at"),
+    _timestamp("channel_at"),
     Column("labels", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    # Per label key, the version of its value: [event time in µs, noticeId]; the latest wins.
+    Column("label_versions", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     Column("state", Text, nullable=False, server_default="IDLE"),
     # Event time of the observation that set `state` (orders live-state observations).
     _timestamp("state_at"),
@@ -101,6 +137,7 @@ agent: Final = Table(
     _timestamp("seen_live_at"),
     _timestamp("first_seen_at", nullable=False, default_now=True),
     _timestamp("updated_at", nullable=False, default_now=True),
+    PrimaryKeyConstraint("app_id", "agent_id"),
     CheckConstraint(f"state IN ({_STATES})", name="state"),
     CheckConstraint(
         "active_until IS NULL OR (active_from IS NOT NULL AND active_until >= active_from)",
@@ -108,6 +145,7 @@ agent: Final = Table(
     ),
     Index(None, "app_id", "state"),
     Index(None, "app_id", "started_at"),
+    Index(None, "agent_id"),  # GET /v1/agents/{agent_id} without app_id
     Index(None, "channel"),  # GET /v1/agents?channel=
     # PCU: edges by time (rollup upkeep, partial minutes) and "who was active at t" (GiST).
     Index(None, "app_id", "active_from", postgresql_where=text("active_from IS NOT NULL")),
@@ -121,15 +159,15 @@ agent: Final = Table(
 )
 
 # GET /v1/agents lists newest first by this key (the start time, else when first seen), with
-# keyset pagination on (listed_at, agent_id).
+# keyset pagination on (listed_at, app_id, agent_id).
 agent_listed_at: Final = func.coalesce(agent.c.started_at, agent.c.first_seen_at)
-Index("ix_agent_listed_at", agent_listed_at.desc(), agent.c.agent_id.desc())
+Index("ix_agent_listed_at", agent_listed_at.desc(), agent.c.app_id.desc(), agent.c.agent_id.desc())
 
 agent_transition: Final = Table(
     "agent_transition",
     metadata,
     Column("id", BigInteger, Identity(), primary_key=True),
-    Column("agent_id", Text, ForeignKey("agent.agent_id"), nullable=False),
+    *_agent_key(),
     Column("from_state", Text, nullable=False),
     Column("to_state", Text, nullable=False),
     Column("cause", Text, nullable=False),
@@ -141,14 +179,14 @@ agent_transition: Final = Table(
     CheckConstraint(f"from_state IN ({_STATES})", name="from_state"),
     CheckConstraint(f"to_state IN ({_STATES})", name="to_state"),
     CheckConstraint("source IN ('webhook', 'reconcile')", name="source"),
-    Index(None, "agent_id", "event_at"),
+    Index(None, "app_id", "agent_id", "event_at"),
 )
 
 agent_error: Final = Table(
     "agent_error",
     metadata,
     Column("id", BigInteger, Identity(), primary_key=True),
-    Column("agent_id", Text, ForeignKey("agent.agent_id"), nullable=False),
+    *_agent_key(),
     Column("notice_id", Text, nullable=False),
     Column("position", Integer, nullable=False),
     Column("module", Text),
@@ -157,14 +195,14 @@ agent_error: Final = Table(
     Column("turn_id", Text),
     _timestamp("event_at"),
     _timestamp("received_at", nullable=False, default_now=True),
-    UniqueConstraint("agent_id", "notice_id", "position"),
+    UniqueConstraint("app_id", "agent_id", "notice_id", "position"),
 )
 
 agent_metric: Final = Table(
     "agent_metric",
     metadata,
     Column("id", BigInteger, Identity(), primary_key=True),
-    Column("agent_id", Text, ForeignKey("agent.agent_id"), nullable=False),
+    *_agent_key(),
     Column("notice_id", Text, nullable=False),
     Column("position", Integer, nullable=False),
     Column("turn_id", Text),
@@ -174,13 +212,13 @@ agent_metric: Final = Table(
     Column("tts_ttfb", Integer),
     Column("figures", JSONB, nullable=False),
     _timestamp("event_at"),
-    UniqueConstraint("agent_id", "notice_id", "position"),
+    UniqueConstraint("app_id", "agent_id", "notice_id", "position"),
 )
 
 agent_turn: Final = Table(
     "agent_turn",
     metadata,
-    Column("agent_id", Text, ForeignKey("agent.agent_id"), nullable=False),
+    *_agent_key(),
     Column("turn_id", Integer, nullable=False),
     _timestamp("start_at"),
     _timestamp("end_at"),
@@ -189,7 +227,7 @@ agent_turn: Final = Table(
     Column("e2e_latency_ms", Integer),
     Column("data", JSONB, nullable=False),
     Column("source", Text, nullable=False),
-    PrimaryKeyConstraint("agent_id", "turn_id"),
+    PrimaryKeyConstraint("app_id", "agent_id", "turn_id"),
     CheckConstraint("source IN ('webhook', 'api')", name="source"),
 )
 
@@ -197,27 +235,31 @@ call_state: Final = Table(
     "call_state",
     metadata,
     Column("id", BigInteger, Identity(), primary_key=True),
-    Column("agent_id", Text, ForeignKey("agent.agent_id"), nullable=False),
+    *_agent_key(),
     Column("notice_id", Text, nullable=False),
     Column("direction", Text, nullable=False),
     Column("state", Text, nullable=False),
     _timestamp("reported_at"),
     _timestamp("received_at", nullable=False, default_now=True),
-    UniqueConstraint("agent_id", "notice_id"),
+    UniqueConstraint("app_id", "agent_id", "notice_id"),
     CheckConstraint("direction IN ('inbound', 'outbound')", name="direction"),
 )
 
 history: Final = Table(
     "history",
     metadata,
-    Column("agent_id", Text, ForeignKey("agent.agent_id"), primary_key=True),
+    *_agent_key(),
     Column("status", Text, nullable=False, server_default="pending"),
     Column("source", Text),
     Column("contents", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
     Column("reason", Text),
     _timestamp("transcript_at"),
     _timestamp("updated_at", nullable=False, default_now=True),
-    CheckConstraint("status IN ('pending', 'complete', 'unavailable')", name="status"),
+    PrimaryKeyConstraint("app_id", "agent_id"),
+    # erased: its transcript was deleted on request; expired: by HISTORY_RETENTION_DAYS.
+    CheckConstraint(
+        "status IN ('pending', 'complete', 'unavailable', 'erased', 'expired')", name="status"
+    ),
     CheckConstraint("source IS NULL OR source IN ('webhook', 'api')", name="source"),
 )
 
@@ -225,8 +267,7 @@ history: Final = Table(
 history_job: Final = Table(
     "history_job",
     metadata,
-    Column("agent_id", Text, ForeignKey("agent.agent_id"), primary_key=True),
-    Column("app_id", Text, nullable=False),
+    *_agent_key(),
     Column("status", Text, nullable=False, server_default="queued"),
     _timestamp("due_at", nullable=False, default_now=True),
     # When the stop was recorded here; HISTORY_GRACE_S counts from it.
@@ -241,6 +282,7 @@ history_job: Final = Table(
     # the calls without an outcome, and a settled call is never made again).
     Column("history_call", Text),
     Column("turns_call", Text),
+    PrimaryKeyConstraint("app_id", "agent_id"),
     CheckConstraint("status IN ('queued', 'running', 'done')", name="status"),
     CheckConstraint(f"history_call IN ({_CALL_OUTCOMES})", name="history_call"),
     CheckConstraint(f"turns_call IN ({_CALL_OUTCOMES})", name="turns_call"),

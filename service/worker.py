@@ -222,7 +222,9 @@ async def _drain(
         job = pending[task]
         try:
             async with deps.engine.begin() as conn:
-                released = await jobs.release(conn, agent_id=job.agent_id, owner=deps.owner)
+                released = await jobs.release(
+                    conn, app_id=job.app_id, agent_id=job.agent_id, owner=deps.owner
+                )
             log.info("history_job_released", agent_id=job.agent_id, released=released)
         except db.ERRORS as error:
             log.warning("history_release_failed", agent_id=job.agent_id, error=type(error).__name__)
@@ -235,12 +237,12 @@ async def _heartbeat(
     lease = deps.settings.history_lease_s
     while True:
         await asyncio.sleep(lease / 3)
-        agent_ids = [job.agent_id for job in in_flight.values()]
-        if not agent_ids:
+        keys = [(job.app_id, job.agent_id) for job in in_flight.values()]
+        if not keys:
             continue
         try:
             async with deps.engine.begin() as conn:
-                await jobs.heartbeat(conn, owner=deps.owner, lease_s=lease, agent_ids=agent_ids)
+                await jobs.heartbeat(conn, owner=deps.owner, lease_s=lease, keys=keys)
         except db.ERRORS as error:
             log.warning("history_heartbeat_failed", error=type(error).__name__)
 

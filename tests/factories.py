@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -68,6 +69,22 @@ def environment(database_url: str | None, **overrides: str) -> dict[str, str]:
         env["DATABASE_URL"] = database_url
     env.update(overrides)
     return env
+
+
+SECOND_APP = "app-two"
+SECOND_SECRET = "ncs-secret-two"
+
+
+def apps_file(directory: Path, *apps: tuple[str, str], extra: str = "") -> str:
+    """A LEDGER_APPS_FILE with these (app_id, webhook secret) pairs; answers its path."""
+    path = directory / "apps.toml"
+    path.write_text(
+        "".join(
+            f"[[apps]]\napp_id = '{app_id}'\nwebhook_secrets = ['{secret}']\n{extra}\n"
+            for app_id, secret in apps
+        )
+    )
+    return str(path)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ import hmac
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
+from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -17,7 +18,7 @@ from starlette.routing import Route
 
 from service import lifecycle, queries
 from service.config import Settings
-from service.errors import InvalidParameter, NotFound, Unauthorized
+from service.errors import AmbiguousAgent, InvalidParameter, NotFound, Unauthorized
 
 DEFAULT_LIMIT: Final = 50
 MAX_LIMIT: Final = 500
@@ -49,8 +50,11 @@ async def list_agents(request: Request) -> Response:
     require_reader(request)
     params = request.query_params
     _only(params, {"app_id", "state", "channel", "since", "until", "limit", "cursor"}, labels=True)
+    app_id = _one(params, "app_id")
     where = queries.AgentFilter(
-        app_id=_one(params, "app_id"),
+        app_ids=[_known_app(request.state.settings, app_id)]
+        if app_id is not None
+        else sorted(request.state.settings.apps),
         states=[_state(value) for value in params.getlist("state")],
         channel=_one(params, "channel"),
         labels=_labels(params),
@@ -66,9 +70,10 @@ async def list_agents(request: Request) -> Response:
 
 async def get_agent(request: Request) -> Response:
     require_reader(request)
-    _only(request.query_params, set())
+    _only(request.query_params, {"app_id"})
     async with request.state.engine.connect() as conn:
-        found = await queries.agent_detail(conn, request.path_params["agent_id"])
+        app_id, agent_id = await _agent_key(request, conn)
+        found = await queries.agent_detail(conn, app_id, agent_id)
     if found is None:
         raise NotFound()
     return JSONResponse(found)
@@ -76,9 +81,10 @@ async def get_agent(request: Request) -> Response:
 
 async def get_history(request: Request) -> Response:
     require_reader(request)
-    _only(request.query_params, set())
+    _only(request.query_params, {"app_id"})
     async with request.state.engine.connect() as conn:
-        found = await queries.agent_history(conn, request.path_params["agent_id"])
+        app_id, agent_id = await _agent_key(request, conn)
+        found = await queries.agent_history(conn, app_id, agent_id)
     if found is None:
         raise NotFound()
     return JSONResponse(found)
@@ -87,17 +93,46 @@ async def get_history(request: Request) -> Response:
 async def agent_events(request: Request) -> Response:
     require_reader(request)
     params = request.query_params
-    _only(params, {"limit", "cursor"})
+    _only(params, {"app_id", "limit", "cursor"})
     async with request.state.engine.connect() as conn:
+        app_id, agent_id = await _agent_key(request, conn)
         found = await queries.agent_events(
-            conn,
-            request.path_params["agent_id"],
-            limit=_limit(params),
-            cursor=_one(params, "cursor"),
+            conn, app_id, agent_id, limit=_limit(params), cursor=_one(params, "cursor")
         )
     if found is None:
         raise NotFound()
     return JSONResponse(found)
+
+
+async def unapplied_notifications(request: Request) -> Response:
+    require_reader(request)
+    app_id = _known_app(request.state.settings, request.path_params["app_id"])
+    params = request.query_params
+    _only(params, {"status", "limit", "cursor"})
+    status = _one(params, "status") or "unapplied"
+    if status != "unapplied":
+        raise InvalidParameter("status: only unapplied is listed")
+    async with request.state.engine.connect() as conn:
+        page = await queries.unapplied(
+            conn, app_id=app_id, limit=_limit(params), cursor=_one(params, "cursor")
+        )
+    return JSONResponse(page)
+
+
+async def _agent_key(request: Request, conn: AsyncConnection) -> tuple[str, str]:
+    """`(app_id, agent_id)` of the agent a path names: `app_id` from the query when given, else
+    the one app (among those configured) that holds the id; 409 when several do."""
+    agent_id = request.path_params["agent_id"]
+    settings: Settings = request.state.settings
+    app_id = _one(request.query_params, "app_id")
+    if app_id is not None:
+        return _known_app(settings, app_id), agent_id
+    apps = await queries.agent_apps(conn, agent_id, app_ids=sorted(settings.apps))
+    if not apps:
+        raise NotFound()
+    if len(apps) > 1:
+        raise AmbiguousAgent(apps)
+    return apps[0], agent_id
 
 
 async def app_pcu(request: Request) -> Response:
@@ -217,4 +252,5 @@ routes: Final = [
     Route("/v1/agents/{agent_id}/history", get_history, methods=["GET"]),
     Route("/v1/apps/{app_id}/pcu", app_pcu, methods=["GET"]),
     Route("/v1/apps/{app_id}/pcu/series", app_pcu_series, methods=["GET"]),
+    Route("/v1/apps/{app_id}/notifications", unapplied_notifications, methods=["GET"]),
 ]

@@ -297,8 +297,8 @@ def test_turns_stored_by_a_job_and_by_a_112_at_the_same_moment_do_not_deadlock(
                     await until(lambda: task.done() or sql.value(WAITING_ON_A_LOCK) > 0)
                     await asyncio.to_thread(
                         webhook.execute,
-                        "INSERT INTO agent_turn (agent_id, turn_id, data, source)"
-                        " VALUES ('a1', 1, '{}', 'webhook') ON CONFLICT DO NOTHING",
+                        "INSERT INTO agent_turn (app_id, agent_id, turn_id, data, source)"
+                        f" VALUES ('{APP_ID}', 'a1', 1, '{{}}', 'webhook') ON CONFLICT DO NOTHING",
                     )
                     webhook.commit()
                     return await asyncio.wait_for(task, timeout=10)

@@ -49,8 +49,8 @@ def test_upgrading_twice_is_a_no_op(empty_database_url: str) -> None:
 def test_transitions_are_append_only(sql: Sql) -> None:
     sql.execute("INSERT INTO agent (agent_id, app_id) VALUES ('a', 'app')")
     sql.execute(
-        "INSERT INTO agent_transition (agent_id, from_state, to_state, cause, source, event_at)"
-        " VALUES ('a', 'IDLE', 'RUNNING', 'agent_joined', 'webhook', now())"
+        "INSERT INTO agent_transition (app_id, agent_id, from_state, to_state, cause, source,"
+        " event_at) VALUES ('app', 'a', 'IDLE', 'RUNNING', 'agent_joined', 'webhook', now())"
     )
     with pytest.raises(psycopg.errors.RaiseException, match="append-only"):
         sql.execute("UPDATE agent_transition SET to_state = 'FAILED'")
@@ -62,3 +62,66 @@ def test_transitions_are_append_only(sql: Sql) -> None:
 def test_the_database_refuses_an_unknown_state(sql: Sql) -> None:
     with pytest.raises(psycopg.errors.CheckViolation):
         sql.execute("INSERT INTO agent (agent_id, app_id, state) VALUES ('a', 'app', 'DANCING')")
+
+
+def test_agents_of_the_previous_revision_survive_the_upgrade_keyed_by_their_app(
+    empty_database_url: str,
+) -> None:
+    """Rows written before agents were keyed by (app_id, agent_id) keep every fact, gain their
+    app_id in every table, and another app may then use the same agent_id."""
+    schema.upgrade(empty_database_url, "ad5159c0ab68")
+    sql = Sql(empty_database_url)
+    sql.execute(
+        "INSERT INTO agent (agent_id, app_id, name, channel, state, started_at, active_from)"
+        " VALUES ('a1', 'app-one', 'support', 'sess-1', 'RUNNING', '2026-01-01T10:00:00Z',"
+        " '2026-01-01T10:00:00Z')"
+    )
+    sql.execute("INSERT INTO history (agent_id, status) VALUES ('a1', 'pending')")
+    sql.execute(
+        "INSERT INTO agent_transition (agent_id, from_state, to_state, cause, source, event_at)"
+        " VALUES ('a1', 'IDLE', 'RUNNING', 'agent_joined', 'webhook', '2026-01-01T10:00:00Z')"
+    )
+    sql.execute(
+        "INSERT INTO agent_error (agent_id, notice_id, position, module, code)"
+        " VALUES ('a1', 'n-1', 0, 'tts', 429)"
+    )
+    sql.execute(
+        "INSERT INTO agent_metric (agent_id, notice_id, position, asr_ttlw, figures)"
+        " VALUES ('a1', 'n-2', 0, 300, '{}')"
+    )
+    sql.execute(
+        "INSERT INTO agent_turn (agent_id, turn_id, data, source) VALUES ('a1', 1, '{}', 'api')"
+    )
+    sql.execute(
+        "INSERT INTO call_state (agent_id, notice_id, direction, state)"
+        " VALUES ('a1', 'n-3', 'inbound', 'START')"
+    )
+    sql.execute("INSERT INTO history_job (agent_id, app_id) VALUES ('a1', 'app-one')")
+
+    schema.upgrade(empty_database_url)
+
+    for table in (
+        "agent",
+        "history",
+        "agent_transition",
+        "agent_error",
+        "agent_metric",
+        "agent_turn",
+        "call_state",
+        "history_job",
+    ):
+        assert sql.rows(f"SELECT app_id, agent_id FROM {table}") == [
+            {"app_id": "app-one", "agent_id": "a1"}
+        ], table
+    assert sql.rows("SELECT name, name_at, channel_at, label_versions FROM agent") == [
+        {
+            "name": "support",
+            "name_at": sql.value("SELECT started_at FROM agent"),
+            "channel_at": sql.value("SELECT started_at FROM agent"),
+            "label_versions": {},
+        }
+    ]
+    # The same agent_id in another app is another agent now.
+    sql.execute("INSERT INTO agent (app_id, agent_id) VALUES ('app-two', 'a1')")
+    sql.execute("INSERT INTO history (app_id, agent_id) VALUES ('app-two', 'a1')")
+    assert sql.value("SELECT count(*) FROM agent WHERE agent_id = 'a1'") == 2

@@ -99,7 +99,7 @@ def test_older_payloads_without_name_or_labels_parse() -> None:
     [
         (1751400000, datetime.fromtimestamp(1751400000, tz=UTC)),  # seconds, as documented
         (1751400000123, datetime.fromtimestamp(1751400000.123, tz=UTC)),  # milliseconds (112)
-        (1751400000.5, datetime.fromtimestamp(1751400000.5, tz=UTC)),  # fractional seconds
+        (1751400000.5, datetime.fromtimestamp(1751400000, tz=UTC)),  # fractional: truncated
         (1000, None),  # 111's placeholder start_ts
         (0, None),
         (-5, None),
@@ -134,91 +134,179 @@ def test_ignored_notifications_are_recognised(
     [
         (b"not json", "not valid JSON"),
         (b"", "not valid JSON"),
+        (b"\xff\xfe{}", "not valid JSON"),
         (b"[1, 2]", "must be a JSON object"),
         (b'"text"', "must be a JSON object"),
         (b'{"productId": 17, "eventType": 101, "payload": {}}', "noticeId is required"),
-        (body({}, noticeId=5), "noticeId must be a string"),
+        (body({}, noticeId=["5"]), "noticeId must be a string or an integer"),
         (body({}, noticeId="  "), "noticeId must not be empty"),
+        (body({}, noticeId="n" * 257), "noticeId must be at most 256"),
+        (body({}, noticeId="a\u0000b"), "noticeId must be at most 256 plain characters"),
         (body({}, productId="17"), "productId must be an integer"),
         (body({}, eventType=101.5), "eventType must be an integer"),
         (body({}, eventType=True), "eventType must be an integer"),
-        (body({}, notifyMs="soon"), "notifyMs must be an integer"),
+        (body({"agent_id": "a"}, productId=2**31), "productId is out of range"),
+        (body({"agent_id": "a"}, eventType=-(2**31) - 1), "eventType is out of range"),
         (body([]), "payload must be an object"),
         (
             json.dumps({"noticeId": "n", "productId": 17, "eventType": 101}).encode(),
             "payload is required",
         ),
-        (body({"name": "x"}), "payload.agent_id is required"),
-        (body({"agent_id": 42}), "payload.agent_id must be a string"),
-        (body({"agent_id": "a", "start_ts": "yesterday"}), "payload.start_ts must be an integer"),
-        (body({"agent_id": "a", "labels": ["x"]}), "payload.labels must be an object"),
-        (
-            body({"agent_id": "a", "contents": {}}, eventType=103),
-            "payload.contents must be an array",
-        ),
-        (
-            body({"agent_id": "a", "errors": [{"code": "x"}]}, eventType=110),
-            "payload.errors[0].code must be an integer",
-        ),
-        (
-            body({"agent_id": "a", "turns": [{"start": {}}]}, eventType=112),
-            "payload.turns[0].turn_id is required",
-        ),
-        (body({"agent_id": "a"}, eventType=201), "payload.state is required"),
         (
             b'{"noticeId": "n", "productId": 17, "eventType": 101, "payload": {"agent_id": NaN}}',
             "not valid JSON",
         ),
-        (body({"agent_id": "a\u0000b"}), "NUL character"),
-        (
-            b'{"noticeId": "n", "productId": 17, "eventType": 101, "payload": {"agent_id": "\\ud800"}}',
-            "unpaired surrogate",
-        ),
         (b"[" * 100_000, "not valid JSON"),
     ],
 )
-def test_malformed_notifications_name_the_problem(raw: bytes, detail: str) -> None:
+def test_only_a_bad_envelope_is_malformed(raw: bytes, detail: str) -> None:
     with pytest.raises(MalformedEvent, match=re.escape(detail)):
         events.parse(raw)
+
+
+def test_an_integer_notice_id_is_its_decimal_text() -> None:
+    assert events.parse(body({"agent_id": "a"}, noticeId=5)).notice_id == "5"
 
 
 @pytest.mark.parametrize(
-    ("raw", "detail"),
+    "payload",
     [
-        # Each of these was answered 500 (or 503) when the insert failed; now it is a 400.
-        (body({"agent_id": "a"}, productId=2**31), "productId is out of range"),
-        (body({"agent_id": "a"}, eventType=-(2**31) - 1), "eventType is out of range"),
-        (body({"agent_id": "a"}, notifyMs=2**63), "notifyMs is out of range"),
-        (
-            body({"agent_id": "a", "errors": [{"code": 2**63}]}, eventType=110),
-            "payload.errors[0].code is out of range",
-        ),
-        (
-            body({"agent_id": "a", "metrics": [{"turn_id": 1, "asr_ttlw": 1e300}]}, eventType=111),
-            "payload.metrics[0].asr_ttlw is out of range",
-        ),
-        (
-            body({"agent_id": "a", "turns": [{"turn_id": 2**31}]}, eventType=112),
-            "payload.turns[0].turn_id is out of range",
-        ),
-        (
-            body(
-                {"agent_id": "a", "turns": [{"turn_id": 1, "metrics": {"e2e_latency_ms": 2**40}}]},
-                eventType=112,
-            ),
-            "payload.turns[0].metrics.e2e_latency_ms is out of range",
-        ),
-        (
-            b'{"noticeId": "n", "productId": 17, "eventType": 101, "payload": {"agent_id": "a",'
-            b' "labels": {"x": 1e400}}}',
-            "body.payload.labels.x is a number out of range",
-        ),
-        (body({"agent_id": "a", "channel": "c" * 257}), "payload.channel must be at most 256"),
+        {"name": "x"},
+        {"agent_id": None},
+        {"agent_id": ""},
+        {"agent_id": "   "},
+        {"agent_id": ["a"]},
+        {"agent_id": {"id": "a"}},
+        {"agent_id": True},
+        {"agent_id": "a" * 257},
     ],
 )
-def test_values_the_tables_cannot_hold_are_malformed(raw: bytes, detail: str) -> None:
-    with pytest.raises(MalformedEvent, match=re.escape(detail)):
-        events.parse(raw)
+def test_a_notification_without_a_usable_agent_is_unusable_not_malformed(payload: Any) -> None:
+    note = events.parse(body(payload, eventType=102))
+    assert note.event is None and note.ignored is None
+    assert note.unusable is not None and "payload.agent_id" in note.unusable
+    assert note.problem == note.unusable
+
+
+@pytest.mark.parametrize(
+    ("event_type", "payload", "field", "expected"),
+    [
+        # A number where a string is documented becomes that string.
+        (102, {"agent_id": "a", "message": 500}, "message", "500"),
+        (101, {"agent_id": "a", "name": 7}, "name", "7"),
+        (101, {"agent_id": "a", "channel": 12345}, "channel", "12345"),
+        (101, {"agent_id": 42}, "agent_id", "42"),
+        # Agora's integer enum for the status of a 102; names in any case.
+        (102, {"agent_id": "a", "status": 6}, "status", "FAILED"),
+        (102, {"agent_id": "a", "status": 4}, "status", "STOPPED"),
+        (102, {"agent_id": "a", "status": "6"}, "status", "FAILED"),
+        (102, {"agent_id": "a", "status": "failed"}, "status", "FAILED"),
+        (102, {"agent_id": "a", "status": None}, "status", "STOPPED"),
+        (102, {"agent_id": "a", "status": [1]}, "status", "STOPPED"),
+        # A fractional timestamp is truncated (to the microsecond); numeric strings are numbers.
+        (
+            102,
+            {"agent_id": "a", "stop_ts": 1751400612.9},
+            "stopped_at",
+            datetime.fromtimestamp(1751400612, tz=UTC),
+        ),
+        (
+            101,
+            {"agent_id": "a", "start_ts": "1751400000"},
+            "started_at",
+            datetime.fromtimestamp(1751400000, tz=UTC),
+        ),
+        # Absurd timestamps count as absent: not representable, before 2000, too far ahead.
+        (101, {"agent_id": "a", "start_ts": 10**400}, "started_at", None),
+        (101, {"agent_id": "a", "start_ts": 1000}, "started_at", None),
+        (101, {"agent_id": "a", "start_ts": 4102444800}, "started_at", None),
+        (101, {"agent_id": "a", "start_ts": "yesterday"}, "started_at", None),
+        (101, {"agent_id": "a", "start_ts": -5}, "started_at", None),
+        # A labels that is not an object is ignored.
+        (101, {"agent_id": "a", "labels": []}, "labels", None),
+        (101, {"agent_id": "a", "labels": "tenant=acme"}, "labels", None),
+        (101, {"agent_id": "a", "channel": "c" * 257}, "channel", None),
+    ],
+)
+def test_payload_fields_are_read_leniently(
+    event_type: int, payload: Any, field: str, expected: Any
+) -> None:
+    note = events.parse(body(payload, eventType=event_type, notifyMs=1751400000123))
+    assert note.event is not None, note.unusable
+    assert getattr(note.event, field) == expected
+
+
+def test_array_items_are_read_leniently_and_junk_items_are_left_out() -> None:
+    errors = [
+        {"module": "tts", "code": "429", "message": 500, "turn_id": "7"},
+        5,
+        {},
+        {"code": "x", "module": "llm"},
+        {"code": 2**63, "message": "huge"},
+    ]
+    note = events.parse(body({"agent_id": "a", "errors": errors}, eventType=110))
+    assert isinstance(note.event, events.AgentError)
+    assert note.event.errors == (
+        events.ErrorItem(module="tts", code=429, message="500", turn_id="7"),
+        events.ErrorItem(module="llm", code=None, message=None, turn_id=None),
+        events.ErrorItem(module=None, code=None, message="huge", turn_id=None),
+    )
+    assert note.unusable is None
+    assert note.problems is not None
+    for phrase in ("payload.errors[1] is not an object", "payload.errors[3].code is not a number"):
+        assert phrase in note.problems
+
+
+def test_turn_ids_may_be_numeric_strings() -> None:
+    turns = [{"turn_id": "7", "end": {"end_at": 1751400004100}}, {"turn_id": "x"}, "t"]
+    note = events.parse(body({"agent_id": "a", "turns": turns}, eventType=112))
+    assert isinstance(note.event, events.TurnsFinished)
+    assert [t.turn_id for t in note.event.turns] == [7]
+    assert note.event.turns[0].end_at == datetime.fromtimestamp(1751400004.1, tz=UTC)
+
+
+def test_a_call_state_without_a_state_still_names_its_agent() -> None:
+    note = events.parse(body({"agent_id": "a"}, eventType=201))
+    assert isinstance(note.event, events.CallState) and note.event.state is None
+
+
+def test_problems_are_bounded_for_bodies_of_many_bad_items() -> None:
+    note = events.parse(body({"agent_id": "a", "errors": list(range(10_000))}, eventType=110))
+    assert note.problems is not None and note.problems.endswith("and more")
+    assert len(note.problems) < 2000
+
+
+def test_the_stored_json_is_the_body_itself() -> None:
+    raw = b'{"noticeId":"n","productId":17,"eventType":101,"payload":{"agent_id":"a","x":1.50}}'
+    note = events.parse(raw)
+    assert (note.json, note.raw) == (raw.decode(), None)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"noticeId":"n","productId":17,"eventType":101,"payload":{"agent_id":"a","x":"a\\u0000b"}}',
+        b'{"noticeId":"n","productId":17,"eventType":101,"payload":{"agent_id":"a","x":"\\ud800"}}',
+        b'{"noticeId":"n","productId":17,"eventType":101,"payload":{"agent_id":"a\\u0000"}}',
+    ],
+)
+def test_bodies_jsonb_cannot_hold_are_kept_exactly_beside_a_storable_copy(raw: bytes) -> None:
+    note = events.parse(raw)
+    assert note.raw == raw
+    assert "\\u0000" not in note.json and "\\ud800" not in note.json
+    assert json.loads(note.json)["noticeId"] == "n"
+
+
+def test_huge_numbers_anywhere_are_not_a_failure() -> None:
+    digits = "9" * 5000
+    raw = (
+        '{"noticeId":"n","productId":17,"eventType":102,"payload":{"agent_id":"a",'
+        f'"stop_ts":{digits},"labels":{{"x":1e400}},"message":{digits}}}}}'
+    ).encode()
+    note = events.parse(raw)
+    assert isinstance(note.event, events.AgentLeft)
+    assert note.event.stopped_at is None and note.event.message is None
+    assert note.json == raw.decode()
 
 
 def test_times_out_of_range_are_absent_not_malformed() -> None:

@@ -28,7 +28,7 @@ import structlog
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service import agora, jobs, metrics, repositories
+from service import agora, jobs, metrics, replies, repositories
 from service.config import Settings
 from service.tables import history
 
@@ -93,7 +93,7 @@ async def run_job(deps: Deps, job: jobs.Job) -> Settled:
 async def _fetch_history(
     deps: Deps, job: jobs.Job, client: agora.AgoraClient | None, *, give_up: bool
 ) -> jobs.CallOutcome:
-    fetched: agora.History | None = None
+    fetched: replies.History | None = None
     outcome: jobs.CallOutcome
     if job.history_status == "complete":
         outcome = "skipped"  # completed histories are never fetched again
@@ -123,7 +123,7 @@ async def _fetch_history(
 async def _fetch_turns(
     deps: Deps, job: jobs.Job, client: agora.AgoraClient | None, *, give_up: bool
 ) -> None:
-    fetched: agora.Turns | None = None
+    fetched: replies.Turns | None = None
     outcome: jobs.CallOutcome
     if client is None:
         outcome = "not_configured"

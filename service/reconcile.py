@@ -49,7 +49,7 @@ import structlog
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service import agora, db, history, ingest, lifecycle, metrics, repositories
+from service import agora, db, history, ingest, lifecycle, metrics, replies, repositories
 from service.lifecycle import Kind, State
 
 log = structlog.get_logger(__name__)
@@ -240,7 +240,7 @@ class _Pass:
         suspects = [a for a in held if a.agent_id not in listed_ids or self._overdue(a)]
         await _each(suspects, self._check, stop=lambda: self.failed)
 
-    async def _settle(self, item: agora.AgentSummary, ours: repositories.Tracked | None) -> None:
+    async def _settle(self, item: replies.AgentSummary, ours: repositories.Tracked | None) -> None:
         """A listed live agent: adopt it if we do not hold it as live; follow its live state."""
         if ours is not None and lifecycle.is_terminal(ours.state):
             return  # nothing Agora says overrides a terminal state
@@ -294,7 +294,7 @@ class _Pass:
         else:
             log.info("reconcile_status_ignored", agent_id=ours.agent_id, status=status.status)
 
-    async def _close(self, ours: repositories.Tracked, status: agora.AgentStatus) -> None:
+    async def _close(self, ours: repositories.Tracked, status: replies.AgentStatus) -> None:
         assert status.state is not None
         now = datetime.now(UTC)
         if status.stopped_at is not None and status.stopped_at > now - self.grace:

@@ -13,6 +13,9 @@ in its own short transaction, guarded by the job's lease:
 A call with an outcome is never made again, so a job taken over after its worker died redoes
 only what was in flight. Retries of 429/5xx/transport errors happen inside each call
 (`agora.AgoraClient`); a call that gives up is settled as `gave_up`, not retried by the job.
+An agent id that is not plain is never sent (CONTRACT §3): its calls are settled `invalid_id`
+without a request, and unless a 103 brings the transcript the history ends `unavailable` with
+the reason `agent_id_not_plain`.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ REASONS: Final = {
     "gave_up": "history_api_unavailable",
     "rejected": "history_api_rejected",
     "not_configured": "no_rest_credentials",
+    "invalid_id": "agent_id_not_plain",  # never sent: not a plain id (CONTRACT §3)
 }
 
 
@@ -191,6 +195,9 @@ def _outcome(error: agora.AgoraError) -> jobs.CallOutcome:
         return "gave_up"
     if isinstance(error, agora.AgoraNotConfigured):
         return "not_configured"
+    if isinstance(error, agora.AgoraIdNotPlain):
+        log.warning("agora_call_refused", endpoint=error.endpoint, reason="agent_id_not_plain")
+        return "invalid_id"
     if isinstance(error, agora.AgoraRejected) and error.status == 404:
         return "not_found"
     return "rejected"

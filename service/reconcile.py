@@ -30,7 +30,9 @@ may still be on its way, so that a repair means a webhook was really lost.
 
 An Agora call that still fails after the client's retries (429, 5xx, network) ends the pass: what
 is not yet done stays as it was, and the next pass continues. A query answering another 4xx or an
-unreadable body skips that agent. `report()` logs each pass's summary and is where its metrics are
+unreadable body skips that agent. An agent id that is not plain (`agora.is_plain_id`) never
+reaches a URL: one Agora lists is not adopted, one we hold is not queried; each is counted
+(`not_plain`) and logged. `report()` logs each pass's summary and is where its metrics are
 taken (repairs by kind, duration, passes cut short by Agora errors).
 """
 
@@ -97,6 +99,7 @@ class Summary:
     deferred: int = 0  # left to a webhook still within RECONCILE_GRACE_S
     overdue: int = 0  # still live, per Agora, past 72 hours plus the margin
     agora_errors: int = 0  # Agora calls that failed after their retries
+    not_plain: int = 0  # agent ids neither adopted nor queried: not plain ids (never sent)
     duration_s: float = 0.0
 
     @property
@@ -115,6 +118,7 @@ class Summary:
             f"{head} in {self.duration_s:.2f} s: {self.listed} listed live, {self.queried} queried;"
             f" repairs: {repairs}; {self.updated} updated, {self.deferred} deferred,"
             f" {self.overdue} overdue; {self.agora_errors} Agora errors"
+            + (f"; {self.not_plain} ids not plain, skipped" if self.not_plain else "")
         )
 
 
@@ -136,6 +140,7 @@ def report(summary: Summary) -> None:
         "deferred": summary.deferred,
         "overdue": summary.overdue,
         "agora_errors": summary.agora_errors,
+        "not_plain": summary.not_plain,
     }
     if summary.outcome == "completed":
         log.info("reconcile_pass_finished", **fields)
@@ -230,6 +235,7 @@ class _Pass:
             self._agora_failed(error, agent_id=None)
             return
         self.summary.listed = len(listed)
+        listed = [item for item in listed if self._plain(item.agent_id, listed=True)]
         ids = [item.agent_id for item in listed]
         async with self.engine.connect() as conn:
             known = {a.agent_id: a for a in await repositories.tracked_agents(conn, agent_ids=ids)}
@@ -269,6 +275,8 @@ class _Pass:
     async def _check(self, ours: repositories.Tracked) -> None:
         """An agent we hold as active (or IDLE) that Agora did not list, or that the watchdog
         picked: ask Agora about it."""
+        if not self._plain(ours.agent_id, listed=False):
+            return
         try:
             status = await self.client.query(ours.agent_id)
         except agora.AgoraRejected as error:
@@ -402,6 +410,15 @@ class _Pass:
             and start is not None
             and start < self.started - self.horizon
         )
+
+    def _plain(self, agent_id: str, *, listed: bool) -> bool:
+        """Whether `agent_id` is plain; if not, count and log it: it is never adopted (`listed`
+        by Agora) nor queried (held by us), as it never reaches a URL (CONTRACT §3)."""
+        if agora.is_plain_id(agent_id):
+            return True
+        self.summary.not_plain += 1
+        log.warning("reconcile_agent_id_not_plain", agent_id=agent_id[:256], listed=listed)
+        return False
 
     def _repaired(self, kind: Repair, agent_id: str, *, to_state: State) -> None:
         self.summary.repairs[kind] += 1

@@ -83,6 +83,7 @@ OBSERVED: Final[Mapping[State, Kind]] = {
 Repair = Literal["adopted", "closed", "gone"]
 REPAIRS: Final[tuple[Repair, ...]] = ("adopted", "closed", "gone")
 Outcome = Literal["completed", "failed", "skipped"]
+NO_CREDENTIALS: Final = "no REST credentials"
 
 
 @dataclass(slots=True, kw_only=True)
@@ -147,7 +148,9 @@ def report(summary: Summary) -> None:
     elif summary.outcome == "failed":
         log.warning("reconcile_pass_failed", reason=summary.reason, **fields)
     else:
-        log.info("reconcile_pass_skipped", app_id=summary.app_id, reason=summary.reason)
+        # No credentials: the worker warned once at start (`worker.run`); each pass says so quietly.
+        emit = log.debug if summary.reason == NO_CREDENTIALS else log.info
+        emit("reconcile_pass_skipped", app_id=summary.app_id, reason=summary.reason)
 
 
 async def run(deps: history.Deps, *, app_id: str | None = None) -> list[Summary]:
@@ -170,7 +173,7 @@ async def run_pass(deps: history.Deps, *, app_id: str) -> Summary:
             else:
                 summary.outcome, summary.reason = "skipped", "another process holds the lease"
     except agora.AgoraNotConfigured:
-        summary.outcome, summary.reason = "skipped", "no REST credentials"
+        summary.outcome, summary.reason = "skipped", NO_CREDENTIALS
     except db.ERRORS as error:
         summary.outcome, summary.reason = "failed", f"database error ({type(error).__name__})"
     except BaseException as error:  # cancelled (shutdown), or a bug: reported, then raised

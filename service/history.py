@@ -13,6 +13,9 @@ in its own short transaction, guarded by the job's lease:
 A call with an outcome is never made again, so a job taken over after its worker died redoes
 only what was in flight. Retries of 429/5xx/transport errors happen inside each call
 (`agora.AgoraClient`); a call that gives up is settled as `gave_up`, not retried by the job.
+An agent id that is not plain is never sent (CONTRACT §3): its calls are settled `invalid_id`
+without a request, and unless a 103 brings the transcript the history ends `unavailable` with
+the reason `agent_id_not_plain`.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import structlog
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service import agora, jobs, metrics, repositories
+from service import agora, jobs, metrics, replies, repositories
 from service.config import Settings
 from service.tables import history
 
@@ -45,6 +48,7 @@ REASONS: Final = {
     "gave_up": "history_api_unavailable",
     "rejected": "history_api_rejected",
     "not_configured": "no_rest_credentials",
+    "invalid_id": "agent_id_not_plain",  # never sent: not a plain id (CONTRACT §3)
 }
 
 
@@ -93,7 +97,7 @@ async def run_job(deps: Deps, job: jobs.Job) -> Settled:
 async def _fetch_history(
     deps: Deps, job: jobs.Job, client: agora.AgoraClient | None, *, give_up: bool
 ) -> jobs.CallOutcome:
-    fetched: agora.History | None = None
+    fetched: replies.History | None = None
     outcome: jobs.CallOutcome
     if job.history_status == "complete":
         outcome = "skipped"  # completed histories are never fetched again
@@ -132,7 +136,7 @@ async def _fetch_history(
 async def _fetch_turns(
     deps: Deps, job: jobs.Job, client: agora.AgoraClient | None, *, give_up: bool
 ) -> None:
-    fetched: agora.Turns | None = None
+    fetched: replies.Turns | None = None
     outcome: jobs.CallOutcome
     if client is None:
         outcome = "not_configured"
@@ -216,6 +220,9 @@ def _outcome(error: agora.AgoraError) -> jobs.CallOutcome:
         return "gave_up"
     if isinstance(error, agora.AgoraNotConfigured):
         return "not_configured"
+    if isinstance(error, agora.AgoraIdNotPlain):
+        log.warning("agora_call_refused", endpoint=error.endpoint, reason="agent_id_not_plain")
+        return "invalid_id"
     if isinstance(error, agora.AgoraRejected) and error.status == 404:
         return "not_found"
     return "rejected"

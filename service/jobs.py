@@ -41,7 +41,10 @@ from service.tables import agent, history, history_job
 CHANNEL = "history_job"
 
 Call = Literal["history", "turns"]
-CallOutcome = Literal["ok", "skipped", "not_found", "rejected", "gave_up", "not_configured"]
+# invalid_id: the agent id is not plain, so it was never sent (agora.AgoraIdNotPlain).
+CallOutcome = Literal[
+    "ok", "skipped", "not_found", "rejected", "gave_up", "not_configured", "invalid_id"
+]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -24,6 +24,7 @@ from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
     multiprocess,
@@ -97,6 +98,13 @@ RECONCILE_ERRORS: Final = Counter(
     ["app_id"],
 )
 
+AGORA_CREDENTIALS_MISSING: Final = Gauge(
+    "ledger_agora_credentials_missing",
+    "1 for a configured app without REST credentials: no reconciliation, no history fetching.",
+    ["app_id"],
+    multiprocess_mode="max",
+)
+
 
 def event_label(event_type: int | None) -> str:
     if event_type is None:
@@ -141,6 +149,11 @@ def agora_request(endpoint: str, status: int | str, seconds: float) -> None:
 def reconcile_repair(app_id: str, kind: str, count: int = 1) -> None:
     """Reconciliation repairs; `kind` adopted|closed|gone."""
     RECONCILE_REPAIRS.labels(app_id, kind).inc(count)
+
+
+def credentials_missing(app_id: str, missing: bool) -> None:
+    """Whether a configured app lacks REST credentials (set by the worker at start)."""
+    AGORA_CREDENTIALS_MISSING.labels(app_id).set(1 if missing else 0)
 
 
 def reconcile_pass(seconds: float) -> None:

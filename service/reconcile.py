@@ -30,7 +30,9 @@ may still be on its way, so that a repair means a webhook was really lost.
 
 An Agora call that still fails after the client's retries (429, 5xx, network) ends the pass: what
 is not yet done stays as it was, and the next pass continues. A query answering another 4xx or an
-unreadable body skips that agent. `report()` logs each pass's summary and is where its metrics are
+unreadable body skips that agent. An agent id that is not plain (`agora.is_plain_id`) never
+reaches a URL: one Agora lists is not adopted, one we hold is not queried; each is counted
+(`not_plain`) and logged. `report()` logs each pass's summary and is where its metrics are
 taken (repairs by kind, duration, passes cut short by Agora errors).
 """
 
@@ -49,7 +51,7 @@ import structlog
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service import agora, db, history, ingest, lifecycle, metrics, repositories
+from service import agora, db, history, ingest, lifecycle, metrics, replies, repositories
 from service.lifecycle import Kind, State
 
 log = structlog.get_logger(__name__)
@@ -81,6 +83,7 @@ OBSERVED: Final[Mapping[State, Kind]] = {
 Repair = Literal["adopted", "closed", "gone"]
 REPAIRS: Final[tuple[Repair, ...]] = ("adopted", "closed", "gone")
 Outcome = Literal["completed", "failed", "skipped"]
+NO_CREDENTIALS: Final = "no REST credentials"
 
 
 @dataclass(slots=True, kw_only=True)
@@ -97,6 +100,7 @@ class Summary:
     deferred: int = 0  # left to a webhook still within RECONCILE_GRACE_S
     overdue: int = 0  # still live, per Agora, past 72 hours plus the margin
     agora_errors: int = 0  # Agora calls that failed after their retries
+    not_plain: int = 0  # agent ids neither adopted nor queried: not plain ids (never sent)
     duration_s: float = 0.0
 
     @property
@@ -115,6 +119,7 @@ class Summary:
             f"{head} in {self.duration_s:.2f} s: {self.listed} listed live, {self.queried} queried;"
             f" repairs: {repairs}; {self.updated} updated, {self.deferred} deferred,"
             f" {self.overdue} overdue; {self.agora_errors} Agora errors"
+            + (f"; {self.not_plain} ids not plain, skipped" if self.not_plain else "")
         )
 
 
@@ -136,13 +141,16 @@ def report(summary: Summary) -> None:
         "deferred": summary.deferred,
         "overdue": summary.overdue,
         "agora_errors": summary.agora_errors,
+        "not_plain": summary.not_plain,
     }
     if summary.outcome == "completed":
         log.info("reconcile_pass_finished", **fields)
     elif summary.outcome == "failed":
         log.warning("reconcile_pass_failed", reason=summary.reason, **fields)
     else:
-        log.info("reconcile_pass_skipped", app_id=summary.app_id, reason=summary.reason)
+        # No credentials: the worker warned once at start (`worker.run`); each pass says so quietly.
+        emit = log.debug if summary.reason == NO_CREDENTIALS else log.info
+        emit("reconcile_pass_skipped", app_id=summary.app_id, reason=summary.reason)
 
 
 async def run(deps: history.Deps, *, app_id: str | None = None) -> list[Summary]:
@@ -165,7 +173,7 @@ async def run_pass(deps: history.Deps, *, app_id: str) -> Summary:
             else:
                 summary.outcome, summary.reason = "skipped", "another process holds the lease"
     except agora.AgoraNotConfigured:
-        summary.outcome, summary.reason = "skipped", "no REST credentials"
+        summary.outcome, summary.reason = "skipped", NO_CREDENTIALS
     except db.ERRORS as error:
         summary.outcome, summary.reason = "failed", f"database error ({type(error).__name__})"
     except BaseException as error:  # cancelled (shutdown), or a bug: reported, then raised
@@ -230,6 +238,7 @@ class _Pass:
             self._agora_failed(error, agent_id=None)
             return
         self.summary.listed = len(listed)
+        listed = [item for item in listed if self._plain(item.agent_id, listed=True)]
         ids = [item.agent_id for item in listed]
         async with self.engine.connect() as conn:
             known = {
@@ -247,7 +256,7 @@ class _Pass:
         suspects = [a for a in held if a.agent_id not in listed_ids or self._overdue(a)]
         await _each(suspects, self._check, stop=lambda: self.failed)
 
-    async def _settle(self, item: agora.AgentSummary, ours: repositories.Tracked | None) -> None:
+    async def _settle(self, item: replies.AgentSummary, ours: repositories.Tracked | None) -> None:
         """A listed live agent: adopt it if we do not hold it as live; follow its live state."""
         if ours is not None and lifecycle.is_terminal(ours.state):
             return  # nothing Agora says overrides a terminal state
@@ -276,6 +285,8 @@ class _Pass:
     async def _check(self, ours: repositories.Tracked) -> None:
         """An agent we hold as active (or IDLE) that Agora did not list, or that the watchdog
         picked: ask Agora about it."""
+        if not self._plain(ours.agent_id, listed=False):
+            return
         try:
             status = await self.client.query(ours.agent_id)
         except agora.AgoraRejected as error:
@@ -301,7 +312,7 @@ class _Pass:
         else:
             log.info("reconcile_status_ignored", agent_id=ours.agent_id, status=status.status)
 
-    async def _close(self, ours: repositories.Tracked, status: agora.AgentStatus) -> None:
+    async def _close(self, ours: repositories.Tracked, status: replies.AgentStatus) -> None:
         assert status.state is not None
         now = datetime.now(UTC)
         if status.stopped_at is not None and status.stopped_at > now - self.grace:
@@ -416,6 +427,15 @@ class _Pass:
             and start is not None
             and start < self.started - self.horizon
         )
+
+    def _plain(self, agent_id: str, *, listed: bool) -> bool:
+        """Whether `agent_id` is plain; if not, count and log it: it is never adopted (`listed`
+        by Agora) nor queried (held by us), as it never reaches a URL (CONTRACT §3)."""
+        if agora.is_plain_id(agent_id):
+            return True
+        self.summary.not_plain += 1
+        log.warning("reconcile_agent_id_not_plain", agent_id=agent_id[:256], listed=listed)
+        return False
 
     def _repaired(self, kind: Repair, agent_id: str, *, to_state: State) -> None:
         self.summary.repairs[kind] += 1

@@ -11,6 +11,10 @@
 - runs each `Duty` at start and then every `interval_s`: notification retention, and
   reconciliation against Agora every `RECONCILE_INTERVAL_S` (`reconcile.run`, all apps).
 
+At start it warns once per configured app without REST credentials, for which reconciliation and
+history fetching are off (`rest_credentials_missing`, and `ledger_agora_credentials_missing`);
+the passes that skip such an app say so at debug level only.
+
 On `stop` (SIGTERM) it claims nothing more, gives the jobs in flight `SHUTDOWN_GRACE_S` to finish,
 then cancels the rest and releases their jobs for another worker, and returns.
 """
@@ -30,7 +34,7 @@ import prometheus_client
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service import agora, db, history, jobs, reconcile, retention
+from service import agora, credentials, db, history, jobs, metrics, reconcile, retention
 from service.config import Settings
 
 log = structlog.get_logger(__name__)
@@ -136,6 +140,7 @@ async def run(
         concurrency=settings.history_concurrency,
         duties=[d.name for d in duties],
     )
+    _warn_missing_credentials(settings)
     wake = asyncio.Event()
     in_flight: dict[asyncio.Task[history.Settled], jobs.Job] = {}
     helpers = [
@@ -151,6 +156,20 @@ async def run(
             task.cancel()
         await asyncio.gather(*helpers, return_exceptions=True)
         log.info("worker_stopped", owner=deps.owner)
+
+
+def _warn_missing_credentials(settings: Settings) -> None:
+    """One warning per app that cannot call Agora, naming what to set (never a value)."""
+    missing = set(credentials.missing(settings))
+    for app_id in sorted(settings.apps):
+        metrics.credentials_missing(app_id, app_id in missing)
+    for app_id in sorted(missing):
+        log.warning(
+            "rest_credentials_missing",
+            app_id=app_id,
+            detail="reconciliation and history fetching are off for this app",
+            set=credentials.VARIABLES,
+        )
 
 
 async def _process(

@@ -7,10 +7,13 @@
     GET  …/agents/{agent_id}/history
     GET  …/agents/{agent_id}/turns
 
-Every request first waits the added latency, then answers the next injected fault status if one
-is due (429 with `Retry-After`), then checks auth: HTTP Basic with the app's customer ID and
-secret, or `agora token=` with an AccessToken2 signed by the app's certificate for this App ID.
-Errors are `{"detail", "reason"}` (or the older `{"message", "statusCode", "taskId"}` with
+Every request target is recorded as received (`Backend.requests`: raw path and query, whether a
+route matches or not), so a test can show that a request was never made. Every request then
+waits the added latency, answers the next injected fault status if one is due (429 with
+`Retry-After`), then checks auth: HTTP Basic with the app's customer ID and secret, or
+`agora token=` with an AccessToken2 signed by the app's certificate for this App ID. An agent id
+in a path that is not a plain id (`agora.is_plain_id`) is one Agora never made: 404. Errors are
+`{"detail", "reason"}` (or the older `{"message", "statusCode", "taskId"}` with
 `legacy_errors`).
 """
 
@@ -25,11 +28,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service import accesstoken
+from service import accesstoken, agora
 from service.simulator.backend import Backend, SimEndpoint, SimError
 
 PREFIX: Final = "/api/conversational-ai-agent/v2/projects/{app_id}"
@@ -60,8 +65,24 @@ def create_app(backend: Backend) -> Starlette:
             route("/agents/{agent_id}/turns", "turns", _turns, "GET"),
             route("/agents/{agent_id}", "query", _query, "GET"),
             route("/agents", "list", _list, "GET"),
-        ]
+        ],
+        middleware=[Middleware(_Recorder, backend=backend)],
     )
+
+
+class _Recorder:
+    """Records every request target before routing, so unmatched ones are seen too."""
+
+    def __init__(self, app: ASGIApp, *, backend: Backend) -> None:
+        self.app, self.backend = app, backend
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path = scope.get("raw_path") or scope["path"].encode()
+            query = scope.get("query_string", b"")
+            target = path + (b"?" + query if query else b"")
+            self.backend.requests.append(target.decode("latin-1"))
+        await self.app(scope, receive, send)
 
 
 async def _answer(
@@ -82,6 +103,8 @@ async def _answer(
             )
             raise _Fault(status, headers)
         _authenticate(backend, request)
+        if agent_id is not None and not agora.is_plain_id(agent_id):
+            raise SimError(404, "TaskNotFound", "agent not found or has exited")
         body = await handler(backend, request)
     except _Fault as fault_answer:
         error = SimError(

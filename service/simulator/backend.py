@@ -151,6 +151,8 @@ class Backend:
         self.latency_s = latency_s
         self.agents: dict[str, SimAgent] = {}
         self.calls: list[Call] = []
+        # Every request target received (raw path and query), routed or not: see `api._Recorder`.
+        self.requests: list[str] = []
         self.faults: dict[SimEndpoint, Fault] = {e: Fault() for e in ENDPOINTS}
         self.rng = random.Random(seed)
 
@@ -199,7 +201,8 @@ class Backend:
     ) -> SimAgent:
         """Start an agent (what `/join` does); raise `SimError` as Agora would.
 
-        `agent_id` pins the id Agora would generate (tests that made the agent up first)."""
+        `agent_id` pins the id Agora would generate (tests that made the agent up first, or
+        that need an id Agora would never make, to see what the service does with it)."""
         app = self._app(app_id)
         live = [a for a in self.agents.values() if a.app_id == app_id and a.state in LIVE]
         if any(a.name == name for a in live):

@@ -309,3 +309,43 @@ def test_turns_stored_by_a_job_and_by_a_112_at_the_same_moment_do_not_deadlock(
         {"turn_id": 1, "source": "webhook"}
     ]
     assert job(sql, "a1")["turns_call"] == "ok"
+
+
+# Ids a notification may carry that must never reach a URL (CONTRACT §3, "Agent ids never steer
+# requests"): a path climb, a query, an encoded slash, a non-ASCII letter, one char too long.
+NOT_PLAIN = ["../../../../admin/secret", "q?evil=1&", "a%2Fb", "agënt-1", "a" * 129]
+
+
+def test_agent_ids_that_are_not_plain_never_reach_agora_and_their_histories_end_unavailable(
+    database_url: str, sql: Sql, tmp_path: Path
+) -> None:
+    with ledger(database_url, tmp_path, HISTORY_GRACE_S="1") as run:
+        plain = run.start("plain")  # the control: its calls do reach the simulator
+        for number, agent_id in enumerate(NOT_PLAIN):
+            run.sim.call(
+                run.sim.backend.join,
+                APP_ID,
+                name=f"odd-{number}",
+                channel=f"channel-odd-{number}",
+                agent_id=agent_id,
+            )
+            run.stop(agent_id, notify=[102])
+        run.stop(plain, notify=[102])
+        run.delivered()
+        poll(lambda: all(job(sql, a).get("status") == "done" for a in [plain, *NOT_PLAIN]))
+        asked = run.sim.call(lambda: [target.split("?")[0] for target in run.sim.backend.requests])
+    project = f"{server.API_PATH}/v2/projects/{APP_ID}"
+    assert f"{project}/agents/{plain}/history" in asked
+    assert set(asked) <= {
+        f"{project}/agents",  # reconciliation's listing
+        f"{project}/agents/{plain}",
+        f"{project}/agents/{plain}/history",
+        f"{project}/agents/{plain}/turns",
+    }
+    for agent_id in NOT_PLAIN:
+        history = sql.rows(
+            "SELECT status, reason FROM history WHERE agent_id = %(id)s", id=agent_id
+        )
+        assert history == [{"status": "unavailable", "reason": "agent_id_not_plain"}], agent_id
+        done = job(sql, agent_id)
+        assert (done["history_call"], done["turns_call"]) == ("invalid_id", "invalid_id")

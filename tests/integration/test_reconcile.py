@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
+from structlog.testing import capture_logs
 
 from service import config, reconcile, worker
 from service.simulator import ncs
@@ -169,6 +170,33 @@ def test_an_agent_agora_no_longer_knows_is_closed_when_last_seen_alive(
     assert row["stopped_at"] == row["active_until"] == seen
     assert transitions(sql, agent_id)[-1] == ("RUNNING", "STOPPED", "reconcile", "reconcile_gone")
     assert sql.value("SELECT count(*) FROM history_job WHERE agent_id = %(id)s", id=agent_id) == 1
+
+
+def test_agent_ids_that_are_not_plain_are_neither_adopted_nor_queried(
+    database_url: str, sql: Sql, tmp_path: Path
+) -> None:
+    listed, held = "../../../../admin/secret", "q?evil=1&"
+    with losing_ledger(database_url, tmp_path) as run:
+        for name, agent_id in [("unjoined-odd", listed), ("unleft-odd", held)]:
+            run.sim.call(
+                run.sim.backend.join, APP_ID, name=name, channel=f"ch-{name}", agent_id=agent_id
+            )
+        plain = run.start("unjoined-plain", turns=0)
+        run.stop(held)  # its 102 is lost: we hold it RUNNING, Agora no longer lists it
+        sent(run)
+        before = run.sim.call(lambda: len(run.sim.backend.requests))
+        with capture_logs() as logs:
+            summary = reconcile_once(run)
+        asked = run.sim.call(lambda: run.sim.backend.requests[before:])
+    assert (summary.outcome, summary.listed, summary.not_plain) == ("completed", 2, 2)
+    assert summary.repairs == {"adopted": 1, "closed": 0, "gone": 0}  # the plain one only
+    assert summary.queried == 0
+    assert asked and all(target.split("?")[0].endswith(f"/{APP_ID}/agents") for target in asked)
+    assert sql.value("SELECT state FROM agent WHERE agent_id = %(id)s", id=plain) == "RUNNING"
+    assert sql.value("SELECT count(*) FROM agent WHERE agent_id = %(id)s", id=listed) == 0
+    assert sql.value("SELECT state FROM agent WHERE agent_id = %(id)s", id=held) == "RUNNING"
+    skipped = [e for e in logs if e["event"] == "reconcile_agent_id_not_plain"]
+    assert sorted((e["agent_id"], e["listed"]) for e in skipped) == [(listed, True), (held, False)]
 
 
 def test_nothing_agora_reports_overrides_a_stop_we_already_hold(

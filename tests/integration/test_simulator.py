@@ -284,6 +284,20 @@ def test_history_answers_only_while_the_agent_runs_unless_kept_after_stop() -> N
             assert (unknown.status_code, unknown.json()["reason"]) == (404, "TaskNotFound")
 
 
+def test_every_request_target_is_recorded_and_an_id_agora_never_makes_is_not_found() -> None:
+    with simulator() as sim:
+        sim.call(sim.backend.join, "app-one", name="a", channel="c", agent_id="agënt")
+        odd = rest(sim, "GET", "agents/ag%C3%ABnt/history")
+        missing = rest(sim, "GET", "admin/secret?evil=1")
+        requests = sim.call(lambda: list(sim.backend.requests))
+    assert (odd.status_code, odd.json()["reason"]) == (404, "TaskNotFound")
+    assert missing.status_code == 404  # no route: recorded all the same
+    assert [r.rsplit("/app-one/", 1)[1] for r in requests] == [
+        "agents/ag%C3%ABnt/history",
+        "admin/secret?evil=1",
+    ]
+
+
 def test_turns_are_paged_as_documented() -> None:
     with simulator() as sim:
         agent = sim.call(sim.backend.join, "app-one", name="a", channel="c")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 from starlette.testclient import TestClient
@@ -121,3 +123,49 @@ def test_a_worker_process_serves_its_own_metrics_and_stops_on_sigterm(
     for family in ("ledger_agora_requests", "ledger_history_completed", "ledger_reconcile_repairs"):
         assert f"# TYPE {family}_total counter" in text
     assert code == 0, process.output()
+
+
+def test_a_worker_without_rest_credentials_warns_once_per_app_at_start_and_not_every_pass(
+    database_url: str, tmp_path: Path
+) -> None:
+    apps = tmp_path / "apps.toml"
+    apps.write_text(
+        "[[apps]]\napp_id = 'with-rest'\nwebhook_secrets = ['s']\n"
+        f"customer_id = '{CUSTOMER_ID}'\ncustomer_secret = '{CUSTOMER_SECRET}'\n"
+        "[[apps]]\napp_id = 'webhooks-only'\nwebhook_secrets = ['s']\n"
+    )
+    port = free_port()
+    env = environment(
+        database_url,
+        PORT=str(port),
+        LEDGER_APPS_FILE=str(apps),
+        RECONCILE_INTERVAL_S="0.1",
+        AGORA_RETRY_ATTEMPTS="1",  # with-rest's passes fail fast (nothing listens on port 9)
+        LOG_LEVEL="debug",
+    )
+    process = ServiceProcess(["worker"], env, tmp_path / "w.log")
+
+    def events() -> list[dict[str, Any]]:
+        lines = process.output().splitlines()
+        return [json.loads(line) for line in lines if line.startswith("{")]
+
+    def skipped() -> list[dict[str, Any]]:
+        return [e for e in events() if e["event"] == "reconcile_pass_skipped"]
+
+    try:
+        poll(lambda: len(skipped()) >= 6, timeout=20)  # three passes or more over both apps
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    finally:
+        process.terminate()
+    warnings = [e for e in events() if e["event"] == "rest_credentials_missing"]
+    assert sorted(e["app_id"] for e in warnings) == [APP_ID, "webhooks-only"]
+    assert all(e["level"] == "warning" for e in warnings)
+    assert (
+        "AGORA_CUSTOMER_ID" in warnings[0]["set"] and "AGORA_APP_CERTIFICATE" in warnings[0]["set"]
+    )
+    assert "reconciliation and history fetching are off" in warnings[0]["detail"]
+    assert {e["level"] for e in skipped() if e["reason"] == "no REST credentials"} == {"debug"}
+    assert CUSTOMER_SECRET not in process.output()
+    assert f'ledger_agora_credentials_missing{{app_id="{APP_ID}"}} 1.0' in metrics
+    assert 'ledger_agora_credentials_missing{app_id="webhooks-only"} 1.0' in metrics
+    assert 'ledger_agora_credentials_missing{app_id="with-rest"} 0.0' in metrics

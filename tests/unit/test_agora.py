@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
-from service import accesstoken, agora, config, lifecycle
+from service import accesstoken, agora, config, lifecycle, metrics, replies
 
 T = TypeVar("T")
 BASE = "http://agora.test/api/conversational-ai-agent"
@@ -78,7 +78,7 @@ def test_history_is_fetched_with_basic_auth_and_typed() -> None:
         )
     )
     history = call(handler, lambda client: client.history("a1"))
-    assert history == agora.History(
+    assert history == replies.History(
         agent_id="a1",
         status="RUNNING",
         started_at=datetime(2025, 7, 1, 20, 0, tzinfo=UTC),
@@ -277,26 +277,92 @@ def test_an_app_without_rest_credentials_is_not_configured() -> None:
         agora.Agora(httpx.AsyncClient(), conf).for_app("other-app")
 
 
+# Ids a notification may carry but that must never reach a URL (CONTRACT §3).
+NOT_PLAIN = [
+    "../../../../admin/secret",  # climbs out of the project
+    "q?evil=1&",  # would turn the path into a query
+    "a%2Fb",  # an encoded slash
+    "a/b",
+    "..",
+    "a#b",
+    "a b",
+    "a1\n",  # `$` in a regex would let a trailing newline through
+    "agënt",  # letters, but not ASCII ones
+    "١٢٣",  # digits, but not ASCII ones
+    "\uff41\uff42\uff43",  # fullwidth letters
+    "a" * 129,  # one too long
+    "",
+]
+
+
+def requests_counted() -> float:
+    """Every Agora request the metrics have counted so far (all endpoints and statuses)."""
+    return sum(
+        sample.value
+        for family in metrics.AGORA_REQUESTS.collect()
+        for sample in family.samples
+        if sample.name.endswith("_total")
+    )
+
+
+@pytest.mark.parametrize("agent_id", NOT_PLAIN)
+@pytest.mark.parametrize("endpoint", ["query", "history", "turns"])
+def test_an_agent_id_that_is_not_plain_is_refused_before_any_request(
+    agent_id: str, endpoint: str
+) -> None:
+    seen, handler = answers(*[httpx.Response(200, json={}) for _ in range(3)])
+    counted = requests_counted()
+    with pytest.raises(agora.AgoraIdNotPlain) as caught:
+        call(handler, lambda client: getattr(client, endpoint)(agent_id))
+    assert seen == []
+    assert requests_counted() == counted  # nothing went out, so nothing is counted as a call
+    assert (caught.value.endpoint, caught.value.reason, caught.value.retryable) == (
+        endpoint,
+        "AgentIdNotPlain",
+        False,
+    )
+    # The message never echoes the id.
+    assert str(caught.value) == f"{endpoint}: the agent id is not a plain id; nothing was sent"
+
+
+@pytest.mark.parametrize("agent_id", ["1NWBGFFW4Q", "a-b_c", "a" * 128, "0"])
+def test_a_plain_agent_id_is_one_path_segment_and_parameters_stay_out_of_the_path(
+    agent_id: str,
+) -> None:
+    turns = {"turns": [], "pagination": {"is_last_page": True}}
+    seen, handler = answers(
+        httpx.Response(200, json={"status": "RUNNING"}),
+        httpx.Response(200, json={"contents": []}),
+        httpx.Response(200, json=turns),
+    )
+
+    async def each(client: agora.AgoraClient) -> None:
+        await client.query(agent_id)
+        await client.history(agent_id)
+        await client.turns(agent_id)
+
+    call(handler, each)
+    assert [r.url.raw_path.decode() for r in seen] == [
+        f"{PROJECT}/agents/{agent_id}",
+        f"{PROJECT}/agents/{agent_id}/history",
+        f"{PROJECT}/agents/{agent_id}/turns?page_index=1&page_size=200",
+    ]
+
+
 @pytest.mark.parametrize(
-    ("header", "seconds"),
+    ("value", "plain"),
     [
-        ("7", 7.0),
-        ("Sat, 21 Nov 2026 10:00:30 GMT", 30.0),
-        ("Sat, 21 Nov 2026 09:59:00 GMT", 0.0),  # already past
-        ("soon", None),
-        (None, None),
+        ("A-z_09", True),
+        ("a" * 128, True),
+        ("a" * 129, False),
+        ("", False),
+        ("a.b", False),
+        ("a\n", False),
+        ("a\x00", False),
+        ("é", False),
     ],
 )
-def test_retry_after_takes_seconds_or_an_http_date(
-    header: str | None, seconds: float | None
+def test_a_plain_id_is_one_to_128_ascii_letters_digits_dashes_or_underscores(
+    value: str, plain: bool
 ) -> None:
-    now = datetime(2026, 11, 21, 10, 0, 0, tzinfo=UTC)
-    assert agora.parse_retry_after(header, now=now) == seconds
-
-
-def test_full_jitter_stays_within_the_exponential_ceiling() -> None:
-    policy = agora.RetryPolicy(wait_initial_s=0.5, wait_max_s=10.0)
-    for failures, ceiling in [(1, 0.5), (2, 1.0), (3, 2.0), (6, 10.0), (60, 10.0)]:
-        waits = [policy.full_jitter(failures) for _ in range(200)]
-        assert all(0 <= w <= ceiling for w in waits)
-        assert max(waits) > ceiling / 2  # spread over the whole range, not a fixed delay
+    assert agora.is_plain_id(value) is plain

@@ -4,6 +4,7 @@
     worker                                history jobs and reconciliation
     migrate                               alembic upgrade head
     reconcile --once [--app APP]          one reconciliation pass, then a summary
+    reapply [--app APP]                   apply stored notifications that could not be applied
     simulate ...                          the Agora simulator against a running service
 
 Every command loads the configuration first and fails with a message naming the variable at
@@ -27,7 +28,7 @@ import structlog
 import uvicorn
 from starlette.applications import Starlette
 
-from service import app, config, logs, reconcile, schema, shutdown, worker
+from service import app, config, db, logs, reapply, reconcile, schema, shutdown, worker
 from service.errors import ConfigError
 from service.simulator import command
 
@@ -75,6 +76,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     reconcile_cmd.add_argument("--app", help="only this App ID (default: every configured app)")
     reconcile_cmd.set_defaults(run=_reconcile)
+    reapply_cmd = sub.add_parser(
+        "reapply",
+        help="apply stored notifications that could not be applied when they arrived",
+    )
+    reapply_cmd.add_argument("--app", help="only this App ID (default: every configured app)")
+    reapply_cmd.set_defaults(run=_reapply)
     simulate = sub.add_parser(
         "simulate",
         help="play Agora: serve its REST API and send signed sessions to a running service",
@@ -214,6 +221,28 @@ async def _reconcile_once(
 ) -> list[reconcile.Summary]:
     async with worker.open_deps(settings) as deps:
         return await reconcile.run(deps, app_id=app_id)
+
+
+def _reapply(settings: config.Settings, args: argparse.Namespace) -> int:
+    """Every unapplied notification of the app(s), once; prints a summary per app."""
+    if settings.database_url is None:
+        print("convoai-ledger: configuration error: DATABASE_URL is required", file=sys.stderr)
+        return 2
+    if args.app is not None and settings.app(args.app) is None:
+        print(f"convoai-ledger: unknown app {args.app!r}", file=sys.stderr)
+        return 2
+    app_ids = [args.app] if args.app is not None else sorted(settings.apps)
+    for summary in asyncio.run(_reapply_apps(settings, app_ids)):
+        print(summary.describe())
+    return 0
+
+
+async def _reapply_apps(settings: config.Settings, app_ids: list[str]) -> list[reapply.Summary]:
+    engine = db.create_engine(settings.sqlalchemy_url)
+    try:
+        return [await reapply.run(engine, settings, app_id=app_id) for app_id in app_ids]
+    finally:
+        await engine.dispose()
 
 
 def _simulate(settings: config.Settings, args: argparse.Namespace) -> int:

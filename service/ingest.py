@@ -168,11 +168,28 @@ async def _apply(
     )
     if not stored:
         return Outcome(status="duplicate", agent_id=note.agent_id)
-    event = note.event
-    if event is None or row is None:
+    if note.event is None or row is None:
         return Outcome(status=repositories.outcome_of(note))
+    return await apply_event(
+        conn, row, note=note, received_at=received_at, limits=limits, commit=True
+    )
+
+
+async def apply_event(
+    conn: AsyncConnection,
+    row: repositories.AgentRow,
+    *,
+    note: events.Notification,
+    received_at: datetime,
+    limits: pcu.Limits,
+    commit: bool,
+) -> Outcome:
+    """The effects of a stored notification's event on its locked agent `row` (a webhook's, or
+    one `reapply` takes up again). With `commit`, see `observe`."""
+    assert note.event is not None
+    event = note.event
     at = note.occurred_at or received_at
-    await _record_effects(conn, event, app_id=app_id, note=note, received_at=received_at)
+    await _record_effects(conn, event, app_id=row.app_id, note=note, received_at=received_at)
     # Last: its PCU upkeep may commit in its own round trip (see `rollup.upkeep`).
     applied = await observe(
         conn,
@@ -182,7 +199,7 @@ async def _apply(
         notice_id=note.notice_id,
         received_at=received_at,
         limits=limits,
-        commit=True,
+        commit=commit,
     )
     out_of_order = row.last_event_at is not None and at < row.last_event_at
     return Outcome(
@@ -366,7 +383,7 @@ def _interval(
             values["stopped_at"] = obs.stopped_at or step.at
             values["stop_status"] = obs.stop_status or step.to_state.value
             values["stop_message"] = obs.stop_message
-            active_until = step.at
+            active_until = step.at if active_from is not None else None
     if active_from is not None and started_at is not None and started_at < active_from:
         active_from = started_at
     if active_from is not None and active_until is not None:

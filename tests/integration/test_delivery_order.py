@@ -5,14 +5,22 @@ delivers them once in order to one agent and, to a twin agent, in a random permu
 random byte-identical duplicates (Agora's redundant sends). Both records must be equal once the
 ids are mapped: agent columns, transitions, errors, metrics, turns, history and the history job.
 
+Sessions also cover the order rules of CONTRACT §4: a second, different stop (the earliest by
+event time is the end, FAILED on a tie), a 102 without `start_ts` (the slot is what it would have
+been had the start come first), and labels and names that differ from event to event (a name
+from the earliest event that carries one; labels merged key by key, the latest value winning).
+
 Transitions are compared on (from, to, cause, event time). Which notification carried the
 evidence (`notice_id`, `inferred`) legitimately differs: a 102 that arrives first implies the join
-that a later 101 confirms.
+that a later 101 confirms. The log is append-only, so when a later arrival corrects what an
+earlier one said (an earlier stop, a start learned after the stop) it records the correction as
+one more row; then the path the agent took, read in event time up to its end, is what must match.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -56,6 +64,27 @@ def sessions(draw: st.DrawFn) -> dict[str, Any]:
         "message": draw(st.sampled_from(["OK", "Idle for too long", "RTC connection error", None])),
         "turns": draw(st.integers(min_value=0, max_value=3)),
         "labels": draw(st.sampled_from([None, {"tenant": "acme"}])),
+        # A second 102 with another outcome, some seconds before or after the first.
+        "second_stop": draw(
+            st.none()
+            | st.tuples(
+                st.sampled_from(["STOPPED", "FAILED"]),
+                st.integers(min_value=-30, max_value=30),
+                st.sampled_from(["OK", "RTC connection error", None]),
+            )
+        ),
+        "start_on_stop": draw(st.booleans()),
+        # Per event (by position): labels and a name that vary, or none.
+        "varying": draw(
+            st.lists(
+                st.tuples(
+                    st.sampled_from([None, {"tier": "gold"}, {"tier": "free", "x": 1}, {}]),
+                    st.sampled_from([None, "support", "sales"]),
+                ),
+                min_size=8,
+                max_size=8,
+            )
+        ),
     }
 
 
@@ -92,7 +121,16 @@ def session_deliveries(agent_id: str, s: dict[str, Any]) -> list[Delivery]:
     left = {**base, "stop_ts": s["stop"], "status": s["status"]}
     if s["message"] is not None:
         left["message"] = s["message"]
+    if not s["start_on_stop"]:
+        del left["start_ts"]
     out.append(deliver(102, left, notice_id=next(notice), notify_ms=s["stop"] * 1000 + 10))
+    if s["second_stop"] is not None:
+        status, offset, message = s["second_stop"]
+        other = {**left, "stop_ts": max(s["start"], s["stop"] + offset), "status": status}
+        other.pop("message", None)
+        if message is not None:
+            other["message"] = message
+        out.append(deliver(102, other, notice_id=next(notice), notify_ms=s["stop"] * 1000 + 15))
     contents = [{"role": "assistant", "content": "hello"}, {"role": "user", "content": "bye"}]
     out.append(
         deliver(
@@ -126,6 +164,38 @@ def session_deliveries(agent_id: str, s: dict[str, Any]) -> list[Delivery]:
                 notify_ms=s["stop"] * 1000 + 30,
             )
         )
+    return [_vary(delivery, i, s) for i, delivery in enumerate(out)]
+
+
+def _vary(delivery: Delivery, position: int, s: dict[str, Any]) -> Delivery:
+    """The same notification with this position's labels and name merged in."""
+    labels, name = s["varying"][position % len(s["varying"])]
+    if labels is None and name is None:
+        return delivery
+    document = json.loads(delivery.body)
+    payload = document["payload"]
+    if labels is not None:
+        payload["labels"] = {**payload.get("labels", {}), **labels}
+    if name is not None:
+        payload["name"] = name
+    return deliver(
+        document["eventType"],
+        payload,
+        notice_id=document["noticeId"],
+        notify_ms=document["notifyMs"],
+    )
+
+
+def path(transitions: list[dict[str, Any]]) -> list[tuple[str, Any]]:
+    """The states the agent went through, in event time, up to its end (the first terminal
+    state; FAILED before STOPPED at the same time)."""
+    rank = {"FAILED": 0, "STOPPED": 1}
+    ordered = sorted(transitions, key=lambda t: (t["event_at"], rank.get(t["to_state"], 2)))
+    out: list[tuple[str, Any]] = []
+    for t in ordered:
+        out.append((t["to_state"], t["event_at"]))
+        if t["to_state"] in rank:
+            break
     return out
 
 
@@ -143,7 +213,8 @@ def record(sql: Sql, agent_id: str) -> dict[str, Any]:
         "agent": scrub(
             sql.rows(
                 "SELECT agent_id, app_id, name, channel, labels, state, state_at, started_at, stopped_at, stop_status,"
-                " stop_message, active_from, active_until, warning, last_event_at FROM agent WHERE agent_id = %(a)s",
+                " stop_message, active_from, active_until, warning, last_event_at, name_at, channel_at"
+                " FROM agent WHERE agent_id = %(a)s",
                 **params,
             )
         ),
@@ -177,6 +248,15 @@ def record(sql: Sql, agent_id: str) -> dict[str, Any]:
     }
 
 
+def end_state(s: dict[str, Any]) -> str:
+    """The earliest stop by event time; FAILED on a tie."""
+    ends = [(s["stop"], s["status"] != "FAILED", s["status"])]
+    if s["second_stop"] is not None:
+        status, offset, _ = s["second_stop"]
+        ends.append((max(s["start"], s["stop"] + offset), status != "FAILED", status))
+    return min(ends)[2]
+
+
 @settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
@@ -200,12 +280,19 @@ def test_any_order_and_duplicates_end_in_the_in_order_record(
     )
 
     expected = record(sql, in_order)
-    assert record(sql, shuffled) == expected
+    got = record(sql, shuffled)
+    corrections = session["second_stop"] is not None or not session["start_on_stop"]
+    if corrections:
+        assert path(got.pop("transitions")) == path(expected.pop("transitions"))
+    assert got == expected
     # And the in-order record is what the session says.
-    assert expected["agent"][0]["state"] == session["status"]
-    assert [(t["from_state"], t["to_state"]) for t in expected["transitions"]] == [
-        ("IDLE", "RUNNING"),
-        ("RUNNING", session["status"]),
-    ]
+    assert expected["agent"][0]["state"] == end_state(session)
+    if not corrections:
+        assert [(t["from_state"], t["to_state"]) for t in expected["transitions"]] == [
+            ("IDLE", "RUNNING"),
+            ("RUNNING", session["status"]),
+        ]
+    agent = expected["agent"][0]
+    assert agent["active_from"] is not None and agent["active_until"] is not None
     assert expected["jobs"] == 1 and expected["history"][0]["status"] == "complete"
     assert len(expected["errors"]) == len(session["errors"])

@@ -131,6 +131,21 @@ def test_turns_spread_over_several_pages_are_all_stored(
     assert sql.value("SELECT max(turn_id) FROM agent_turn") == 450
 
 
+def test_a_long_session_of_thousands_of_turns_is_stored_once(
+    database_url: str, sql: Sql, tmp_path: Path
+) -> None:
+    """8,000 turns were fetched 21 times and none stored: one insert held a bind parameter per
+    field and turn, past the driver's limit."""
+    with ledger(database_url, tmp_path) as run:
+        agent_id = run.start("marathon", turns=8000, quiet_turns=True)
+        run.stop(agent_id, notify=[102, 103])
+        poll(lambda: job(sql, agent_id).get("status") == "done", timeout=60)
+        assert run.calls("turns", agent_id) == 40
+        assert job(sql, agent_id)["turns_call"] == "ok"
+    assert sql.value("SELECT count(*) FROM agent_turn WHERE source = 'api'") == 8000
+    assert sql.value("SELECT attempts FROM history_job") == 1
+
+
 def test_a_job_whose_worker_died_is_taken_over_after_its_lease_and_done_once(
     database_url: str, sql: Sql, tmp_path: Path
 ) -> None:

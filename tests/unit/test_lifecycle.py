@@ -106,3 +106,74 @@ def test_a_stop_without_a_start_time_goes_straight_to_terminal() -> None:
 def test_state_codes_follow_agora() -> None:
     assert [s.code for s in State] == [0, 1, 2, 3, 4, 5, 6]
     assert {State.STARTING, State.RUNNING, State.RECOVERING, State.STOPPING} == lifecycle.ACTIVE
+
+
+@pytest.mark.parametrize(
+    ("state", "recorded_at", "recorded_message", "kind", "at", "message", "expected"),
+    [
+        # An earlier stop with the other outcome becomes the end.
+        (State.STOPPED, T1, "OK", Kind.LEFT_FAILED, T0, "RTC", [(State.STOPPED, State.FAILED)]),
+        (State.FAILED, T1, "RTC", Kind.LEFT_STOPPED, T0, "OK", [(State.FAILED, State.STOPPED)]),
+        # A later one does not.
+        (State.STOPPED, T0, "OK", Kind.LEFT_FAILED, T1, "RTC", []),
+        # A tie of times: FAILED wins, whichever arrives first.
+        (State.STOPPED, T0, "OK", Kind.LEFT_FAILED, T0, "RTC", [(State.STOPPED, State.FAILED)]),
+        (State.FAILED, T0, "RTC", Kind.LEFT_STOPPED, T0, "OK", []),
+        # Same outcome, earlier: the end moves (its time and message).
+        (State.STOPPED, T1, "late", Kind.LEFT_STOPPED, T0, "OK", [(State.STOPPED, State.STOPPED)]),
+        # Same outcome and time: the message decides, so that either order ends the same.
+        (State.STOPPED, T0, "b", Kind.LEFT_STOPPED, T0, "a", [(State.STOPPED, State.STOPPED)]),
+        (State.STOPPED, T0, "a", Kind.LEFT_STOPPED, T0, "b", []),
+        # Reconciliation's stops count as stops.
+        (State.STOPPED, T1, "OK", Kind.OBSERVED_FAILED, T0, None, [(State.STOPPED, State.FAILED)]),
+        (State.FAILED, T1, "x", Kind.GONE, T0, None, [(State.FAILED, State.STOPPED)]),
+        # What is not a stop never moves a terminal agent.
+        (State.STOPPED, T1, "OK", Kind.JOINED, T0, None, []),
+        (State.FAILED, T1, "OK", Kind.OBSERVED_RUNNING, T0, None, []),
+    ],
+)
+def test_the_earliest_stop_is_the_end_in_any_order(
+    state: State,
+    recorded_at: datetime,
+    recorded_message: str | None,
+    kind: Kind,
+    at: datetime,
+    message: str | None,
+    expected: list[tuple[State, State]],
+) -> None:
+    planned = lifecycle.plan(
+        state,
+        kind,
+        at=at,
+        state_at=recorded_at,
+        started_at=None,
+        message=message,
+        end_message=recorded_message,
+    )
+    assert [(s.from_state, s.to_state) for s in planned] == expected
+    assert all(s.at == at and s.kind == kind for s in planned)
+
+
+def test_a_start_learned_after_the_stop_records_the_join_it_implies() -> None:
+    late = lifecycle.late_start(State.STOPPED, state_at=T1, active_from=None, started_at=T0)
+    assert late == lifecycle.Step(
+        from_state=State.IDLE, to_state=State.RUNNING, kind=Kind.JOINED, at=T0, inferred=True
+    )
+
+
+@pytest.mark.parametrize(
+    ("state", "active_from", "started_at"),
+    [
+        (State.RUNNING, None, T0),  # not stopped: the join comes with its own event
+        (State.STOPPED, T0, T0),  # already held a slot
+        (State.STOPPED, None, None),  # still no start
+        (State.FAILED, None, T1 + timedelta(seconds=1)),  # a start after the stop is absurd
+    ],
+)
+def test_no_late_start_without_a_stop_that_lacked_one(
+    state: State, active_from: datetime | None, started_at: datetime | None
+) -> None:
+    assert (
+        lifecycle.late_start(state, state_at=T1, active_from=active_from, started_at=started_at)
+        is None
+    )

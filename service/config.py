@@ -29,6 +29,9 @@ DEFAULT_RETENTION_DAYS: Final = 30
 DEFAULT_SHUTDOWN_DRAIN_S: Final = 5.0
 DEFAULT_SHUTDOWN_TIMEOUT_S: Final = 20
 DEFAULT_PCU_WARN_FRACTION: Final = 0.8
+# A webhook waits at most this on PostgreSQL, then is answered 503: NCS gives up on an answer
+# after 10 seconds, and a 503 in time makes it retry.
+DEFAULT_DATABASE_TIMEOUT_S: Final = 5.0
 LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
 _APP_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _APP_FILE_KEYS: Final = frozenset(
@@ -55,6 +58,8 @@ class Settings:
     database_url: Secret | None = None
     apps: Mapping[str, AppSettings] = field(default_factory=lambda: MappingProxyType({}))
     read_api_tokens: tuple[Secret, ...] = ()
+    # The longest a request waits on PostgreSQL (a connection or a statement) before a 503.
+    database_timeout_s: float = DEFAULT_DATABASE_TIMEOUT_S
     agora_api_base_url: str = DEFAULT_API_BASE_URL
     host: str = "127.0.0.1"
     port: int = 8000
@@ -117,6 +122,9 @@ def load(environ: Mapping[str, str]) -> Settings:
         database_url=Secret(_database_url(database_url)) if database_url else None,
         apps=MappingProxyType(apps),
         read_api_tokens=tuple(Secret(t) for t in _csv(env.get("READ_API_TOKENS", ""))),
+        database_timeout_s=_float(
+            env, "DATABASE_TIMEOUT_S", DEFAULT_DATABASE_TIMEOUT_S, positive=True
+        ),
         agora_api_base_url=_http_url(env, "AGORA_API_BASE_URL", DEFAULT_API_BASE_URL),
         host=env.get("HOST", "127.0.0.1"),
         port=_int(env, "PORT", 8000, minimum=1, maximum=65535),

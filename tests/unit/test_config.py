@@ -19,6 +19,7 @@ def test_defaults_follow_the_contract() -> None:
     assert (settings.reconcile_grace_s, settings.reconcile_watchdog_margin_s) == (60.0, 3600.0)
     assert settings.notification_retention_days == 30
     assert (settings.shutdown_drain_s, settings.shutdown_timeout_s) == (5.0, 20)
+    assert settings.database_timeout_s == 5.0
 
 
 def test_retention_and_shutdown_periods_are_read_from_the_environment() -> None:
@@ -112,6 +113,8 @@ webhook_secrets = "s2"
         ({"AGORA_WEBHOOK_SECRETS": "s"}, "AGORA_WEBHOOK_SECRETS is set but AGORA_APP_ID"),
         ({"AGORA_APP_ID": "has space"}, "AGORA_APP_ID"),
         ({"AGORA_APP_ID": "a", "AGORA_CUSTOMER_ID": "c"}, "AGORA_CUSTOMER_SECRET"),
+        ({"DATABASE_TIMEOUT_S": "0"}, "DATABASE_TIMEOUT_S"),
+        ({"DATABASE_TIMEOUT_S": "soon"}, "DATABASE_TIMEOUT_S"),
         ({"LEDGER_APPS_FILE": "/nonexistent/apps.toml"}, "LEDGER_APPS_FILE"),
     ],
 )

@@ -22,7 +22,7 @@ from sqlalchemy import exc
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
@@ -82,6 +82,7 @@ def create_app(
             *docs.routes,
         ],
         exception_handlers={
+            ClientDisconnect: _client_disconnected,
             ServiceError: _service_error,
             HTTPException: _http_error,
             exc.SQLAlchemyError: _database_error,
@@ -135,6 +136,13 @@ def _worker_ended(task: asyncio.Task[None]) -> None:
         log.error(
             "worker_crashed", error=type(task.exception()).__name__, exc_info=task.exception()
         )
+
+
+async def _client_disconnected(request: Request, error: Exception) -> Response:
+    # The client left mid-request (or was disconnected for stalling, see `connections`): nobody
+    # is there to read an answer, and nothing failed on our side.
+    log.info("client_disconnected", path=request.url.path)
+    return Response(status_code=400)
 
 
 async def _service_error(request: Request, error: Exception) -> Response:

@@ -27,7 +27,7 @@ import structlog
 import uvicorn
 from starlette.applications import Starlette
 
-from service import app, config, logs, reconcile, schema, shutdown, worker
+from service import app, config, connections, logs, reconcile, schema, shutdown, worker
 from service.errors import ConfigError
 from service.simulator import command
 
@@ -159,6 +159,7 @@ def _uvicorn_config(settings: config.Settings, application: Starlette) -> uvicor
 
 
 def _uvicorn_options(settings: config.Settings) -> dict[str, Any]:
+    """uvicorn's options for `serve`, one process or several; see `connections` for the bounds."""
     return {
         "host": settings.host,
         "port": settings.port,
@@ -166,6 +167,11 @@ def _uvicorn_options(settings: config.Settings) -> dict[str, Any]:
         "access_log": False,
         "server_header": False,
         "timeout_graceful_shutdown": settings.shutdown_timeout_s,
+        # httptools, as uvicorn's "auto" picks, with the header size and read time bounds that
+        # uvicorn has no option for; nothing here speaks WebSocket.
+        "http": connections.BoundedHttpToolsProtocol,
+        "ws": "none",
+        "timeout_keep_alive": connections.KEEP_ALIVE_S,
     }
 
 

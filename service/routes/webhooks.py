@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Final
 
 import structlog
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -56,6 +56,11 @@ async def receive(request: Request) -> Response:
         )
         outcome, status, reason = result.status, 200, ""
         return JSONResponse({"status": result.status})
+    except ClientDisconnect:
+        # Gone before its body arrived (or cut off for stalling): nothing stored, nobody to answer;
+        # logged with nginx's "client closed request" status, never sent.
+        outcome, status, reason = "rejected", 499, "client_disconnected"
+        raise
     except RequestRejected as rejected:
         outcome, status, reason = "rejected", rejected.status_hint, rejected.code
         raise

@@ -7,7 +7,8 @@
     simulate ...                          the Agora simulator against a running service
 
 Every command loads the configuration first and fails with a message naming the variable at
-fault (exit code 2), then configures logging.
+fault (exit code 2), then configures logging. Commands that need the database connect to it once
+before anything else and, when it cannot be reached, say why in one line (exit code 1).
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ import structlog
 import uvicorn
 from starlette.applications import Starlette
 
-from service import app, config, connections, logs, reconcile, schema, shutdown, worker
-from service.errors import ConfigError
+from service import app, config, connections, db, logs, reconcile, schema, shutdown, worker
+from service.errors import ConfigError, Unavailable
 from service.simulator import command
 
 log = structlog.get_logger(__name__)
@@ -43,8 +44,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"convoai-ledger: configuration error: {error}", file=sys.stderr)
         return 2
     logs.configure(level=settings.log_level, fmt=settings.log_format)
-    command: int = args.run(settings, args)
+    try:
+        command: int = args.run(settings, args)
+    except ConfigError as error:
+        print(f"convoai-ledger: configuration error: {error}", file=sys.stderr)
+        return 2
+    except Unavailable as error:
+        print(f"convoai-ledger: database unavailable: {error}", file=sys.stderr)
+        return 1
     return command
+
+
+def _require_database(settings: config.Settings) -> None:
+    """Raise `ConfigError` without DATABASE_URL, `Unavailable` (one line) if it cannot be reached."""
+    if settings.database_url is None:
+        raise ConfigError("DATABASE_URL is required")
+    db.check_reachable(settings.sqlalchemy_url, timeout_s=settings.database_timeout_s)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -85,9 +100,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(settings: config.Settings, args: argparse.Namespace) -> int:
-    if settings.database_url is None:
-        print("convoai-ledger: configuration error: DATABASE_URL is required", file=sys.stderr)
+    if args.with_worker and args.workers > 1:
+        print("convoai-ledger: --with-worker needs --workers 1", file=sys.stderr)
         return 2
+    _require_database(settings)
     if not settings.apps:
         log.warning(
             "no_apps_configured",
@@ -100,9 +116,6 @@ def _serve(settings: config.Settings, args: argparse.Namespace) -> int:
         workers=args.workers,
         apps=sorted(settings.apps),
     )
-    if args.with_worker and args.workers > 1:
-        print("convoai-ledger: --with-worker needs --workers 1", file=sys.stderr)
-        return 2
     if args.workers > 1:
         return _serve_processes(settings, args.workers)
     draining = threading.Event()
@@ -183,32 +196,31 @@ def app_from_environment() -> Starlette:
 
 
 def _migrate(settings: config.Settings, args: argparse.Namespace) -> int:
-    if settings.database_url is None:
-        print("convoai-ledger: configuration error: DATABASE_URL is required", file=sys.stderr)
-        return 2
-    schema.upgrade(settings.sqlalchemy_url)
+    _require_database(settings)
+    try:
+        schema.upgrade(settings.sqlalchemy_url)
+    except db.ERRORS as error:
+        if not db.is_unavailable(error):
+            raise
+        raise Unavailable(db.describe(error, url=settings.sqlalchemy_url)) from None
     log.info("migrated", revision=schema.head())
     return 0
 
 
 def _worker(settings: config.Settings, args: argparse.Namespace) -> int:
-    if settings.database_url is None:
-        print("convoai-ledger: configuration error: DATABASE_URL is required", file=sys.stderr)
-        return 2
+    _require_database(settings)
     return asyncio.run(worker.main(settings))
 
 
 def _reconcile(settings: config.Settings, args: argparse.Namespace) -> int:
     """One pass per app; exit 0 only if every pass completed."""
-    if settings.database_url is None:
-        print("convoai-ledger: configuration error: DATABASE_URL is required", file=sys.stderr)
-        return 2
     if args.app is not None and settings.app(args.app) is None:
         print(f"convoai-ledger: unknown app {args.app!r}", file=sys.stderr)
         return 2
     if not settings.apps:
         print("convoai-ledger: no apps configured", file=sys.stderr)
         return 2
+    _require_database(settings)
     summaries = asyncio.run(_reconcile_once(settings, app_id=args.app))
     for summary in summaries:
         print(summary.describe())

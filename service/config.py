@@ -172,10 +172,14 @@ def _app_from_env(env: Mapping[str, str]) -> AppSettings | None:
     if (customer_id is None) != (customer_secret is None):
         missing = "AGORA_CUSTOMER_SECRET" if customer_secret is None else "AGORA_CUSTOMER_ID"
         raise ConfigError(f"{missing} is required when the other REST credential is set")
+    secrets = _csv(env.get("AGORA_WEBHOOK_SECRETS", ""))
+    if not secrets:
+        # Without one every webhook is refused (401): say so at start, not in Agora's Console.
+        raise ConfigError("AGORA_WEBHOOK_SECRETS is required when AGORA_APP_ID is set")
     certificate = env.get("AGORA_APP_CERTIFICATE")
     return AppSettings(
         app_id=app_id,
-        webhook_secrets=tuple(Secret(s) for s in _csv(env.get("AGORA_WEBHOOK_SECRETS", ""))),
+        webhook_secrets=tuple(Secret(s) for s in secrets),
         customer_id=customer_id,
         customer_secret=Secret(customer_secret) if customer_secret is not None else None,
         app_certificate=Secret(certificate) if certificate is not None else None,
@@ -211,6 +215,8 @@ def _app_from_table(entry: dict[str, object], *, where: str) -> AppSettings:
         secrets = _csv(secrets)
     if not isinstance(secrets, list) or not all(isinstance(s, str) and s for s in secrets):
         raise ConfigError(f"{where}: webhook_secrets must be a list of non-empty strings")
+    if not secrets:
+        raise ConfigError(f"{where} (app_id {app_id!r}): webhook_secrets is required")
     cap = entry.get("pcu_cap", DEFAULT_PCU_CAP)
     if not isinstance(cap, int) or isinstance(cap, bool) or cap < 1:
         raise ConfigError(f"{where}: pcu_cap must be a positive integer")

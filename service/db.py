@@ -2,15 +2,18 @@
 
 The service speaks to PostgreSQL through SQLAlchemy Core on psycopg 3 (`postgresql+psycopg://`).
 Use cases own their transactions (`async with engine.begin() as conn:`); repositories take the
-connection and never commit. Requests bound their wait on the database with `within`.
+connection and never commit. Requests bound their wait on the database with `within`; commands
+check the database first with `check_reachable`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any, Final, TypeVar
+from urllib.parse import urlsplit
 
 import psycopg
 import structlog
@@ -90,6 +93,32 @@ def _wound_down(task: asyncio.Future[Any]) -> None:
     _abandoned.discard(task)
     if not task.cancelled() and task.exception() is not None:
         log.info("database_work_abandoned", error=type(task.exception()).__name__)
+
+
+def check_reachable(url: str, *, timeout_s: float) -> None:
+    """Connect once and run `SELECT 1`; raise `Unavailable` saying why not, in one line.
+
+    For commands at start, so that an unreachable database is one clear line, not a traceback.
+    """
+    try:
+        with psycopg.connect(
+            libpq_url(url),
+            connect_timeout=max(2, math.ceil(timeout_s)),  # libpq: whole seconds, at least 2
+            application_name="convoai-ledger",
+        ) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.Error as error:
+        raise errors.Unavailable(describe(error, url=url)) from None
+
+
+def describe(error: BaseException, *, url: str) -> str:
+    """One line naming what went wrong with the database, never the URL's password."""
+    cause = error.orig if isinstance(error, exc.DBAPIError) and error.orig else error
+    lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+    line = " ".join((lines[0] if lines else type(cause).__name__).split())
+    line = line.removeprefix("connection failed: ")
+    password = urlsplit(url).password
+    return line.replace(password, "***") if password else line
 
 
 def migrations_path() -> Path:

@@ -72,6 +72,7 @@ def scenarios(sim: server.Running, url: str, latency: float) -> list[str]:
         "PATH": os.environ.get("PATH", ""),
         "DATABASE_URL": url,
         "AGORA_APP_ID": APP_ID,
+        "AGORA_WEBHOOK_SECRETS": "bench-ncs-secret",  # required; reconciliation sends no webhook
         "AGORA_CUSTOMER_ID": CUSTOMER_ID,
         "AGORA_CUSTOMER_SECRET": CUSTOMER_SECRET,
         "AGORA_API_BASE_URL": sim.api_base_url,

@@ -4,7 +4,8 @@
 database engine and yields it as typed state; handlers reach it as `request.state.engine`.
 `draining` is set by the SIGTERM handler (`service/shutdown.py`) so that `/readyz` fails.
 Every error is answered as JSON: `ServiceError`s with their contract body, anything else as a
-logged 500 (or 503 when the database is what failed).
+logged 500 (or 503 when the database is what failed, or did not answer within
+`DATABASE_TIMEOUT_S`: the webhook and every read API handler are bounded by `db.within`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TypedDict
 
 import psycopg
@@ -21,8 +22,9 @@ from sqlalchemy import exc
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
 
 from service import db, worker
 from service.config import Settings
@@ -55,7 +57,13 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
         own = engine is None
-        active = engine if engine is not None else db.create_engine(settings.sqlalchemy_url)
+        active = (
+            engine
+            if engine is not None
+            else db.create_engine(
+                settings.sqlalchemy_url, pool_timeout_s=settings.database_timeout_s
+            )
+        )
         try:
             async with contextlib.AsyncExitStack() as stack:
                 if with_worker:
@@ -68,12 +76,13 @@ def create_app(
     return Starlette(
         routes=[
             *webhooks.routes,
-            *dashboard.routes,
+            *_within_database_timeout(dashboard.routes),
             *health.routes,
             *metrics.routes,
             *docs.routes,
         ],
         exception_handlers={
+            ClientDisconnect: _client_disconnected,
             ServiceError: _service_error,
             HTTPException: _http_error,
             exc.SQLAlchemyError: _database_error,
@@ -82,6 +91,30 @@ def create_app(
         },
         lifespan=lifespan,
     )
+
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def _within_database_timeout(routes: Sequence[BaseRoute]) -> list[BaseRoute]:
+    """`routes` with each handler answering 503 once DATABASE_TIMEOUT_S has passed (`db.within`).
+
+    Only the handler is bounded, not the sending of its response, so a streamed answer may last.
+    """
+    return [
+        Route(route.path, _bounded(route.endpoint), methods=route.methods, name=route.name)
+        if isinstance(route, Route)
+        else route
+        for route in routes
+    ]
+
+
+def _bounded(endpoint: Endpoint) -> Endpoint:
+    async def bounded(request: Request) -> Response:
+        timeout_s = request.state.settings.database_timeout_s
+        return await db.within(endpoint(request), timeout_s=timeout_s)
+
+    return bounded
 
 
 @contextlib.asynccontextmanager
@@ -103,6 +136,13 @@ def _worker_ended(task: asyncio.Task[None]) -> None:
         log.error(
             "worker_crashed", error=type(task.exception()).__name__, exc_info=task.exception()
         )
+
+
+async def _client_disconnected(request: Request, error: Exception) -> Response:
+    # The client left mid-request (or was disconnected for stalling, see `connections`): nobody
+    # is there to read an answer, and nothing failed on our side.
+    log.info("client_disconnected", path=request.url.path)
+    return Response(status_code=400)
 
 
 async def _service_error(request: Request, error: Exception) -> Response:

@@ -8,7 +8,8 @@
     simulate ...                          the Agora simulator against a running service
 
 Every command loads the configuration first and fails with a message naming the variable at
-fault (exit code 2), then configures logging.
+fault (exit code 2), then configures logging. Commands that need the database connect to it once
+before anything else and, when it cannot be reached, say why in one line (exit code 1).
 """
 
 from __future__ import annotations
@@ -28,8 +29,19 @@ import structlog
 import uvicorn
 from starlette.applications import Starlette
 
-from service import app, config, db, logs, reapply, reconcile, schema, shutdown, worker
-from service.errors import ConfigError
+from service import (
+    app,
+    config,
+    connections,
+    db,
+    logs,
+    reapply,
+    reconcile,
+    schema,
+    shutdown,
+    worker,
+)
+from service.errors import ConfigError, Unavailable
 from service.simulator import command
 
 log = structlog.get_logger(__name__)
@@ -44,8 +56,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"convoai-ledger: configuration error: {error}", file=sys.stderr)
         return 2
     logs.configure(level=settings.log_level, fmt=settings.log_format)
-    command: int = args.run(settings, args)
+    try:
+        command: int = args.run(settings, args)
+    except ConfigError as error:
+        print(f"convoai-ledger: configuration error: {error}", file=sys.stderr)
+        return 2
+    except Unavailable as error:
+        print(f"convoai-ledger: database unavailable: {error}", file=sys.stderr)
+        return 1
     return command
+
+
+def _require_database(settings: config.Settings) -> None:
+    """Raise `ConfigError` without DATABASE_URL, `Unavailable` (one line) if it cannot be reached."""
+    if settings.database_url is None:
+        raise ConfigError("DATABASE_URL is required")
+    db.check_reachable(settings.sqlalchemy_url, timeout_s=settings.database_timeout_s)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -92,9 +118,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(settings: config.Settings, args: argparse.Namespace) -> int:
-    if settings.database_url is None:
-        print("convoai-ledger: configuration error: DATABASE_URL is required", file=sys.stderr)
+    if args.with_worker and args.workers > 1:
+        print("convoai-ledger: --with-worker needs --workers 1", file=sys.stderr)
         return 2
+    _require_database(settings)
     if not settings.apps:
         log.warning(
             "no_apps_configured",
@@ -107,9 +134,6 @@ def _serve(settings: config.Settings, args: argparse.Namespace) -> int:
         workers=args.workers,
         apps=sorted(settings.apps),
     )
-    if args.with_worker and args.workers > 1:
-        print("convoai-ledger: --with-worker needs --workers 1", file=sys.stderr)
-        return 2
     if args.workers > 1:
         return _serve_processes(settings, args.workers)
     draining = threading.Event()
@@ -166,6 +190,7 @@ def _uvicorn_config(settings: config.Settings, application: Starlette) -> uvicor
 
 
 def _uvicorn_options(settings: config.Settings) -> dict[str, Any]:
+    """uvicorn's options for `serve`, one process or several; see `connections` for the bounds."""
     return {
         "host": settings.host,
         "port": settings.port,
@@ -173,6 +198,11 @@ def _uvicorn_options(settings: config.Settings) -> dict[str, Any]:
         "access_log": False,
         "server_header": False,
         "timeout_graceful_shutdown": settings.shutdown_timeout_s,
+        # httptools, as uvicorn's "auto" picks, with the header size and read time bounds that
+        # uvicorn has no option for; nothing here speaks WebSocket.
+        "http": connections.BoundedHttpToolsProtocol,
+        "ws": "none",
+        "timeout_keep_alive": connections.KEEP_ALIVE_S,
     }
 
 
@@ -184,32 +214,31 @@ def app_from_environment() -> Starlette:
 
 
 def _migrate(settings: config.Settings, args: argparse.Namespace) -> int:
-    if settings.database_url is None:
-        print("convoai-ledger: configuration error: DATABASE_URL is required", file=sys.stderr)
-        return 2
-    schema.upgrade(settings.sqlalchemy_url)
+    _require_database(settings)
+    try:
+        schema.upgrade(settings.sqlalchemy_url)
+    except db.ERRORS as error:
+        if not db.is_unavailable(error):
+            raise
+        raise Unavailable(db.describe(error, url=settings.sqlalchemy_url)) from None
     log.info("migrated", revision=schema.head())
     return 0
 
 
 def _worker(settings: config.Settings, args: argparse.Namespace) -> int:
-    if settings.database_url is None:
-        print("convoai-ledger: configuration error: DATABASE_URL is required", file=sys.stderr)
-        return 2
+    _require_database(settings)
     return asyncio.run(worker.main(settings))
 
 
 def _reconcile(settings: config.Settings, args: argparse.Namespace) -> int:
     """One pass per app; exit 0 only if every pass completed."""
-    if settings.database_url is None:
-        print("convoai-ledger: configuration error: DATABASE_URL is required", file=sys.stderr)
-        return 2
     if args.app is not None and settings.app(args.app) is None:
         print(f"convoai-ledger: unknown app {args.app!r}", file=sys.stderr)
         return 2
     if not settings.apps:
         print("convoai-ledger: no apps configured", file=sys.stderr)
         return 2
+    _require_database(settings)
     summaries = asyncio.run(_reconcile_once(settings, app_id=args.app))
     for summary in summaries:
         print(summary.describe())
@@ -225,12 +254,10 @@ async def _reconcile_once(
 
 def _reapply(settings: config.Settings, args: argparse.Namespace) -> int:
     """Every unapplied notification of the app(s), once; prints a summary per app."""
-    if settings.database_url is None:
-        print("convoai-ledger: configuration error: DATABASE_URL is required", file=sys.stderr)
-        return 2
     if args.app is not None and settings.app(args.app) is None:
         print(f"convoai-ledger: unknown app {args.app!r}", file=sys.stderr)
         return 2
+    _require_database(settings)
     app_ids = [args.app] if args.app is not None else sorted(settings.apps)
     for summary in asyncio.run(_reapply_apps(settings, app_ids)):
         print(summary.describe())

@@ -29,6 +29,9 @@ DEFAULT_RETENTION_DAYS: Final = 30
 DEFAULT_SHUTDOWN_DRAIN_S: Final = 5.0
 DEFAULT_SHUTDOWN_TIMEOUT_S: Final = 20
 DEFAULT_PCU_WARN_FRACTION: Final = 0.8
+# A webhook waits at most this on PostgreSQL, then is answered 503: NCS gives up on an answer
+# after 10 seconds, and a 503 in time makes it retry.
+DEFAULT_DATABASE_TIMEOUT_S: Final = 5.0
 LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
 _APP_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _APP_FILE_KEYS: Final = frozenset(
@@ -55,6 +58,8 @@ class Settings:
     database_url: Secret | None = None
     apps: Mapping[str, AppSettings] = field(default_factory=lambda: MappingProxyType({}))
     read_api_tokens: tuple[Secret, ...] = ()
+    # The longest a request waits on PostgreSQL (a connection or a statement) before a 503.
+    database_timeout_s: float = DEFAULT_DATABASE_TIMEOUT_S
     agora_api_base_url: str = DEFAULT_API_BASE_URL
     host: str = "127.0.0.1"
     port: int = 8000
@@ -117,6 +122,9 @@ def load(environ: Mapping[str, str]) -> Settings:
         database_url=Secret(_database_url(database_url)) if database_url else None,
         apps=MappingProxyType(apps),
         read_api_tokens=tuple(Secret(t) for t in _csv(env.get("READ_API_TOKENS", ""))),
+        database_timeout_s=_float(
+            env, "DATABASE_TIMEOUT_S", DEFAULT_DATABASE_TIMEOUT_S, positive=True
+        ),
         agora_api_base_url=_http_url(env, "AGORA_API_BASE_URL", DEFAULT_API_BASE_URL),
         host=env.get("HOST", "127.0.0.1"),
         port=_int(env, "PORT", 8000, minimum=1, maximum=65535),
@@ -164,10 +172,14 @@ def _app_from_env(env: Mapping[str, str]) -> AppSettings | None:
     if (customer_id is None) != (customer_secret is None):
         missing = "AGORA_CUSTOMER_SECRET" if customer_secret is None else "AGORA_CUSTOMER_ID"
         raise ConfigError(f"{missing} is required when the other REST credential is set")
+    secrets = _csv(env.get("AGORA_WEBHOOK_SECRETS", ""))
+    if not secrets:
+        # Without one every webhook is refused (401): say so at start, not in Agora's Console.
+        raise ConfigError("AGORA_WEBHOOK_SECRETS is required when AGORA_APP_ID is set")
     certificate = env.get("AGORA_APP_CERTIFICATE")
     return AppSettings(
         app_id=app_id,
-        webhook_secrets=tuple(Secret(s) for s in _csv(env.get("AGORA_WEBHOOK_SECRETS", ""))),
+        webhook_secrets=tuple(Secret(s) for s in secrets),
         customer_id=customer_id,
         customer_secret=Secret(customer_secret) if customer_secret is not None else None,
         app_certificate=Secret(certificate) if certificate is not None else None,
@@ -203,6 +215,8 @@ def _app_from_table(entry: dict[str, object], *, where: str) -> AppSettings:
         secrets = _csv(secrets)
     if not isinstance(secrets, list) or not all(isinstance(s, str) and s for s in secrets):
         raise ConfigError(f"{where}: webhook_secrets must be a list of non-empty strings")
+    if not secrets:
+        raise ConfigError(f"{where} (app_id {app_id!r}): webhook_secrets is required")
     cap = entry.get("pcu_cap", DEFAULT_PCU_CAP)
     if not isinstance(cap, int) or isinstance(cap, bool) or cap < 1:
         raise ConfigError(f"{where}: pcu_cap must be a positive integer")

@@ -2,35 +2,51 @@
 
 The service speaks to PostgreSQL through SQLAlchemy Core on psycopg 3 (`postgresql+psycopg://`).
 Use cases own their transactions (`async with engine.begin() as conn:`); repositories take the
-connection and never commit.
+connection and never commit. Requests bound their wait on the database with `within`; commands
+check the database first with `check_reachable`.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import math
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
+from urllib.parse import urlsplit
 
 import psycopg
+import structlog
 from psycopg import sql
 from sqlalchemy import exc, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from service import errors
 
-# How long a request waits for a pooled connection, and a new connection for the server, before
-# we answer 503: Agora gives a webhook 10 seconds, and a quick 503 makes it retry.
+# How long a caller waits for a pooled connection, and a new connection for the server, before
+# it gives up (requests pass their DATABASE_TIMEOUT_S as `pool_timeout_s`).
 POOL_TIMEOUT_S: Final = 5.0
 CONNECT_TIMEOUT_S: Final = 3
 
+T = TypeVar("T")
+log = structlog.get_logger(__name__)
+# Work that `within` gave up on, kept referenced until it has wound down.
+_abandoned: set[asyncio.Future[Any]] = set()
 
-def create_engine(url: str, *, pool_size: int = 10, max_overflow: int = 10) -> AsyncEngine:
+
+def create_engine(
+    url: str,
+    *,
+    pool_size: int = 10,
+    max_overflow: int = 10,
+    pool_timeout_s: float = POOL_TIMEOUT_S,
+) -> AsyncEngine:
     """An async engine with a bounded pool; stale connections are replaced on checkout."""
     return create_async_engine(
         url,
         pool_size=pool_size,
         max_overflow=max_overflow,
-        pool_timeout=POOL_TIMEOUT_S,
+        pool_timeout=pool_timeout_s,
         pool_pre_ping=True,
         # Statement parameters hold raw bodies and transcripts: never in logs or error messages.
         hide_parameters=True,
@@ -47,6 +63,62 @@ async def driver_connection(conn: AsyncConnection) -> psycopg.AsyncConnection[An
     if not isinstance(driver, psycopg.AsyncConnection):
         raise TypeError(f"expected a psycopg async connection, got {type(driver).__name__}")
     return driver
+
+
+async def within(work: Awaitable[T], *, timeout_s: float) -> T:
+    """The result of `work`, or `Unavailable` once `timeout_s` have passed without one.
+
+    A frozen PostgreSQL answers nothing, not even its own statement_timeout, and psycopg, once
+    cancelled, spends up to ten more seconds asking the server to cancel before it closes the
+    connection. So `work` runs as a task of its own: past the deadline it is cancelled and left
+    to wind down in the background (SQLAlchemy then invalidates its connection instead of pooling
+    it half-used) while the caller answers at once.
+    """
+    task = asyncio.ensure_future(work)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=timeout_s)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if task in done:
+        return task.result()
+    task.cancel()
+    _abandoned.add(task)
+    task.add_done_callback(_wound_down)
+    log.warning("database_timed_out", timeout_s=timeout_s)
+    raise errors.Unavailable(f"database did not answer within {timeout_s:g} s")
+
+
+def _wound_down(task: asyncio.Future[Any]) -> None:
+    _abandoned.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        log.info("database_work_abandoned", error=type(task.exception()).__name__)
+
+
+def check_reachable(url: str, *, timeout_s: float) -> None:
+    """Connect once and run `SELECT 1`; raise `Unavailable` saying why not, in one line.
+
+    For commands at start, so that an unreachable database is one clear line, not a traceback.
+    """
+    try:
+        with psycopg.connect(
+            libpq_url(url),
+            connect_timeout=max(2, math.ceil(timeout_s)),  # libpq: whole seconds, at least 2
+            application_name="convoai-ledger",
+        ) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.Error as error:
+        raise errors.Unavailable(describe(error, url=url)) from None
+
+
+def describe(error: BaseException, *, url: str) -> str:
+    """One line naming what went wrong with the database, never the URL's password."""
+    cause = error.orig if isinstance(error, exc.DBAPIError) and error.orig else error
+    lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+    line = " ".join((lines[0] if lines else type(cause).__name__).split())
+    line = line.removeprefix("connection failed: ")
+    password = urlsplit(url).password
+    return line.replace(password, "***") if password else line
 
 
 def migrations_path() -> Path:

@@ -2,6 +2,9 @@
 
 Cutting closes every open connection and refuses new ones, which is what the service sees when
 the database goes down; it works the same against an embedded server or TEST_DATABASE_URL.
+Freezing keeps every socket open and accepts new connections but forwards no byte either way until
+thawed, which is what a stopped (SIGSTOP) or wedged PostgreSQL looks like: nothing is refused,
+nothing is answered, and what was sent meanwhile arrives after the thaw.
 Given several targets it hands each new connection to the next one in turn, as a round-robin
 load balancer in front of service replicas would.
 """
@@ -21,6 +24,8 @@ class TcpProxy:
         self._listener: socket.socket | None = None
         self._sockets: set[socket.socket] = set()
         self._lock = threading.Lock()
+        self._flowing = threading.Event()
+        self._flowing.set()
         self.port = 0
         self.up()
 
@@ -58,6 +63,15 @@ class TcpProxy:
                     sock.shutdown(socket.SHUT_RDWR)
                 sock.close()
             self._sockets.clear()
+        self._flowing.set()  # frees the threads holding bytes back; their sockets are gone
+
+    def freeze(self) -> None:
+        """Stop forwarding bytes, keeping every connection open (and accepting new ones)."""
+        self._flowing.clear()
+
+    def thaw(self) -> None:
+        """Forward again, starting with what was held back."""
+        self._flowing.set()
 
     def _accept(self, listener: socket.socket) -> None:
         while True:
@@ -78,6 +92,7 @@ class TcpProxy:
     def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
         try:
             while data := source.recv(65536):
+                self._flowing.wait()
                 sink.sendall(data)
         except OSError:
             pass

@@ -1,7 +1,9 @@
 """POST /v1/webhooks/agora/{app_id}: raw body → verify → parse → ingest, answered after commit.
 
 The checks run in the contract's order (unknown app, too large, bad signature, invalid), each
-before anything is stored. One log line per delivery records the outcome and duration.
+before anything is stored. The database gets `DATABASE_TIMEOUT_S` to store and apply it, else the
+answer is 503 (`db.within`), before NCS's own 10 seconds are up. One log line per delivery records
+the outcome and duration.
 """
 
 from __future__ import annotations
@@ -12,11 +14,11 @@ from datetime import UTC, datetime
 from typing import Final
 
 import structlog
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from service import events, ingest, metrics, signatures
+from service import db, events, ingest, metrics, signatures
 from service.config import AppSettings, Settings
 from service.errors import PayloadTooLarge, RequestRejected, ServiceError, UnknownApp
 
@@ -44,15 +46,24 @@ async def receive(request: Request) -> Response:
         structlog.contextvars.bind_contextvars(
             notice_id=note.notice_id, agent_id=note.agent_id, event_type=note.event_type
         )
-        result = await ingest.handle(
-            request.state.engine,
-            app_id=app.app_id,
-            note=note,
-            received_at=received_at,
-            limits=request.state.settings.pcu_limits(app.app_id),
+        settings = request.state.settings
+        result = await db.within(
+            ingest.handle(
+                request.state.engine,
+                app_id=app.app_id,
+                note=note,
+                received_at=received_at,
+                limits=settings.pcu_limits(app.app_id),
+            ),
+            timeout_s=settings.database_timeout_s,
         )
         outcome, status, reason = result.status, 200, ""
         return JSONResponse({"status": result.status})
+    except ClientDisconnect:
+        # Gone before its body arrived (or cut off for stalling): nothing stored, nobody to answer;
+        # logged with nginx's "client closed request" status, never sent.
+        outcome, status, reason = "rejected", 499, "client_disconnected"
+        raise
     except RequestRejected as rejected:
         outcome, status, reason = "rejected", rejected.status_hint, rejected.code
         raise

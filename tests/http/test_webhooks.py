@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
+from types import MappingProxyType
 
 import pytest
 from starlette.testclient import TestClient
@@ -178,7 +180,9 @@ def test_precedence_unknown_app_before_size_before_signature_before_validity(
 def test_an_app_without_secrets_refuses_everything(
     make_settings: Callable[..., config.Settings], sql: Sql
 ) -> None:
-    settings = make_settings(AGORA_WEBHOOK_SECRETS="")
+    # Configuration refuses such an app (tests/unit/test_config.py); built by hand, it fails closed.
+    unsecured = config.AppSettings(app_id=APP_ID)
+    settings = dataclasses.replace(make_settings(), apps=MappingProxyType({APP_ID: unsecured}))
     with TestClient(create_app(settings)) as client:
         response = post(client, deliver(101, payload("a1")))
     assert (response.status_code, response.json()) == (401, {"error": "invalid_signature"})

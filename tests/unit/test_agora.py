@@ -22,6 +22,7 @@ CERTIFICATE = "5CFd2fd1755d40ecb72977518be15d3b"
 def settings(**overrides: str) -> config.Settings:
     env = {
         "AGORA_APP_ID": "app-one",
+        "AGORA_WEBHOOK_SECRETS": "ncs-secret",
         "AGORA_CUSTOMER_ID": "cid",
         "AGORA_CUSTOMER_SECRET": "csecret",
         "AGORA_API_BASE_URL": BASE,
@@ -270,7 +271,9 @@ def test_an_unreadable_success_is_malformed_not_retried() -> None:
 
 
 def test_an_app_without_rest_credentials_is_not_configured() -> None:
-    conf = config.load({"AGORA_APP_ID": "app-one", "AGORA_API_BASE_URL": BASE})
+    conf = config.load(
+        {"AGORA_APP_ID": "app-one", "AGORA_WEBHOOK_SECRETS": "s", "AGORA_API_BASE_URL": BASE}
+    )
     with pytest.raises(agora.AgoraNotConfigured):
         agora.Agora(httpx.AsyncClient(), conf).for_app("app-one")
     with pytest.raises(agora.AgoraNotConfigured):

@@ -19,6 +19,7 @@ def test_defaults_follow_the_contract() -> None:
     assert (settings.reconcile_grace_s, settings.reconcile_watchdog_margin_s) == (60.0, 3600.0)
     assert settings.notification_retention_days == 30
     assert (settings.shutdown_drain_s, settings.shutdown_timeout_s) == (5.0, 20)
+    assert settings.database_timeout_s == 5.0
 
 
 def test_retention_and_shutdown_periods_are_read_from_the_environment() -> None:
@@ -95,7 +96,7 @@ webhook_secrets = "s2"
     [
         ({"PORT": "eighty"}, "PORT"),
         ({"PORT": "70000"}, "PORT"),
-        ({"PCU_CAP": "0", "AGORA_APP_ID": "a"}, "PCU_CAP"),
+        ({"PCU_CAP": "0", "AGORA_APP_ID": "a", "AGORA_WEBHOOK_SECRETS": "s"}, "PCU_CAP"),
         ({"LOG_LEVEL": "loud"}, "LOG_LEVEL"),
         ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
         ({"RECONCILE_INTERVAL_S": "-1"}, "RECONCILE_INTERVAL_S"),
@@ -111,7 +112,14 @@ webhook_secrets = "s2"
         ({"DATABASE_URL": "mysql://u:secretpw@h/d"}, "DATABASE_URL"),
         ({"AGORA_WEBHOOK_SECRETS": "s"}, "AGORA_WEBHOOK_SECRETS is set but AGORA_APP_ID"),
         ({"AGORA_APP_ID": "has space"}, "AGORA_APP_ID"),
-        ({"AGORA_APP_ID": "a", "AGORA_CUSTOMER_ID": "c"}, "AGORA_CUSTOMER_SECRET"),
+        ({"AGORA_APP_ID": "a"}, "AGORA_WEBHOOK_SECRETS is required"),
+        ({"AGORA_APP_ID": "a", "AGORA_WEBHOOK_SECRETS": " , "}, "AGORA_WEBHOOK_SECRETS"),
+        (
+            {"AGORA_APP_ID": "a", "AGORA_WEBHOOK_SECRETS": "s", "AGORA_CUSTOMER_ID": "c"},
+            "AGORA_CUSTOMER_SECRET",
+        ),
+        ({"DATABASE_TIMEOUT_S": "0"}, "DATABASE_TIMEOUT_S"),
+        ({"DATABASE_TIMEOUT_S": "soon"}, "DATABASE_TIMEOUT_S"),
         ({"LEDGER_APPS_FILE": "/nonexistent/apps.toml"}, "LEDGER_APPS_FILE"),
     ],
 )
@@ -126,10 +134,22 @@ def test_bad_values_fail_naming_the_variable(env: dict[str, str], names: str) ->
     [
         ("not toml [", "not valid TOML"),
         ("[[apps]]\nwebhook_secrets = ['s']", "#1: app_id"),
-        ("[[apps]]\napp_id = 'a'\npcu_cap = -1", "pcu_cap"),
+        ("[[apps]]\napp_id = 'a'\nwebhook_secrets = ['s']\npcu_cap = -1", "pcu_cap"),
         ("[[apps]]\napp_id = 'a'\ncolour = 'red'", "unknown key 'colour'"),
-        ("[[apps]]\napp_id = 'a'\ncustomer_id = 'c'", "customer_id and customer_secret"),
-        ("[[apps]]\napp_id = 'a'\n[[apps]]\napp_id = 'a'", "configured twice"),
+        (
+            "[[apps]]\napp_id = 'a'\nwebhook_secrets = ['s']\ncustomer_id = 'c'",
+            "customer_id and customer_secret",
+        ),
+        (
+            "[[apps]]\napp_id = 'a'\nwebhook_secrets = 's'\n"
+            "[[apps]]\napp_id = 'a'\nwebhook_secrets = 's'",
+            "configured twice",
+        ),
+        (
+            "[[apps]]\napp_id = 'a'\nwebhook_secrets = ['s']\n[[apps]]\napp_id = 'b'",
+            r"\[\[apps\]\] #2 \(app_id 'b'\): webhook_secrets is required",
+        ),
+        ("[[apps]]\napp_id = 'a'\nwebhook_secrets = []", "#1 .*webhook_secrets is required"),
     ],
 )
 def test_bad_apps_files_fail_naming_the_entry(tmp_path: Path, content: str, message: str) -> None:
@@ -141,13 +161,15 @@ def test_bad_apps_files_fail_naming_the_entry(tmp_path: Path, content: str, mess
 
 def test_the_environment_app_may_not_repeat_a_file_app(tmp_path: Path) -> None:
     apps_file = tmp_path / "apps.toml"
-    apps_file.write_text("[[apps]]\napp_id = 'a'\n")
+    apps_file.write_text("[[apps]]\napp_id = 'a'\nwebhook_secrets = 's'\n")
     with pytest.raises(ConfigError, match="configured twice"):
-        config.load({"LEDGER_APPS_FILE": str(apps_file), "AGORA_APP_ID": "a"})
+        config.load(
+            {"LEDGER_APPS_FILE": str(apps_file), "AGORA_APP_ID": "a", "AGORA_WEBHOOK_SECRETS": "s"}
+        )
 
 
 def test_the_pcu_warning_fraction_defaults_to_four_fifths() -> None:
-    settings = config.load({"AGORA_APP_ID": "app1", "PCU_CAP": "10"})
+    settings = config.load({"AGORA_APP_ID": "app1", "AGORA_WEBHOOK_SECRETS": "s", "PCU_CAP": "10"})
     assert settings.pcu_limits("app1") == pcu.Limits(cap=10, warn_fraction=0.8)
     assert settings.pcu_limits("elsewhere").cap == 20
 

@@ -26,7 +26,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from service import db, worker
+from service import batcher, db, folder, worker
 from service.config import Settings
 from service.errors import RequestRejected, ServiceError
 from service.routes import dashboard, docs, health, metrics, webhooks
@@ -37,6 +37,7 @@ log = structlog.get_logger(__name__)
 class State(TypedDict):
     settings: Settings
     engine: AsyncEngine
+    batcher: batcher.Batcher
     draining: threading.Event
 
 
@@ -66,9 +67,15 @@ def create_app(
         )
         try:
             async with contextlib.AsyncExitStack() as stack:
+                group_commit = await stack.enter_async_context(_write_path(settings))
                 if with_worker:
                     await stack.enter_async_context(_background_worker(settings, active))
-                yield {"settings": settings, "engine": active, "draining": shutting_down}
+                yield {
+                    "settings": settings,
+                    "engine": active,
+                    "batcher": group_commit,
+                    "draining": shutting_down,
+                }
         finally:
             if own:
                 await active.dispose()
@@ -115,6 +122,25 @@ def _bounded(endpoint: Endpoint) -> Endpoint:
         return await db.within(endpoint(request), timeout_s=timeout_s)
 
     return bounded
+
+
+@contextlib.asynccontextmanager
+async def _write_path(settings: Settings) -> AsyncIterator[batcher.Batcher]:
+    """The group commit for webhooks, and the PCU folder its commits poke, for the app's life."""
+    pcu_folder = folder.Folder(settings)
+    group_commit = batcher.Batcher(
+        settings.sqlalchemy_url,
+        on_commit=lambda deliveries: pcu_folder.poke({d.app_id for d in deliveries}),
+    )
+    stop = asyncio.Event()
+    folding = asyncio.create_task(pcu_folder.run(stop))
+    await group_commit.start()
+    try:
+        yield group_commit
+    finally:
+        await group_commit.close()
+        stop.set()
+        await folding
 
 
 @contextlib.asynccontextmanager

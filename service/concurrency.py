@@ -1,6 +1,10 @@
 """Read-side SQL for PCU: series, peaks and the current count, from the rollup.
 
-The arithmetic is `pcu`'s; this module only fetches what it needs. A series is cut into pieces
+The arithmetic is `pcu`'s; this module only fetches what it needs. The rollup lags the agents
+by the changes not yet folded (`rollup`): a minute that still has some is cut out of the rollup's
+pieces and summarised from the agent rows themselves (`live` pieces), so every answer is exact
+for what is committed. Callers read in one snapshot (REPEATABLE READ, `snapshot()`), so the
+changes, the rollup and the agents agree. A series is cut into pieces
 (`pcu.pieces`) and one statement summarises them all: hour prefixes and suffixes from `pcu_hour`
 rows in O(1) each, whole minutes inside an hour from `pcu_minute` rows, and parts of minutes from
 the edges stored in their minute row. The level just before the series comes from the GiST
@@ -10,13 +14,14 @@ buckets is ~2,200 pieces), never the number of agents.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service import pcu, rollup
 
@@ -118,6 +123,28 @@ _MINUTE_EDGES = text(
     "SELECT edge_at, edge_delta FROM pcu_minute WHERE app_id = :app AND minute = :minute"
 )
 
+# Minutes of `[s, e)` with changes the folder has not folded yet (µs since the epoch).
+_DIRTY = text(
+    """
+    SELECT DISTINCT (floor(extract(epoch FROM at) / 60) * 60000000)::bigint
+    FROM pcu_change WHERE app_id = :app AND at >= :s AND at < :e"""
+)
+
+# The agents' own edges in each of some minutes: the truth for minutes not folded yet.
+_LIVE_EDGES = text(
+    """
+    SELECT e.at, e.d FROM unnest(CAST(:minutes AS timestamptz[])) AS m(minute)
+    CROSS JOIN LATERAL (
+        SELECT active_from AS at, 1 AS d FROM agent
+        WHERE app_id = :app AND active_from >= m.minute
+          AND active_from < m.minute + interval '1 minute'
+        UNION ALL
+        SELECT active_until, -1 FROM agent
+        WHERE app_id = :app AND active_until >= m.minute
+          AND active_until < m.minute + interval '1 minute'
+    ) AS e"""
+)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Peak:
@@ -178,9 +205,40 @@ async def series(
 ) -> list[pcu.Point]:
     """Exact max and time-weighted average concurrency per `step` over `[start, end)` (µs)."""
     grid = pcu.buckets(start, end, step)
-    parts = pcu.pieces(grid)
+    parts, found = await _summaries(conn, app_id=app_id, grid=grid)
     level = await level_before(conn, app_id=app_id, at=start)
-    return pcu.fold(level, grid, parts, await spans(conn, app_id=app_id, parts=parts))
+    return pcu.fold(level, grid, parts, found)
+
+
+async def _summaries(
+    conn: AsyncConnection, *, app_id: str, grid: Sequence[tuple[int, int]]
+) -> tuple[list[pcu.Piece], dict[int, pcu.Span]]:
+    """The grid's pieces (minutes not folded yet cut out) and their summaries."""
+    dirty = await dirty_minutes(conn, app_id=app_id, start=grid[0][0], end=grid[-1][1])
+    parts = pcu.pieces(grid, dirty=dirty)
+    found = await spans(conn, app_id=app_id, parts=parts)
+    live = [(i, part) for i, part in enumerate(parts) if part.kind == "live"]
+    if live:
+        edges = await live_edges(conn, app_id=app_id, minutes=dirty)
+        for position, part in live:
+            found[position] = pcu.summarise(edges, part.start, part.end)
+    return parts, found
+
+
+async def dirty_minutes(conn: AsyncConnection, *, app_id: str, start: int, end: int) -> list[int]:
+    """Minutes overlapping `[start, end)` (µs) with changes not folded into the rollup yet."""
+    bounds = {"app": app_id, "s": pcu.from_us(pcu.floor_grain(start)), "e": pcu.from_us(end)}
+    return sorted(int(row[0]) for row in await conn.execute(_DIRTY, bounds))
+
+
+async def live_edges(
+    conn: AsyncConnection, *, app_id: str, minutes: Sequence[int]
+) -> list[tuple[int, int]]:
+    """The agents' `(at, delta)` edges inside these minutes (µs), read from the agent rows."""
+    rows = await conn.execute(
+        _LIVE_EDGES, {"app": app_id, "minutes": [pcu.from_us(m) for m in minutes]}
+    )
+    return [(pcu.to_us(at), int(d)) for at, d in rows]
 
 
 async def peak(conn: AsyncConnection, *, app_id: str, start: int, end: int) -> Peak:
@@ -190,9 +248,8 @@ async def peak(conn: AsyncConnection, *, app_id: str, start: int, end: int) -> P
     peak is then searched minute row by minute row, and that minute edge by edge.
     """
     grid = [(start, end)]
-    parts = pcu.pieces(grid)
+    parts, found = await _summaries(conn, app_id=app_id, grid=grid)
     level = await level_before(conn, app_id=app_id, at=start)
-    found = await spans(conn, app_id=app_id, parts=parts)
     value = max(point.max for point in pcu.fold(level, grid, parts, found))
     if value <= 0:
         return Peak(value=0, at=None)
@@ -200,8 +257,13 @@ async def peak(conn: AsyncConnection, *, app_id: str, start: int, end: int) -> P
     assert reached is not None  # the fold above found `value` in these pieces
     position, before = reached
     part = parts[position]
-    if part.kind == "edges":
-        edges = await _minute_edges(conn, app_id=app_id, minute=pcu.floor_grain(part.start))
+    if part.kind in ("edges", "live"):
+        minute = pcu.floor_grain(part.start)
+        edges = (
+            await live_edges(conn, app_id=app_id, minutes=[minute])
+            if part.kind == "live"
+            else await _minute_edges(conn, app_id=app_id, minute=minute)
+        )
         inside = [(at, d) for at, d in edges if part.start <= at < part.end]
         return Peak(value=value, at=pcu.first_moment(before, inside, part.start, value))
     return Peak(value=value, at=await _first_in_minutes(conn, app_id, part, before, value))
@@ -242,6 +304,15 @@ def _edges_of(minute: int, offsets: Sequence[Any], deltas: Sequence[Any]) -> lis
 
 async def current(conn: AsyncConnection, *, app_id: str) -> int:
     return await rollup.current_pcu(conn, app_id=app_id)
+
+
+@contextlib.asynccontextmanager
+async def snapshot(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A read-only connection whose statements share one snapshot (REPEATABLE READ), so the
+    changes not yet folded, the rollup and the agents agree."""
+    async with engine.connect() as conn:
+        await conn.execution_options(isolation_level="REPEATABLE READ")
+        yield conn
 
 
 def as_datetime(at: int | None) -> datetime | None:

@@ -158,8 +158,24 @@ async def schema_revision(conn: AsyncConnection) -> str | None:
     return str(revision) if revision is not None else None
 
 
+# What a statement on a psycopg connection of our own (`connect`) can raise.
+RAW_ERRORS: Final = (psycopg.Error, OSError)
 # What `notifications` raises when its connection fails or drops.
-LISTEN_ERRORS: Final = (psycopg.Error, OSError)
+LISTEN_ERRORS: Final = RAW_ERRORS
+
+
+async def connect(url: str) -> psycopg.AsyncConnection[Any]:
+    """A psycopg connection of our own (the write path's, a folder's), outside SQLAlchemy's pool;
+    TCP keepalives notice a server that went away."""
+    return await psycopg.AsyncConnection.connect(
+        libpq_url(url),
+        connect_timeout=CONNECT_TIMEOUT_S,
+        application_name="convoai-ledger",
+        keepalives=1,
+        keepalives_idle=10,
+        keepalives_interval=5,
+        keepalives_count=3,
+    )
 
 
 def libpq_url(url: str) -> str:

@@ -106,6 +106,18 @@ AGORA_CREDENTIALS_MISSING: Final = Gauge(
 )
 
 
+INGEST_GROUPS: Final = Histogram(
+    "ledger_ingest_group_size",
+    "Notifications committed together by one group commit.",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+PCU_FOLD_LAG: Final = Histogram(
+    "ledger_pcu_fold_changes",
+    "PCU changes one fold took up (how far the folder was behind).",
+    buckets=(1, 4, 16, 64, 256, 1024, 4096),
+)
+
+
 def event_label(event_type: int | None) -> str:
     if event_type is None:
         return ""
@@ -118,6 +130,14 @@ def notification(
     """One webhook delivery: `outcome` accepted|duplicate|ignored|rejected|unavailable."""
     NOTIFICATIONS.labels(app_id, event_label(event_type), outcome, reason).inc()
     INGEST_DURATION.labels(outcome).observe(seconds)
+
+
+def group_committed(size: int) -> None:
+    INGEST_GROUPS.observe(size)
+
+
+def pcu_folded(changes: int) -> None:
+    PCU_FOLD_LAG.observe(changes)
 
 
 def out_of_order(app_id: str, event_type: int | None) -> None:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -112,7 +112,7 @@ def edges(intervals: Iterable[tuple[int, int | None]]) -> list[tuple[int, int]]:
 HOUR_US: Final = 60 * GRAIN_US
 MINUTES_PER_HOUR: Final = 60
 
-PieceKind = Literal["edges", "minutes", "hour"]
+PieceKind = Literal["edges", "minutes", "hour", "live"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,8 +150,13 @@ def buckets(start: int, end: int, step: int) -> list[tuple[int, int]]:
     return [(at, min(at + step, end)) for at in range(start, end, step)]
 
 
-def pieces(grid: Sequence[tuple[int, int]]) -> list[Piece]:
-    """Each bucket cut into pieces, in time order (see `Piece`)."""
+def pieces(grid: Sequence[tuple[int, int]], *, dirty: Collection[int] = ()) -> list[Piece]:
+    """Each bucket cut into pieces, in time order (see `Piece`).
+
+    `dirty` are minutes (their start, µs) with changes not yet folded into the rollup: each part
+    of a bucket inside one is a piece of its own, `live`, summarised from the agents themselves;
+    no other piece covers them.
+    """
     out: list[Piece] = []
     for index, (start, end) in enumerate(grid):
         first, last = ceil_grain(start), floor_grain(end)
@@ -168,7 +173,34 @@ def pieces(grid: Sequence[tuple[int, int]]) -> list[Piece]:
             out.append(Piece(index, a, b, "hour" if touches else "minutes"))
         if last < end:
             out.append(Piece(index, last, end, "edges"))
+    return _around(out, set(dirty)) if dirty else out
+
+
+def _around(parts: list[Piece], dirty: set[int]) -> list[Piece]:
+    """`parts` with every dirty minute cut out as a `live` piece of its own."""
+    out: list[Piece] = []
+    for part in parts:
+        inside = sorted(m for m in dirty if m < part.end and m + GRAIN_US > part.start)
+        if not inside:
+            out.append(part)
+            continue
+        cursor = part.start
+        for minute in inside:
+            live_start, live_end = max(minute, part.start), min(minute + GRAIN_US, part.end)
+            if cursor < live_start:
+                out.append(_whole_minutes(part.bucket, cursor, live_start))
+            out.append(Piece(part.bucket, live_start, live_end, "live"))
+            cursor = live_end
+        if cursor < part.end:
+            out.append(_whole_minutes(part.bucket, cursor, part.end))
     return out
+
+
+def _whole_minutes(bucket: int, start: int, end: int) -> Piece:
+    """A clean run of whole minutes left by cutting out dirty ones, as `pieces` would read it."""
+    touches = start % HOUR_US == 0 or end % HOUR_US == 0
+    same_hour = start // HOUR_US == (end - 1) // HOUR_US
+    return Piece(bucket, start, end, "hour" if touches and same_hour else "minutes")
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,6 +321,32 @@ def threshold(current: int, *, cap: int, warn_fraction: float) -> Threshold:
     if current >= warn_fraction * cap:
         return Threshold.WARNING
     return Threshold.NORMAL
+
+
+def margin(limits: Limits) -> int:
+    """How far below a threshold the level must fall before it is announced again: 10 % of the
+    cap, at least one agent."""
+    return max(1, math.ceil(limits.cap / 10))
+
+
+def settle(previous: Threshold, current: int, limits: Limits) -> Threshold:
+    """The level `current` puts an app at, from `previous`, with hysteresis: upwards as soon as
+    a threshold is reached; downwards only once the count fell `margin()` below the threshold
+    held, so a count hovering at the cap is announced once, not at every step."""
+    plain = threshold(current, cap=limits.cap, warn_fraction=limits.warn_fraction)
+    if _ORDER.index(plain) >= _ORDER.index(previous):
+        return plain
+    held = previous
+    while held != Threshold.NORMAL and current <= _value(held, limits) - margin(limits):
+        held = _ORDER[_ORDER.index(held) - 1]
+    return held
+
+
+def _value(level: Threshold, limits: Limits) -> float:
+    """The count at which `level` is reached."""
+    if level == Threshold.CAP:
+        return limits.cap
+    return limits.warn_fraction * limits.cap if level == Threshold.WARNING else 0
 
 
 def crossings(before: Threshold, after: Threshold) -> list[Threshold]:

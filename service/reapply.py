@@ -4,7 +4,7 @@ A verified notification is never lost to its content (CONTRACT §3): one without
 or whose application failed, is stored `unapplied` with its `problem`. `run()` (behind
 `convoai-ledger reapply [--app APP]`) reads each of an app's unapplied notifications again with
 this release's parser, from the exact bytes when they were kept (`raw`) or else the stored JSON,
-and applies what it now understands through the same `ingest.apply_event` as a webhook, one
+and applies what it now understands through the same decisions and writes as a webhook, one
 notification per transaction: the notification becomes `accepted`. What it still cannot apply
 stays listed, with the problem as this release sees it.
 
@@ -47,6 +47,10 @@ _SETTLE: Final = text(
 )
 
 
+class _StillUnapplied(Exception):
+    """This release's decision failed too: undo what the attempt wrote."""
+
+
 @dataclass(slots=True, kw_only=True)
 class Summary:
     app_id: str
@@ -71,7 +75,7 @@ async def run(engine: AsyncEngine, settings: Settings, *, app_id: str) -> Summar
             summary.still_unapplied += 1
             continue
         summary.applied += 1
-        ingest.report(applied, source="webhook")  # after the commit, as for a webhook
+        ingest.count(applied, source="webhook")  # after the commit, as for a webhook
     log.info(
         "reapply_finished",
         app_id=app_id,
@@ -97,10 +101,13 @@ async def _take_up(
         return notification_id, None
     try:
         async with conn.begin_nested():
-            applied = await _apply(
-                conn, settings, app_id=app_id, note=note, received_at=received_at
-            )
+            outcome = await _apply(conn, app_id=app_id, note=note, received_at=received_at)
+            if outcome.status != "accepted":  # its decision failed (a bug): still unapplied
+                raise _StillUnapplied
             await _settle(conn, notification_id, note, outcome="accepted", problem=note.problems)
+    except _StillUnapplied:
+        await _settle(conn, notification_id, note, outcome="unapplied", problem="applying failed")
+        return notification_id, None
     except db.ERRORS as error:
         if db.is_unavailable(error):
             raise
@@ -108,28 +115,24 @@ async def _take_up(
         log.error("reapply_failed", error=type(error).__name__, exc_info=error)
         await _settle(conn, notification_id, note, outcome="unapplied", problem=problem)
         return notification_id, None
-    return notification_id, applied
+    return notification_id, outcome.applied or ingest.Applied(app_id=app_id)
 
 
 async def _apply(
     conn: AsyncConnection,
-    settings: Settings,
     *,
     app_id: str,
     note: events.Notification,
     received_at: datetime,
-) -> ingest.Applied:
-    assert note.agent_id is not None
-    row, _ = await repositories.lock_agent(conn, app_id=app_id, agent_id=note.agent_id)
-    outcome = await ingest.apply_event(
-        conn,
-        row,
-        note=note,
-        received_at=received_at,
-        limits=settings.pcu_limits(app_id),
-        commit=False,
-    )
-    return outcome.applied or ingest.Applied(app_id=app_id)
+) -> ingest.Outcome:
+    """The stored notification's effects through the webhook's own decisions and writes."""
+    raw = await db.driver_connection(conn)
+    delivery = ingest.Delivery(app_id=app_id, note=note, received_at=received_at)
+    assert delivery.key is not None
+    plan = ingest.Plan(await repositories.lock_agents(raw, [delivery.key]))
+    outcome = ingest.plan_delivery(plan, delivery)
+    await repositories.write(raw, plan)
+    return outcome
 
 
 async def _settle(

@@ -22,7 +22,7 @@ unknown, or live forever, and PCU wrong. A pass (`run_pass`) for one app:
    it: it is closed as STOPPED at the last time we know it was alive
    (`repositories.last_alive_at`) with a message saying so ("gone").
 
-Every change goes through `ingest.observe` (the lifecycle, the append-only transitions with
+Every change goes through `ingest.observe_agents` (the lifecycle, the append-only transitions with
 `source = 'reconcile'` and `cause = 'reconcile_<kind>'`, the history job), one short transaction
 per agent, so a pass that dies half-way leaves only whole repairs behind; the next pass starts
 from scratch. Starts and stops younger than `RECONCILE_GRACE_S` are left to their webhook, which
@@ -51,7 +51,17 @@ import structlog
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service import agora, db, history, ingest, lifecycle, metrics, replies, repositories
+from service import (
+    agora,
+    db,
+    history,
+    ingest,
+    lifecycle,
+    metrics,
+    record,
+    replies,
+    repositories,
+)
 from service.lifecycle import Kind, State
 
 log = structlog.get_logger(__name__)
@@ -222,7 +232,6 @@ class _Pass:
         self.started = datetime.now(UTC)
         self.grace = timedelta(seconds=settings.reconcile_grace_s)
         self.horizon = MAX_SESSION + timedelta(seconds=settings.reconcile_watchdog_margin_s)
-        self.limits = settings.pcu_limits(summary.app_id)
         self.failed = False
 
     async def run(self) -> None:
@@ -264,7 +273,7 @@ class _Pass:
             await self._adopt(item.agent_id, state=item.state, start=item.started_at)
         elif item.state is not None and item.state is not ours.state:
             steps = await self._apply(
-                item.agent_id, [ingest.Observation(kind=OBSERVED[item.state], at=self.started)]
+                item.agent_id, [record.Observation(kind=OBSERVED[item.state], at=self.started)]
             )
             self.summary.updated += bool(steps)
 
@@ -275,10 +284,10 @@ class _Pass:
             return
         at = start or self.started
         kind = Kind.OBSERVED_STARTING if state is State.STARTING else Kind.OBSERVED_RUNNING
-        observations = [ingest.Observation(kind=kind, at=at, started_at=start)]
+        observations = [record.Observation(kind=kind, at=at, started_at=start)]
         if state is not None and state not in (State.STARTING, State.RUNNING):
             later = max(at, self.started)  # STOPPING or RECOVERING: seen now, after the join
-            observations.append(ingest.Observation(kind=OBSERVED[state], at=later))
+            observations.append(record.Observation(kind=OBSERVED[state], at=later))
         if await self._apply(agent_id, observations):
             self._repaired("adopted", agent_id, to_state=state or State.RUNNING)
 
@@ -320,7 +329,7 @@ class _Pass:
             return
         # Without Agora's stop_ts, the query time: the agent had stopped by then.
         stop = status.stopped_at or now
-        observation = ingest.Observation(
+        observation = record.Observation(
             kind=OBSERVED[status.state],
             at=stop,
             started_at=status.started_at,
@@ -336,7 +345,7 @@ class _Pass:
         now = datetime.now(UTC)
         if state is not ours.state:
             steps = await self._apply(
-                ours.agent_id, [ingest.Observation(kind=OBSERVED[state], at=now)]
+                ours.agent_id, [record.Observation(kind=OBSERVED[state], at=now)]
             )
             self.summary.updated += bool(steps)
         async with self.engine.begin() as conn:
@@ -355,68 +364,51 @@ class _Pass:
     async def _gone(self, ours: repositories.Tracked) -> None:
         """Agora answered 404: close the agent at the last time we know it was alive."""
         now = datetime.now(UTC)
+        app_id = self.summary.app_id
         async with self.engine.begin() as conn:
-            row, _ = await repositories.lock_agent(
-                conn, agent_id=ours.agent_id, app_id=self.summary.app_id
-            )
-            if lifecycle.is_terminal(row.state):
+            raw = await db.driver_connection(conn)
+            rows = await repositories.lock_agents(raw, [(app_id, ours.agent_id)])
+            if lifecycle.is_terminal(rows[app_id, ours.agent_id].state):
                 return  # settled meanwhile (a webhook)
             alive = (
-                await repositories.last_alive_at(
-                    conn, app_id=self.summary.app_id, agent_id=ours.agent_id
-                )
-                or now
+                await repositories.last_alive_at(conn, app_id=app_id, agent_id=ours.agent_id) or now
             )
             if alive > now - self.grace:
                 self.summary.deferred += 1
                 return
-            observation = ingest.Observation(
+            observation = record.Observation(
                 kind=Kind.GONE,
                 at=alive,
                 stopped_at=alive,
                 stop_status=State.STOPPED.value,
                 stop_message=GONE_MESSAGE,
             )
-            applied = await ingest.observe(
-                conn,
-                row,
-                observation,
+            [applied] = await ingest.observe_agents(
+                raw,
+                app_id,
+                [(ours.agent_id, observation)],
                 source="reconcile",
-                notice_id=None,
                 received_at=now,
-                limits=self.limits,
+                rows=rows,
             )
-        ingest.report(applied, source="reconcile")
+        ingest.count(applied, source="reconcile")
         if applied.steps:
             self._repaired("gone", ours.agent_id, to_state=State.STOPPED)
 
     async def _apply(
-        self, agent_id: str, observations: Sequence[ingest.Observation]
+        self, agent_id: str, observations: Sequence[record.Observation]
     ) -> list[lifecycle.Step]:
-        """Apply `observations` in order to the agent, in one transaction; the steps recorded.
-
-        Only the first observation may change the agent's PCU interval (later ones are live
-        states after a join): the PCU locks must come before the alarm's (see `rollup`).
-        """
-        applied: list[ingest.Applied] = []
+        """Apply `observations` in order to the agent, in one transaction; the steps recorded."""
         async with self.engine.begin() as conn:
-            for observation in observations:
-                row, _ = await repositories.lock_agent(
-                    conn, agent_id=agent_id, app_id=self.summary.app_id
-                )
-                applied.append(
-                    await ingest.observe(
-                        conn,
-                        row,
-                        observation,
-                        source="reconcile",
-                        notice_id=None,
-                        received_at=datetime.now(UTC),
-                        limits=self.limits,
-                    )
-                )
+            applied = await ingest.observe_agents(
+                await db.driver_connection(conn),
+                self.summary.app_id,
+                [(agent_id, observation) for observation in observations],
+                source="reconcile",
+                received_at=datetime.now(UTC),
+            )
         for one in applied:
-            ingest.report(one, source="reconcile")
+            ingest.count(one, source="reconcile")
         return [step for one in applied for step in one.steps]
 
     def _overdue(self, ours: repositories.Tracked) -> bool:

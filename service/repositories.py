@@ -1,124 +1,85 @@
-"""Write-side statements (and the reads reconciliation decides on: `unsettled_agents`,
-`tracked_agents`, `last_alive_at`). Each takes the caller's connection first and never commits.
+"""Write-side statements (and the reads reconciliation decides on). Each takes the caller's
+connection and never commits.
 
-An agent is `(app_id, agent_id)` in every statement. Dedupe and serialisation are Postgres's job:
-`record_and_lock` stores a delivery with an `INSERT … ON CONFLICT DO NOTHING RETURNING`; it and
-`lock_agent` hold the agent's row lock until the caller's transaction ends, so two replicas
-applying notifications for one agent take turns.
+The write path (`ingest`) runs on psycopg directly, set-based: a group of notifications is one
+statement per table, its rows sent as arrays (`unnest`) or one JSON array (`jsonb_array_elements`)
+whatever their number, so a statement's size never depends on a payload's, and the statements
+of each floor go in one round trip (psycopg's pipeline mode). The worker's and reconciliation's
+own statements use the SQLAlchemy connection they hold (`db.driver_connection` reaches the psycopg
+one beneath when they share the write path's).
 
-A statement's size never depends on the payload's: the items of an array (errors, metrics, turns)
-go as one JSON array parameter that the server unpacks (`jsonb_array_elements`), so a body of
-tens of thousands of items is still one statement with a handful of parameters.
+Dedupe and serialisation are Postgres's job: notifications are stored with `INSERT … ON CONFLICT
+DO NOTHING RETURNING`; agents are created and locked (`FOR UPDATE`) in key order, so two groups
+touching the same agents take turns and never deadlock; an agent is `(app_id, agent_id)` in every
+statement.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
-from sqlalchemy import RowMapping, and_, cast, func, literal, or_, select, text, tuple_, update
-from sqlalchemy.dialects.postgresql import JSONB, insert
+import psycopg
+from psycopg.rows import dict_row
+from sqlalchemy import RowMapping, and_, cast, func, literal, or_, select, tuple_, update
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service import events, jobs, lifecycle
-from service.tables import agent, agent_transition, history, history_job
+from service import db, events, jobs, lifecycle, record
+from service.record import AgentRow
+from service.tables import agent, history
+
+if TYPE_CHECKING:
+    from service.ingest import Delivery, Plan
 
 Source = Literal["webhook", "reconcile"]
 Outcome = Literal["accepted", "ignored", "unapplied"]
+Key = tuple[str, str]
+Raw = psycopg.AsyncConnection[Any]
 
+_NAMES: Final = ", ".join(record.COLUMNS)
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class AgentRow:
-    """The columns the lifecycle needs to decide, read under the row lock."""
+# Store a group's new notifications (sorted, so that concurrent groups wait on each other's
+# keys in one order): answers the (app_id, notice_id) of those not stored before.
+_STORE: Final = """
+    INSERT INTO notification (app_id, notice_id, product_id, event_type, agent_id, outcome,
+                              problem, event_at, notify_ms, received_at, body, raw)
+    SELECT app_id, notice_id, product_id, event_type, agent_id, outcome, problem, event_at,
+           notify_ms, received_at, body::jsonb, raw
+    FROM unnest(%(app)s::text[], %(notice)s::text[], %(product)s::int[], %(type)s::int[],
+                %(agent)s::text[], %(outcome)s::text[], %(problem)s::text[],
+                %(event_at)s::timestamptz[], %(notify)s::bigint[], %(received)s::timestamptz[],
+                %(body)s::text[], %(raw)s::bytea[])
+        AS n(app_id, notice_id, product_id, event_type, agent_id, outcome, problem, event_at,
+             notify_ms, received_at, body, raw)
+    ON CONFLICT (app_id, notice_id) DO NOTHING
+    RETURNING app_id, notice_id"""
 
-    app_id: str
-    agent_id: str
-    name: str | None
-    name_at: datetime | None
-    channel: str | None
-    channel_at: datetime | None
-    labels: Mapping[str, Any]
-    label_versions: Mapping[str, Any]
-    state: lifecycle.State
-    state_at: datetime | None
-    started_at: datetime | None
-    stopped_at: datetime | None
-    stop_message: str | None
-    active_from: datetime | None
-    active_until: datetime | None
-    warning: str | None
-    warning_at: datetime | None
-    last_event_at: datetime | None
-
-    @classmethod
-    def from_row(cls, row: Mapping[Any, Any]) -> AgentRow:
-        return cls(
-            **{name: row[name] for name in _AGENT_NAMES_LIST}, state=lifecycle.State(row["state"])
-        )
-
-
-_AGENT_NAMES_LIST: Final = (
-    "app_id",
-    "agent_id",
-    "name",
-    "name_at",
-    "channel",
-    "channel_at",
-    "labels",
-    "label_versions",
-    "state_at",
-    "started_at",
-    "stopped_at",
-    "stop_message",
-    "active_from",
-    "active_until",
-    "warning",
-    "warning_at",
-    "last_event_at",
-)
-_AGENT_COLUMNS: Final = (*_AGENT_NAMES_LIST, "state")
-_AGENT_NAMES: Final = ", ".join(_AGENT_COLUMNS)
-_NEW_NAMES: Final = ", ".join(f"new.{c} AS new_{c}" for c in _AGENT_COLUMNS)
-
-# One statement, one round trip: store the delivery (nothing if it is a duplicate); if it is new
-# and names an agent we do not know, create the agent IDLE with its `pending` history; answer the
-# stored id and the agent's row: the one just created (`new_*`, ours until we commit) or the
-# existing one, locked in the lateral subquery. The sub-statements share one snapshot: an agent
-# created meanwhile by a concurrent transaction is in neither, and the caller falls back to
-# `lock_agent`. The body goes as JSON text, which the server parses into jsonb exactly as sent.
-_RECORD_AND_LOCK: Final = text(
-    f"""
-    WITH stored AS (
-        INSERT INTO notification (app_id, notice_id, product_id, event_type, agent_id, outcome,
-                                  problem, event_at, notify_ms, received_at, body, raw)
-        VALUES (:app_id, :notice_id, :product_id, :event_type, :agent_id, :outcome, :problem,
-                :event_at, :notify_ms, :received_at, CAST(:body AS jsonb), :raw)
-        ON CONFLICT (app_id, notice_id) DO NOTHING
-        RETURNING id
-    ),
-    created AS (
+# Create the agents we do not know, IDLE with their `pending` history, in key order. A key that
+# another transaction is inserting makes this wait for it, so `_LOCK` then sees its row.
+_CREATE: Final = """
+    WITH created AS (
         INSERT INTO agent (app_id, agent_id, state)
-        SELECT :app_id, CAST(:agent AS text), 'IDLE'
-        WHERE CAST(:agent AS text) IS NOT NULL AND EXISTS (SELECT FROM stored)
+        SELECT app_id, agent_id, 'IDLE'
+        FROM unnest(%(app)s::text[], %(agent)s::text[]) AS k(app_id, agent_id)
+        ORDER BY app_id, agent_id
         ON CONFLICT (app_id, agent_id) DO NOTHING
-        RETURNING {_AGENT_NAMES}
-    ),
-    history_row AS (
-        INSERT INTO history (app_id, agent_id) SELECT app_id, agent_id FROM created
-        ON CONFLICT (app_id, agent_id) DO NOTHING
+        RETURNING app_id, agent_id
     )
-    SELECT (SELECT id FROM stored) AS stored_id, {_NEW_NAMES}, locked.*
-    FROM (SELECT 1) AS one
-    LEFT JOIN created AS new ON true
-    LEFT JOIN LATERAL (
-        SELECT {_AGENT_NAMES} FROM agent
-        WHERE app_id = :app_id AND agent_id = :agent AND EXISTS (SELECT FROM stored)
-        FOR UPDATE OF agent
-    ) AS locked ON true"""
-)
+    INSERT INTO history (app_id, agent_id) SELECT app_id, agent_id FROM created
+    ON CONFLICT (app_id, agent_id) DO NOTHING"""
+
+# Lock every agent of the group, in key order, and read what the rules decide on.
+_LOCK: Final = f"""
+    SELECT {_NAMES} FROM agent
+    WHERE (app_id, agent_id) IN (
+        SELECT * FROM unnest(%(app)s::text[], %(agent)s::text[])
+    )
+    ORDER BY app_id, agent_id
+    FOR UPDATE"""
 
 
 def outcome_of(note: events.Notification) -> Outcome:
@@ -129,250 +90,253 @@ def outcome_of(note: events.Notification) -> Outcome:
     return "unapplied" if note.unusable is not None else "accepted"
 
 
-def _notification_params(
-    *,
-    app_id: str,
-    note: events.Notification,
-    received_at: datetime,
-    outcome: Outcome,
-    problem: str | None,
-) -> dict[str, Any]:
+def _notification_columns(
+    deliveries: Sequence[Delivery], *, outcome: Outcome | None = None, problem: str | None = None
+) -> dict[str, list[Any]]:
+    """`_STORE`'s arrays, in (app_id, noticeId) order."""
+    ordered = sorted(deliveries, key=lambda d: (d.app_id, d.note.notice_id))
+    notes = [d.note for d in ordered]
     return {
-        "app_id": app_id,
-        "notice_id": note.notice_id,
-        "product_id": note.product_id,
-        "event_type": note.event_type,
-        "agent_id": note.agent_id,
-        "outcome": outcome,
-        "problem": problem,
-        "event_at": note.occurred_at,
-        "notify_ms": note.notify_ms,
-        "received_at": received_at,
-        "body": note.json,
-        "raw": note.raw,
+        "app": [d.app_id for d in ordered],
+        "notice": [n.notice_id for n in notes],
+        "product": [n.product_id for n in notes],
+        "type": [n.event_type for n in notes],
+        "agent": [n.agent_id for n in notes],
+        "outcome": [outcome or outcome_of(n) for n in notes],
+        "problem": [problem or n.problem for n in notes],
+        "event_at": [n.occurred_at for n in notes],
+        "notify": [n.notify_ms for n in notes],
+        "received": [d.received_at for d in ordered],
+        "body": [n.json for n in notes],
+        "raw": [n.raw for n in notes],
     }
 
 
-async def record_and_lock(
-    conn: AsyncConnection,
-    *,
-    app_id: str,
-    note: events.Notification,
-    received_at: datetime,
-) -> tuple[bool, AgentRow | None]:
-    """Store a verified delivery (dedupe on `(app_id, noticeId)`) and, for a new one about an
-    agent, take the agent's row as `lock_agent` does: one round trip when the agent is known.
-
-    Answers `(stored, row)`: `stored` is False for a duplicate (and `row` None); `row` is the
-    agent's row, locked until the transaction ends and created IDLE (with its `pending` history)
-    if unknown, or None when the notification is not applied to an agent.
-    """
-    agent_id = note.agent_id if note.event is not None else None
-    params = _notification_params(
-        app_id=app_id,
-        note=note,
-        received_at=received_at,
-        outcome=outcome_of(note),
-        problem=note.problem,
-    )
-    found = (await conn.execute(_RECORD_AND_LOCK, {**params, "agent": agent_id})).mappings().one()
-    if found["stored_id"] is None:
-        return False, None
-    if agent_id is None:
-        return True, None
-    if found["new_agent_id"] is not None:
-        return True, AgentRow.from_row({c: found[f"new_{c}"] for c in _AGENT_COLUMNS})
-    if found["agent_id"] is not None:
-        return True, AgentRow.from_row(found)
-    row, _ = await lock_agent(conn, app_id=app_id, agent_id=agent_id)
-    return True, row
+def _keys(keys: Sequence[Key]) -> dict[str, list[str]]:
+    return {"app": [app for app, _ in keys], "agent": [agent for _, agent in keys]}
 
 
-_KEEP_UNAPPLIED: Final = text(
-    """
-    INSERT INTO notification (app_id, notice_id, product_id, event_type, agent_id, outcome,
-                              problem, event_at, notify_ms, received_at, body, raw)
-    VALUES (:app_id, :notice_id, :product_id, :event_type, :agent_id, :outcome, :problem,
-            :event_at, :notify_ms, :received_at, CAST(:body AS jsonb), :raw)
-    ON CONFLICT (app_id, notice_id) DO NOTHING
-    RETURNING id"""
-)
+async def store_and_lock(
+    conn: Raw, deliveries: Sequence[Delivery], keys: Sequence[Key]
+) -> tuple[set[tuple[str, str]], dict[Key, AgentRow]]:
+    """Store the deliveries (unique noticeIds) and create and lock the agents `keys` (sorted),
+    in one round trip. Answers the (app_id, noticeId) stored now and the locked rows."""
+    async with conn.pipeline():
+        stored = await conn.execute(_STORE, _notification_columns(deliveries))
+        rows = await _create_and_lock(conn, keys) if keys else None
+        found = {(app, notice) for app, notice in await stored.fetchall()}
+    return found, await _rows(rows)
+
+
+async def lock_agents(conn: Raw, keys: Sequence[Key]) -> dict[Key, AgentRow]:
+    """Create the agents `keys` (sorted) we do not know, IDLE, and lock them all; their rows."""
+    if not keys:
+        return {}
+    async with conn.pipeline():
+        rows = await _create_and_lock(conn, keys)
+    return await _rows(rows)
+
+
+async def _create_and_lock(conn: Raw, keys: Sequence[Key]) -> psycopg.AsyncCursor[Any]:
+    params = _keys(keys)
+    await conn.execute(_CREATE, params)
+    cursor = conn.cursor(row_factory=dict_row)
+    await cursor.execute(_LOCK, params)
+    return cursor
+
+
+async def _rows(cursor: psycopg.AsyncCursor[Any] | None) -> dict[Key, AgentRow]:
+    if cursor is None:
+        return {}
+    out: dict[Key, AgentRow] = {}
+    for row in await cursor.fetchall():
+        found = AgentRow(**{**row, "state": lifecycle.State(row["state"])})
+        out[found.key] = found
+    return out
 
 
 async def keep_unapplied(
-    conn: AsyncConnection,
-    *,
-    app_id: str,
-    note: events.Notification,
-    received_at: datetime,
-    problem: str,
+    conn: Raw, *, delivery: Delivery, problem: str, raw: bytes | None = None
 ) -> bool:
-    """Store a delivery that could not be applied, as `unapplied` with `problem`; False if its
-    noticeId was stored meanwhile."""
-    params = _notification_params(
-        app_id=app_id, note=note, received_at=received_at, outcome="unapplied", problem=problem
-    )
-    return (await conn.execute(_KEEP_UNAPPLIED, params)).first() is not None
+    """Store a delivery that could not be applied, `unapplied` with `problem` (and `raw` as its
+    exact bytes, when given); False if its noticeId was stored meanwhile."""
+    columns = _notification_columns([delivery], outcome="unapplied", problem=problem)
+    if raw is not None:
+        columns |= {"body": ['{"unstorable": true}'], "raw": [raw]}
+    return bool(await (await conn.execute(_STORE, columns)).fetchall())
 
 
-async def lock_agent(conn: AsyncConnection, *, app_id: str, agent_id: str) -> tuple[AgentRow, bool]:
-    """The agent's row, locked until the transaction ends, created IDLE if unknown.
+# The write floor: one statement per table for the whole group.
+_UPDATE_AGENTS: Final = """
+    UPDATE agent AS a SET
+        name = u.name, name_at = u.name_at, channel = u.channel, channel_at = u.channel_at,
+        labels = u.labels::jsonb, label_versions = u.label_versions::jsonb, state = u.state,
+        state_at = u.state_at, started_at = u.started_at, stopped_at = u.stopped_at,
+        stop_status = u.stop_status, stop_message = u.stop_message,
+        active_from = u.active_from, active_until = u.active_until, warning = u.warning,
+        warning_at = u.warning_at, last_event_at = u.last_event_at, updated_at = now()
+    FROM unnest(%(app_id)s::text[], %(agent_id)s::text[], %(name)s::text[],
+                %(name_at)s::timestamptz[], %(channel)s::text[], %(channel_at)s::timestamptz[],
+                %(labels)s::text[], %(label_versions)s::text[], %(state)s::text[],
+                %(state_at)s::timestamptz[], %(started_at)s::timestamptz[],
+                %(stopped_at)s::timestamptz[], %(stop_status)s::text[], %(stop_message)s::text[],
+                %(active_from)s::timestamptz[], %(active_until)s::timestamptz[],
+                %(warning)s::text[], %(warning_at)s::timestamptz[],
+                %(last_event_at)s::timestamptz[])
+        AS u(app_id, agent_id, name, name_at, channel, channel_at, labels, label_versions, state,
+             state_at, started_at, stopped_at, stop_status, stop_message, active_from,
+             active_until, warning, warning_at, last_event_at)
+    WHERE a.app_id = u.app_id AND a.agent_id = u.agent_id"""
 
-    Answers `(row, created)`. A new agent also gets its `pending` history row.
-    """
-    key = {"app_id": app_id, "agent_id": agent_id}
-    row = (await conn.execute(_LOCK_AGENT, key)).mappings().first()
-    if row is not None:
-        return AgentRow.from_row(row), False
-    row = (await conn.execute(_CREATE_AGENT, key)).mappings().first()
-    if row is None:  # another transaction created it between our two statements
-        row = (await conn.execute(_LOCK_AGENT, key)).mappings().one()
-        return AgentRow.from_row(row), False
-    return AgentRow.from_row(row), True
+_TRANSITIONS: Final = """
+    INSERT INTO agent_transition (app_id, agent_id, from_state, to_state, cause, source,
+                                  notice_id, inferred, event_at, received_at)
+    SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],
+                         %s::text[], %s::bool[], %s::timestamptz[], %s::timestamptz[])"""
 
-
-_LOCK_AGENT: Final = text(
-    f"SELECT {_AGENT_NAMES} FROM agent WHERE app_id = :app_id AND agent_id = :agent_id FOR UPDATE"
-)
-_CREATE_AGENT: Final = text(
-    f"""
-    WITH created AS (
-        INSERT INTO agent (app_id, agent_id, state) VALUES (:app_id, :agent_id, 'IDLE')
-        ON CONFLICT (app_id, agent_id) DO NOTHING
-        RETURNING {_AGENT_NAMES}
-    ),
-    history_row AS (
-        INSERT INTO history (app_id, agent_id) SELECT app_id, agent_id FROM created
-        ON CONFLICT (app_id, agent_id) DO NOTHING
-    )
-    SELECT * FROM created"""
-)
-
-
-async def update_agent(
-    conn: AsyncConnection, *, app_id: str, agent_id: str, values: Mapping[str, Any]
-) -> None:
-    """Write computed agent fields (the caller holds the row lock)."""
-    await conn.execute(
-        update(agent)
-        .where(agent.c.app_id == app_id, agent.c.agent_id == agent_id)
-        .values(**values, updated_at=func.now())
-    )
-
-
-async def add_transitions(
-    conn: AsyncConnection,
-    *,
-    app_id: str,
-    agent_id: str,
-    steps: Sequence[lifecycle.Step],
-    source: Source,
-    notice_id: str | None,
-    received_at: datetime,
-) -> None:
-    """Append one transition row per step (the log is append-only; a trigger enforces it)."""
-    if not steps:
-        return
-    await conn.execute(
-        insert(agent_transition).values(
-            [
-                {
-                    "app_id": app_id,
-                    "agent_id": agent_id,
-                    "from_state": step.from_state.value,
-                    "to_state": step.to_state.value,
-                    "cause": step.kind.value,
-                    "source": source,
-                    "notice_id": notice_id,
-                    "inferred": step.inferred,
-                    "event_at": step.at,
-                    "received_at": received_at,
-                }
-                for step in steps
-            ]
-        )
-    )
-
-
-_ADD_ERRORS: Final = text(
-    """
+_ERRORS: Final = """
     INSERT INTO agent_error (app_id, agent_id, notice_id, position, module, code, message,
                              turn_id, event_at, received_at)
-    SELECT :app_id, :agent_id, :notice_id, (o - 1)::int, e->>0, (e->>1)::bigint, e->>2, e->>3,
-           :at, :received_at
-    FROM jsonb_array_elements(CAST(:items AS jsonb)) WITH ORDINALITY AS u(e, o)
+    SELECT e->>0, e->>1, e->>2, (e->>3)::int, e->>4, (e->>5)::bigint, e->>6, e->>7,
+           (e->>8)::timestamptz, (e->>9)::timestamptz
+    FROM jsonb_array_elements(%s::jsonb) AS e
     ON CONFLICT DO NOTHING"""
-)
 
-
-async def add_errors(
-    conn: AsyncConnection,
-    *,
-    app_id: str,
-    agent_id: str,
-    notice_id: str,
-    items: Sequence[events.ErrorItem],
-    at: datetime | None,
-    received_at: datetime,
-) -> None:
-    """Record a 110's errors, by position in the notification (a redelivery adds nothing)."""
-    if not items:
-        return
-    rows = json.dumps([[e.module, e.code, e.message, e.turn_id] for e in items])
-    await conn.execute(
-        _ADD_ERRORS,
-        {
-            "app_id": app_id,
-            "agent_id": agent_id,
-            "notice_id": notice_id,
-            "items": rows,
-            "at": at,
-            "received_at": received_at,
-        },
-    )
-
-
-_ADD_METRICS: Final = text(
-    """
+_METRICS: Final = """
     INSERT INTO agent_metric (app_id, agent_id, notice_id, position, turn_id, asr_ttlw,
                               llm_ttfb, llm_ttfs, tts_ttfb, figures, event_at)
-    SELECT :app_id, :agent_id, :notice_id, (o - 1)::int, m->>'turn_id',
-           (m->'figures'->>'asr_ttlw')::int, (m->'figures'->>'llm_ttfb')::int,
-           (m->'figures'->>'llm_ttfs')::int, (m->'figures'->>'tts_ttfb')::int,
-           m->'figures', :at
-    FROM jsonb_array_elements(CAST(:items AS jsonb)) WITH ORDINALITY AS u(m, o)
+    SELECT m->>0, m->>1, m->>2, (m->>3)::int, m->>4, (m->5->>'asr_ttlw')::int,
+           (m->5->>'llm_ttfb')::int, (m->5->>'llm_ttfs')::int, (m->5->>'tts_ttfb')::int, m->5,
+           (m->>6)::timestamptz
+    FROM jsonb_array_elements(%s::jsonb) AS m
     ON CONFLICT DO NOTHING"""
-)
 
-
-async def add_metrics(
-    conn: AsyncConnection,
-    *,
-    app_id: str,
-    agent_id: str,
-    notice_id: str,
-    items: Sequence[events.MetricItem],
-    at: datetime | None,
-) -> None:
-    """Record a 111's per-turn figures, by position (a redelivery adds nothing)."""
-    if not items:
-        return
-    rows = json.dumps([{"turn_id": m.turn_id, "figures": m.figures} for m in items])
-    await conn.execute(
-        _ADD_METRICS,
-        {"app_id": app_id, "agent_id": agent_id, "notice_id": notice_id, "items": rows, "at": at},
-    )
-
-
-_UPSERT_TURNS: Final = text(
-    """
+TURNS: Final = """
     INSERT INTO agent_turn (app_id, agent_id, turn_id, start_at, end_at, start_type, end_type,
                             e2e_latency_ms, data, source)
-    SELECT :app_id, :agent_id, (t->>0)::int, (t->>1)::timestamptz, (t->>2)::timestamptz,
-           t->>3, t->>4, (t->>5)::int, t->6, :source
-    FROM jsonb_array_elements(CAST(:items AS jsonb)) AS u(t)
+    SELECT t->>0, t->>1, (t->>2)::int, (t->>3)::timestamptz, (t->>4)::timestamptz, t->>5, t->>6,
+           (t->>7)::int, t->8, t->>9
+    FROM jsonb_array_elements(%s::jsonb) AS t
     ON CONFLICT DO NOTHING"""
-)
+
+_CALL_STATES: Final = """
+    INSERT INTO call_state (app_id, agent_id, notice_id, direction, state, reported_at,
+                            received_at)
+    SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[],
+                         %s::timestamptz[], %s::timestamptz[])
+    ON CONFLICT DO NOTHING"""
+
+# A 103's transcript always wins; a job waiting out its grace for it is due now (and woken).
+_TRANSCRIPTS: Final = f"""
+    WITH written AS (
+        UPDATE history AS h
+        SET status = 'complete', source = 'webhook', contents = u.contents::jsonb,
+            reason = NULL, transcript_at = now(), updated_at = now()
+        FROM unnest(%s::text[], %s::text[], %s::text[]) AS u(app_id, agent_id, contents)
+        WHERE h.app_id = u.app_id AND h.agent_id = u.agent_id
+        RETURNING h.app_id, h.agent_id
+    ),
+    due AS (
+        UPDATE history_job AS j SET due_at = now()
+        FROM written AS w
+        WHERE j.app_id = w.app_id AND j.agent_id = w.agent_id
+          AND j.status = 'queued' AND j.due_at > now()
+        RETURNING j.agent_id
+    )
+    SELECT pg_notify('{jobs.CHANNEL}', '') FROM due LIMIT 1"""
+
+# The durable history job of each stopped agent (once per agent); workers are woken if any is new.
+_JOBS: Final = f"""
+    WITH created AS (
+        INSERT INTO history_job (app_id, agent_id)
+        SELECT * FROM unnest(%s::text[], %s::text[])
+        ON CONFLICT (app_id, agent_id) DO NOTHING
+        RETURNING agent_id
+    )
+    SELECT pg_notify('{jobs.CHANNEL}', '') FROM created LIMIT 1"""
+
+_PCU_CHANGES: Final = """
+    INSERT INTO pcu_change (app_id, at, delta, live)
+    SELECT * FROM unnest(%s::text[], %s::timestamptz[], %s::int[], %s::int[])"""
+
+_UNAPPLIED: Final = """
+    UPDATE notification AS n SET outcome = 'unapplied', problem = u.problem
+    FROM unnest(%s::text[], %s::text[], %s::text[]) AS u(app_id, notice_id, problem)
+    WHERE n.app_id = u.app_id AND n.notice_id = u.notice_id"""
+
+
+async def write(conn: Raw, plan: Plan) -> None:
+    """Write everything `plan` decided, one statement per table, in one round trip."""
+    statements = list(_statements(plan))
+    if not statements:
+        return
+    async with conn.pipeline():
+        for sql, params in statements:
+            await conn.execute(sql, params)
+
+
+def _statements(plan: Plan) -> Iterator[tuple[str, Any]]:
+    changed = plan.changed()
+    if changed:
+        yield _UPDATE_AGENTS, _agent_columns(changed)
+    if plan.transitions:
+        yield _TRANSITIONS, _columns(plan.transitions)
+    for sql, rows in ((_ERRORS, plan.errors), (_METRICS, plan.metrics), (TURNS, plan.turns)):
+        if rows:
+            yield sql, [json.dumps(rows, ensure_ascii=False)]
+    if plan.call_states:
+        yield _CALL_STATES, _columns(plan.call_states)
+    if plan.transcripts:
+        yield _TRANSCRIPTS, _columns([(*key, t) for key, t in plan.transcripts.items()])
+    if plan.jobs:
+        yield _JOBS, _columns(sorted(plan.jobs))
+    pcu = plan.pcu_changes()
+    if pcu:
+        yield _PCU_CHANGES, _columns(pcu)
+    if plan.unapplied:
+        yield _UNAPPLIED, _columns(plan.unapplied)
+
+
+def _columns(rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
+    """Rows as one array per column, for `unnest`."""
+    return [list(column) for column in zip(*rows, strict=True)]
+
+
+def _agent_columns(rows: Sequence[AgentRow]) -> dict[str, list[Any]]:
+    out: dict[str, list[Any]] = {name: [] for name in record.COLUMNS}
+    for row in rows:
+        for name in record.COLUMNS:
+            value = getattr(row, name)
+            if name in ("labels", "label_versions"):
+                value = json.dumps(value, ensure_ascii=False)
+            elif name == "state":
+                value = value.value
+            out[name].append(value)
+    return out
+
+
+def turn_rows(
+    key: Key, turns: Sequence[events.Turn], *, source: Literal["webhook", "api"]
+) -> list[list[Any]]:
+    """`agent_turn` rows for `turns` (`TURNS`; a turn id given twice: the last one)."""
+    return [
+        [
+            *key,
+            t.turn_id,
+            _iso(t.start_at),
+            _iso(t.end_at),
+            t.start_type,
+            t.end_type,
+            t.e2e_latency_ms,
+            t.data,
+            source,
+        ]
+        for t in {t.turn_id: t for t in turns}.values()
+    ]
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
 
 
 async def upsert_turns(
@@ -386,61 +350,9 @@ async def upsert_turns(
     """Store turns by `(app_id, agent_id, turn_id)`; a turn already stored is kept as it is."""
     if not turns:
         return
-    rows = json.dumps(
-        [
-            [
-                turn.turn_id,
-                _iso(turn.start_at),
-                _iso(turn.end_at),
-                turn.start_type,
-                turn.end_type,
-                turn.e2e_latency_ms,
-                turn.data,
-            ]
-            for turn in {t.turn_id: t for t in turns}.values()
-        ],
-        ensure_ascii=False,
-    )
-    await conn.execute(
-        _UPSERT_TURNS, {"app_id": app_id, "agent_id": agent_id, "items": rows, "source": source}
-    )
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
-
-
-_ADD_CALL_STATE: Final = text(
-    """
-    INSERT INTO call_state (app_id, agent_id, notice_id, direction, state, reported_at, received_at)
-    VALUES (:app_id, :agent_id, :notice_id, :direction, :state, :reported_at, :received_at)
-    ON CONFLICT DO NOTHING"""
-)
-
-
-async def add_call_state(
-    conn: AsyncConnection,
-    *,
-    app_id: str,
-    agent_id: str,
-    notice_id: str,
-    event: events.CallState,
-    received_at: datetime,
-) -> None:
-    if event.state is None:
-        return
-    await conn.execute(
-        _ADD_CALL_STATE,
-        {
-            "app_id": app_id,
-            "agent_id": agent_id,
-            "notice_id": notice_id,
-            "direction": event.direction,
-            "state": event.state,
-            "reported_at": event.reported_at,
-            "received_at": received_at,
-        },
-    )
+    rows = turn_rows((app_id, agent_id), turns, source=source)
+    raw = await db.driver_connection(conn)
+    await raw.execute(TURNS, [json.dumps(rows, ensure_ascii=False)])
 
 
 async def store_transcript(
@@ -492,22 +404,6 @@ async def mark_history_unavailable(
         .returning(history.c.agent_id)
     )
     return (await conn.execute(stmt)).first() is not None
-
-
-async def enqueue_history_job(conn: AsyncConnection, *, app_id: str, agent_id: str) -> None:
-    """Record the durable history job for a stopped agent (once per agent); if it is new,
-    listening workers are notified when the caller's transaction commits.
-
-    One statement: the notification is sent only if the job is new.
-    """
-    created = (
-        insert(history_job)
-        .values(app_id=app_id, agent_id=agent_id)
-        .on_conflict_do_nothing(index_elements=[history_job.c.app_id, history_job.c.agent_id])
-        .returning(history_job.c.app_id, history_job.c.agent_id)
-        .cte("created")
-    )
-    await conn.execute(select(func.pg_notify(jobs.CHANNEL, created.c.agent_id)))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

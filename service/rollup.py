@@ -1,21 +1,19 @@
-"""PCU upkeep inside the transaction that changes an agent's active interval.
+"""PCU rollup: folded from recorded changes, off the request path, by one folder per app.
 
-Two things follow an agent's `[active_from, active_until)` and are written here, by the same
-transaction that writes the agent row (`ingest.observe`, for webhooks and reconciliation alike):
+The write path (`ingest`, webhooks and reconciliation alike) records what each transaction
+changed about PCU as cheap rows, with no lock (`changes()` → `pcu_change`): every moved edge of an
+agent's active interval, and every change of whether it holds a slot now. `fold()` turns an app's
+recorded changes into the rollup, holding the app's advisory lock so that one folder works on an
+app at a time, in ONE statement (so in one snapshot): it deletes the changes it can see, rewrites
+the minutes they touch from the agent rows (`pcu_minute`, the truth as of that snapshot) and their
+hours (`pcu_hour`), and answers the changes of the current count in the order they were recorded;
+`fold()` then settles the threshold alarm from them (`pcu.settle`, with hysteresis), so each
+crossing is announced once, by the one folder that saw it, however many replicas run.
 
-- `pcu_minute`: one `pcu.Span` per app and minute, summarising the interval edges in that minute
-  (and the edges themselves); `pcu_hour`: per app and hour, prefix and suffix summaries of its
-  minutes. A moved edge rewrites its minute from the agent rows, then the minute's hour from its
-  minutes, so the rollup is always what the agents say, whatever the arrival order.
-- `pcu_alarm`: where the app's current PCU stands against its thresholds. An upward move is a
-  crossing, reported once by the one transaction that made it.
-
-Locks, always in this order, so no two transactions wait on each other in a cycle: the agent's
-row (taken by the caller; one agent per transaction), then the touched minutes' advisory locks in
-ascending key order, then the touched hours' likewise, then the app's alarm row. Transactions for
-different agents of one app only wait on each other when their edges fall in the same hour (from
-the rollup upkeep to their commit), or, at the very end, when both change the app's current
-PCU. The read side lives in `concurrency.py`.
+The rollup plus the changes not yet folded is always what the agents say: reads cut the minutes
+that still have changes out of the rollup and summarise those from the agents
+(`concurrency`); `current` is counted from the agents' states. Every process runs a folder
+(`service/folder.py`) that folds soon after its own commits and every `FOLD_INTERVAL_S`.
 """
 
 from __future__ import annotations
@@ -23,16 +21,18 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Final
+from typing import Any, Final
 
+import psycopg
 from sqlalchemy import func, select, text
-from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service import db, lifecycle, pcu
+from service import lifecycle, pcu
 from service.tables import agent
 
 Interval = tuple[datetime | None, datetime | None]
+# A recorded change: (app_id, edge time or None, edge delta, live delta).
+Change = tuple[str, datetime | None, int, int]
 
 # Minute rows from the edges (`pcu.summarise` in SQL), plus the edges themselves (µs offset in
 # the minute, net change, level after it relative to the minute's start) and, per edge, the
@@ -69,7 +69,7 @@ _MINUTE_CTES: Final = """
 
 # Hour rows from their minutes (`pcu.hour_prefix` in SQL). `target` must yield the (app_id,
 # hour) pairs to write and `minute_now` the minutes' (app_id, minute, delta, peak, area_us) as
-# they now are; an hour without minutes is deleted, the others upserted.
+# they now are; an hour without minutes is deleted, the others upserted (`hour_written`).
 _HOUR_CTES: Final = """
     slot AS (
         SELECT t.app_id, t.hour, k, m.minute IS NOT NULL AS present,
@@ -103,31 +103,40 @@ _HOUR_CTES: Final = """
     hour_cleared AS (
         DELETE FROM pcu_hour AS h USING hour_summary AS s
         WHERE h.app_id = s.app_id AND h.hour = s.hour AND NOT s.present
-    )
-    INSERT INTO pcu_hour (app_id, hour, cum, area, pmax, smax)
-    SELECT app_id, hour, cum, area, pmax, smax FROM hour_summary WHERE present
-    ON CONFLICT (app_id, hour) DO UPDATE
-    SET cum = excluded.cum, area = excluded.area, pmax = excluded.pmax, smax = excluded.smax"""
+    ),
+    hour_written AS (
+        INSERT INTO pcu_hour (app_id, hour, cum, area, pmax, smax)
+        SELECT app_id, hour, cum, area, pmax, smax FROM hour_summary WHERE present
+        ON CONFLICT (app_id, hour) DO UPDATE
+        SET cum = excluded.cum, area = excluded.area, pmax = excluded.pmax, smax = excluded.smax
+    )"""
 
 _MINUTE_COLUMNS: Final = (
     "app_id, minute, delta, peak, area_us, edge_at, edge_delta, edge_level, edge_pmax,"
     " edge_smax, edge_wsum"
 )
 
-# Given minutes of one app, and their hours, rewritten in one statement: the minutes from the
-# agents' edges, the hours from those new minutes and their other (committed) minutes.
-_REWRITE = text(
-    f"""
-    WITH point AS (
-        SELECT CAST(:app AS text) AS app_id, m.minute, e.at, sum(e.d) AS d
-        FROM unnest(CAST(:minutes AS timestamptz[])) AS m(minute)
+# One app's recorded changes folded in one statement (one snapshot): the changes it can see are
+# taken, the minutes they touch rewritten from the agents and their hours from the minutes; it
+# answers the live changes in recorded order, and the app's current count in the same snapshot.
+FOLD_SQL: Final = f"""
+    WITH taken AS (
+        DELETE FROM pcu_change WHERE app_id = %(app)s RETURNING id, at, live
+    ),
+    touched AS (
+        SELECT DISTINCT to_timestamp(floor(extract(epoch FROM at) / 60) * 60) AS minute
+        FROM taken WHERE at IS NOT NULL
+    ),
+    point AS (
+        SELECT CAST(%(app)s AS text) AS app_id, m.minute, e.at, sum(e.d) AS d
+        FROM touched AS m
         CROSS JOIN LATERAL (
             SELECT active_from AS at, 1 AS d FROM agent
-            WHERE app_id = :app AND active_from >= m.minute
+            WHERE app_id = %(app)s AND active_from >= m.minute
               AND active_from < m.minute + interval '1 minute'
             UNION ALL
             SELECT active_until, -1 FROM agent
-            WHERE app_id = :app AND active_until >= m.minute
+            WHERE app_id = %(app)s AND active_until >= m.minute
               AND active_until < m.minute + interval '1 minute'
         ) AS e
         GROUP BY m.minute, e.at
@@ -135,7 +144,7 @@ _REWRITE = text(
     {_MINUTE_CTES},
     minute_cleared AS (
         DELETE FROM pcu_minute
-        WHERE app_id = :app AND minute = ANY(CAST(:minutes AS timestamptz[]))
+        WHERE app_id = %(app)s AND minute IN (SELECT minute FROM touched)
           AND minute NOT IN (SELECT minute FROM minute_summary)
     ),
     minute_written AS (
@@ -148,8 +157,9 @@ _REWRITE = text(
             edge_smax = excluded.edge_smax, edge_wsum = excluded.edge_wsum
     ),
     target AS (
-        SELECT CAST(:app AS text) AS app_id, hour
-        FROM unnest(CAST(:hours AS timestamptz[])) AS h(hour)
+        SELECT DISTINCT CAST(%(app)s AS text) AS app_id,
+               to_timestamp(floor(extract(epoch FROM minute) / 3600) * 3600) AS hour
+        FROM touched
     ),
     minute_now AS (
         SELECT app_id, minute, delta, peak, area_us FROM minute_summary
@@ -158,11 +168,15 @@ _REWRITE = text(
         FROM target AS t
         JOIN pcu_minute AS m ON m.app_id = t.app_id
              AND m.minute >= t.hour AND m.minute < t.hour + interval '1 hour'
-        WHERE m.minute <> ALL(CAST(:minutes AS timestamptz[]))
+        WHERE m.minute NOT IN (SELECT minute FROM touched)
     ),
     {_HOUR_CTES}
-    """
-)
+    SELECT coalesce(array_agg(live ORDER BY id) FILTER (WHERE live <> 0), '{{}}') AS lives,
+           count(*) AS taken,
+           (SELECT count(*) FROM agent
+            WHERE app_id = %(app)s AND state = ANY(%(active)s))::int AS current
+    FROM taken
+"""
 
 # Every minute of every app from scratch (`rebuild()`; the migration's backfill is the same).
 REBUILD_SQL: Final = f"""
@@ -190,14 +204,27 @@ REBUILD_HOURS_SQL: Final = f"""
     ),
     minute_now AS (SELECT app_id, minute, delta, peak, area_us FROM pcu_minute),
     {_HOUR_CTES}
+    SELECT count(*) FROM hour_summary
 """
 
-_LOCK = text("SELECT pg_advisory_xact_lock(key) FROM unnest(CAST(:keys AS bigint[])) AS key")
+_ALARM_SQL: Final = """
+    WITH created AS (
+        INSERT INTO pcu_alarm (app_id) VALUES (%(app)s) ON CONFLICT DO NOTHING
+        RETURNING level, current
+    )
+    SELECT level, current FROM created
+    UNION ALL
+    SELECT level, current FROM pcu_alarm WHERE app_id = %(app)s"""
+_SETTLED_SQL: Final = """
+    UPDATE pcu_alarm SET level = %(level)s, current = %(current)s,
+           changed_at = CASE WHEN level <> %(level)s THEN now() ELSE changed_at END
+    WHERE app_id = %(app)s"""
+_ACTIVE: Final = [state.value for state in lifecycle.ACTIVE]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Crossing:
-    """An upward crossing of a threshold, committed with the transaction that made it."""
+    """An upward crossing of a threshold, seen by the folder that folded it."""
 
     app_id: str
     threshold: pcu.Threshold
@@ -205,105 +232,77 @@ class Crossing:
     cap: int
 
 
-# The same statements in psycopg's own form, for `upkeep()`'s pipeline.
-_PSYCOPG: Final = PGDialect_psycopg()  # type: ignore[no-untyped-call]
-_LOCK_SQL: Final = str(_LOCK.compile(dialect=_PSYCOPG))
-_REWRITE_SQL: Final = str(_REWRITE.compile(dialect=_PSYCOPG))
-_ALARM_ROW_SQL: Final = "INSERT INTO pcu_alarm (app_id) VALUES (%(app)s) ON CONFLICT DO NOTHING"
-_ALARM_LOCK_SQL: Final = "SELECT level FROM pcu_alarm WHERE app_id = %(app)s FOR UPDATE"
-# Under the alarm row lock, in a statement of its own (so its snapshot sees every transaction
-# that held the lock before): count the app's active agents, store the level that puts it at
-# (`pcu.threshold` in SQL, so that the commit can follow in the same round trip) and answer the
-# level stored before.
-_SETTLE_SQL: Final = """
-    WITH current AS (
-        SELECT count(*)::int AS n FROM agent
-        WHERE app_id = %(app)s AND state = ANY(%(active)s)
-    ),
-    reached AS (
-        SELECT n, CASE WHEN n >= %(cap)s THEN 'cap'
-                       WHEN n >= %(warn_at)s THEN 'warning'
-                       ELSE 'normal' END AS level
-        FROM current
-    ),
-    stored AS (
-        SELECT level FROM pcu_alarm WHERE app_id = %(app)s
-    ),
-    changed AS (
-        UPDATE pcu_alarm SET level = reached.level, changed_at = now() FROM reached
-        WHERE pcu_alarm.app_id = %(app)s AND pcu_alarm.level <> reached.level
-    )
-    SELECT stored.level AS stored, reached.level AS level, reached.n AS current
-    FROM stored, reached"""
-_ACTIVE: Final = [state.value for state in lifecycle.ACTIVE]
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Folded:
+    """What one fold did: how many changes it took, the count it left, the crossings."""
+
+    app_id: str
+    taken: int
+    current: int
+    crossings: tuple[Crossing, ...] = ()
 
 
-async def upkeep(
-    conn: AsyncConnection,
-    *,
+def changes(
     app_id: str,
+    *,
     before: Interval,
     after: Interval,
-    limits: pcu.Limits,
-    commit: bool = False,
-) -> list[Crossing]:
-    """Rewrite the rollup minutes (and hours) of every edge that differs between `before` and
-    `after`; if the agent became active or inactive, settle the app's threshold alarm. Answers
-    the upward crossings.
+    was_active: bool,
+    is_active: bool,
+) -> list[Change]:
+    """The rows a transaction records for one agent whose interval went from `before` to
+    `after` and whose holding a slot went from `was_active` to `is_active` (none: no change).
 
-    Call after the agent row holds `after`, in the same transaction, with the agent row locked.
-    The statements go in one round trip (psycopg's pipeline mode): the minute and hour advisory
-    locks; the rewrite (a new statement, so a new snapshot: it sees every edge committed by
-    earlier lock holders, who held these locks until their commit); then the alarm row lock and,
-    in the next statement, the recount and the level it puts the app at.
-
-    With `commit`, the same round trip ends with `COMMIT` when there was anything to do: the
-    app's locks are released as soon as the server has committed,
-    not whenever this process's event loop gets back to it, which under load is what one app's
-    starts and stops would wait for. Nothing may run on the connection after a commit (a
-    statement would open a new transaction); the caller's own commit then finds nothing to do.
+    An edge that moved is two rows: the old one removed (its delta negated), the new one added.
     """
-    changed = set(_edges(before)) ^ set(_edges(after))
-    if not changed:
-        return []
-    minutes = sorted({pcu.floor_grain(pcu.to_us(at)) for at, _ in changed})
-    hours = sorted({minute - minute % pcu.HOUR_US for minute in minutes})
-    # Minute locks, then hour locks, each set in key order: one global order for everyone.
-    minute_keys = sorted(_key("minute", app_id, minute) for minute in minutes)
-    hour_keys = sorted(_key("hour", app_id, hour) for hour in hours)
-    settle = _is_active(before) != _is_active(after)
-    params = {
-        "app": app_id,
-        "keys": [*minute_keys, *hour_keys],
-        "minutes": [pcu.from_us(minute) for minute in minutes],
-        "hours": [pcu.from_us(hour) for hour in hours],
-        "active": _ACTIVE,
-        "cap": limits.cap,
-        "warn_at": limits.warn_fraction * limits.cap,
-    }
-    raw = await db.driver_connection(conn)
-    async with raw.pipeline():
-        await raw.execute(_LOCK_SQL, params)  # taken one by one, in the array's order
-        await raw.execute(_REWRITE_SQL, params)
-        if settle:
-            await raw.execute(_ALARM_ROW_SQL, params)  # the app's first activity creates it
-            await raw.execute(_ALARM_LOCK_SQL, params)
-            settled = await raw.execute(_SETTLE_SQL, params)
-        if commit:
-            await raw.execute("COMMIT")
-    if not settle:
-        return []
-    row = await settled.fetchone()
-    assert row is not None
-    stored, level, current = pcu.Threshold(row[0]), pcu.Threshold(row[1]), int(row[2])
-    return [
-        Crossing(app_id=app_id, threshold=crossed, current=current, cap=limits.cap)
-        for crossed in pcu.crossings(stored, level)
+    out: list[Change] = [
+        (app_id, at, -delta, 0) for at, delta in set(_edges(before)) - set(_edges(after))
     ]
+    out += [(app_id, at, delta, 0) for at, delta in set(_edges(after)) - set(_edges(before))]
+    if was_active != is_active:
+        out.append((app_id, None, 0, 1 if is_active else -1))
+    return out
 
 
-def _is_active(interval: Interval) -> bool:
-    return interval[0] is not None and interval[1] is None
+async def fold(
+    conn: psycopg.AsyncConnection[Any], *, app_id: str, limits: pcu.Limits
+) -> Folded | None:
+    """Fold `app_id`'s recorded changes into the rollup and settle its alarm, then commit;
+    None when another folder holds the app (it will fold what is there).
+
+    `conn` must be in no transaction; this commits its own.
+    """
+    async with conn.transaction():
+        held = await (
+            await conn.execute("SELECT pg_try_advisory_xact_lock(%s)", [lock_key(app_id)])
+        ).fetchone()
+        if held is None or not held[0]:
+            return None
+        row = await (await conn.execute(FOLD_SQL, {"app": app_id, "active": _ACTIVE})).fetchone()
+        assert row is not None
+        lives, taken, current = list(row[0]), int(row[1]), int(row[2])
+        alarm = await (await conn.execute(_ALARM_SQL, {"app": app_id})).fetchone()
+        assert alarm is not None
+        level, count = pcu.Threshold(alarm[0]), int(alarm[1])
+        crossed: list[Crossing] = []
+        for live in lives:
+            count += live
+            settled = pcu.settle(level, count, limits)
+            crossed += [
+                Crossing(app_id=app_id, threshold=t, current=count, cap=limits.cap)
+                for t in pcu.crossings(level, settled)
+            ]
+            level = settled
+        if count != current:  # cannot happen while every change records its live row
+            level = pcu.settle(level, current, limits)
+        await conn.execute(_SETTLED_SQL, {"app": app_id, "level": level.value, "current": current})
+    return Folded(app_id=app_id, taken=taken, current=current, crossings=tuple(crossed))
+
+
+def lock_key(app_id: str) -> int:
+    """The app's folder lock: a signed 64-bit advisory lock key."""
+    digest = hashlib.blake2b(f"pcu_fold/{app_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
 
 
 async def current_pcu(conn: AsyncConnection, *, app_id: str) -> int:
@@ -311,7 +310,7 @@ async def current_pcu(conn: AsyncConnection, *, app_id: str) -> int:
     count = await conn.scalar(
         select(func.count())
         .select_from(agent)
-        .where(agent.c.app_id == app_id, agent.c.state.in_([s.value for s in lifecycle.ACTIVE]))
+        .where(agent.c.app_id == app_id, agent.c.state.in_(_ACTIVE))
     )
     return int(count or 0)
 
@@ -319,13 +318,22 @@ async def current_pcu(conn: AsyncConnection, *, app_id: str) -> int:
 async def rebuild(conn: AsyncConnection) -> int:
     """Recompute the whole rollup from the agent rows (after a bulk load); answers its rows.
 
-    Takes an exclusive lock on `pcu_minute` for the transaction: ingest waits meanwhile.
+    Every recorded change is then folded (deleted), and each alarm's count set to the agents'.
+    Takes exclusive locks on the rollup for the transaction: folders wait meanwhile.
     """
-    await conn.execute(text("LOCK TABLE pcu_minute, pcu_hour IN EXCLUSIVE MODE"))
+    await conn.execute(text("LOCK TABLE pcu_minute, pcu_hour, pcu_change IN EXCLUSIVE MODE"))
+    await conn.execute(text("DELETE FROM pcu_change"))
     await conn.execute(text("DELETE FROM pcu_hour"))
     await conn.execute(text("DELETE FROM pcu_minute"))
     result = await conn.execute(text(REBUILD_SQL))
     await conn.execute(text(REBUILD_HOURS_SQL))
+    await conn.execute(
+        text(
+            "UPDATE pcu_alarm AS a SET current = (SELECT count(*) FROM agent"
+            " WHERE agent.app_id = a.app_id AND state = ANY(:active))"
+        ),
+        {"active": _ACTIVE},
+    )
     return result.rowcount
 
 
@@ -335,10 +343,3 @@ def _edges(interval: Interval) -> list[tuple[datetime, int]]:
     if active_until is not None:
         out.append((active_until, -1))
     return out
-
-
-def _key(grain: str, app_id: str, at: int) -> int:
-    """A signed 64-bit advisory lock key for one app's minute or hour (collisions only cost
-    waiting)."""
-    digest = hashlib.blake2b(f"pcu_{grain}/{app_id}/{at}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)

@@ -289,6 +289,22 @@ history_job: Final = Table(
     Index(None, "due_at", postgresql_where=text("status <> 'done'")),
 )
 
+# What a transaction changed about PCU and the folder has not yet folded into the rollup: each
+# moved interval edge (`at`, `delta` +1/-1, a removed edge as its opposite) and each change of an
+# agent's holding a slot now (`live` +1/-1, `at` NULL). Inserted by the write path without any
+# lock; deleted by `service.rollup.fold`, which rewrites the touched minutes and hours in the same
+# snapshot. The rollup plus these rows is what the agents say (reads use both).
+pcu_change: Final = Table(
+    "pcu_change",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("app_id", Text, nullable=False),
+    _timestamp("at"),
+    Column("delta", Integer, nullable=False, server_default=text("0")),
+    Column("live", Integer, nullable=False, server_default=text("0")),
+    Index(None, "app_id", "at"),
+)
+
 # PCU rollup: per app and minute with edges, the summary of the agents' interval edges inside
 # that minute (`service.pcu.Span` relative to the level just before the minute) and the edges
 # themselves (µs offsets in the minute, ascending and distinct, with the net change at each, the
@@ -329,13 +345,14 @@ pcu_hour: Final = Table(
     PrimaryKeyConstraint("app_id", "hour"),
 )
 
-# Where each app's current PCU stands against its thresholds; the row lock serialises the
-# transactions that change it, so each upward crossing is seen by exactly one of them.
+# Where each app's current PCU stood against its thresholds when its changes were last folded
+# (`service.rollup.fold`, one folder per app at a time), and the count it stood at.
 pcu_alarm: Final = Table(
     "pcu_alarm",
     metadata,
     Column("app_id", Text, primary_key=True),
     Column("level", Text, nullable=False, server_default="normal"),
+    Column("current", Integer, nullable=False, server_default=text("0")),
     _timestamp("changed_at", nullable=False, default_now=True),
     CheckConstraint("level IN ('normal', 'warning', 'cap')", name="level"),
 )

@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from service import lifecycle, queries
+from service import concurrency, lifecycle, queries
 from service.config import Settings
 from service.errors import AmbiguousAgent, InvalidParameter, NotFound, Unauthorized
 
@@ -143,7 +143,7 @@ async def app_pcu(request: Request) -> Response:
     window = _one(params, "window") or DEFAULT_WINDOW
     if window not in WINDOWS:
         raise InvalidParameter(f"window: one of {', '.join(WINDOWS)}")
-    async with request.state.engine.connect() as conn:
+    async with concurrency.snapshot(request.state.engine) as conn:
         status = await queries.pcu_status(
             conn,
             app_id=app_id,
@@ -168,7 +168,7 @@ async def app_pcu_series(request: Request) -> Response:
         raise InvalidParameter(f"from: at most {MAX_SPAN.days} days before to")
     if (end - start) / timedelta(seconds=step) > MAX_POINTS:
         raise InvalidParameter(f"step: at most {MAX_POINTS} points per series")
-    async with request.state.engine.connect() as conn:
+    async with concurrency.snapshot(request.state.engine) as conn:
         series = await queries.pcu_series(conn, app_id=app_id, start=start, end=end, step_s=step)
     return JSONResponse(series)
 

@@ -40,7 +40,7 @@ async def scrape(request: Request) -> Response:
 async def _database_families(engine: AsyncEngine, settings: Settings) -> list[Metric]:
     now = pcu.to_us(datetime.now(UTC))
     apps: dict[str, tuple[int, int, int]] = {}
-    async with engine.connect() as conn:
+    async with concurrency.snapshot(engine) as conn:
         for app_id in sorted(settings.apps):
             current = await concurrency.current(conn, app_id=app_id)
             peak = await concurrency.peak(

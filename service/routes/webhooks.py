@@ -47,15 +47,9 @@ async def receive(request: Request) -> Response:
             notice_id=note.notice_id, agent_id=note.agent_id, event_type=note.event_type
         )
         settings = request.state.settings
+        delivery = ingest.Delivery(app_id=app.app_id, note=note, received_at=received_at)
         result = await db.within(
-            ingest.handle(
-                request.state.engine,
-                app_id=app.app_id,
-                note=note,
-                received_at=received_at,
-                limits=settings.pcu_limits(app.app_id),
-            ),
-            timeout_s=settings.database_timeout_s,
+            request.state.batcher.submit(delivery), timeout_s=settings.database_timeout_s
         )
         outcome, status, reason = result.status, 200, ""
         return JSONResponse({"status": result.status})

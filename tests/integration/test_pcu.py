@@ -14,14 +14,13 @@ from hypothesis import strategies as st
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service import concurrency, db, events, ingest, pcu, rollup
+from service import batcher, concurrency, config, db, events, folder, ingest, pcu, rollup
 from tests import pcu_oracle
-from tests.factories import APP_ID, Sql, deliver, payload
+from tests.factories import APP_ID, Sql, deliver, environment, payload
 
 T = TypeVar("T")
 S = pcu.US_PER_S
 BASE_S = 1_751_400_000  # on a minute boundary
-LIMITS = pcu.Limits(cap=20, warn_fraction=0.8)
 
 
 @dataclass(frozen=True)
@@ -59,17 +58,28 @@ def run(database_url: str, work: Callable[[AsyncEngine], Awaitable[T]]) -> T:
 
 
 async def ingest_all(engine: AsyncEngine, bodies: list[bytes]) -> None:
-    for body in bodies:
-        note = events.parse(body)
-        await ingest.handle(
-            engine, app_id=APP_ID, note=note, received_at=datetime.now(UTC), limits=LIMITS
-        )
+    """Through the webhook's write path (group commit), one delivery after the other."""
+    group = batcher.Batcher(engine.url.render_as_string(hide_password=False), writers=1)
+    await group.start()
+    try:
+        for body in bodies:
+            note = events.parse(body)
+            delivery = ingest.Delivery(app_id=APP_ID, note=note, received_at=datetime.now(UTC))
+            await group.submit(delivery)
+    finally:
+        await group.close()
+
+
+async def fold_all(engine: AsyncEngine) -> None:
+    """What the folders would do: every recorded change folded into the rollup."""
+    url = engine.url.render_as_string(hide_password=False)
+    await folder.Folder(config.load(environment(url))).fold_all()
 
 
 def reset(sql: Sql) -> None:
     sql.execute(
         "TRUNCATE agent, notification, agent_transition, history, history_job,"
-        " pcu_minute, pcu_hour, pcu_alarm CASCADE"
+        " pcu_minute, pcu_hour, pcu_alarm, pcu_change CASCADE"
     )
 
 
@@ -137,21 +147,26 @@ def test_series_and_peak_equal_brute_force_whatever_the_arrival_order(
     end = start + length
     intervals = [session.interval for session in sessions]
 
-    async def work(engine: AsyncEngine) -> Any:
-        await ingest_all(engine, bodies)
-        async with engine.connect() as conn:
+    async def read(engine: AsyncEngine) -> tuple[list[pcu.Point], concurrency.Peak]:
+        async with concurrency.snapshot(engine) as conn:
             points = await concurrency.series(
                 conn, app_id=APP_ID, start=start, end=end, step=step_s * S
             )
-            high = await concurrency.peak(conn, app_id=APP_ID, start=start, end=end)
-        return points, high, await rollup_rows(engine)
+            return points, await concurrency.peak(conn, app_id=APP_ID, start=start, end=end)
 
-    points, high, (kept, rebuilt) = run(sql.url, work)
-    assert [(p.start, p.max, p.area) for p in points] == pcu_oracle.series(
-        intervals, start, end, step_s * S
-    )
-    assert (high.value, high.at) == pcu_oracle.peak(intervals, start, end)
+    async def work(engine: AsyncEngine) -> Any:
+        await ingest_all(engine, bodies)
+        unfolded = await read(engine)  # every change still recorded, none folded
+        await fold_all(engine)
+        return unfolded, await read(engine), await rollup_rows(engine)
+
+    unfolded, folded, (kept, rebuilt) = run(sql.url, work)
+    expected = pcu_oracle.series(intervals, start, end, step_s * S)
+    for points, high in (unfolded, folded):
+        assert [(p.start, p.max, p.area) for p in points] == expected
+        assert (high.value, high.at) == pcu_oracle.peak(intervals, start, end)
     assert kept == rebuilt
+    assert sql.count("pcu_change") == 0
 
 
 def test_a_late_stop_changes_the_series_the_next_time_it_is_asked(sql: Sql) -> None:

@@ -15,11 +15,13 @@ CERTIFICATE = "5CFd2fd1755d40ecb72977518be15d3b"
 def settings(tmp_path: Path) -> config.Settings:
     apps = tmp_path / "apps.toml"
     apps.write_text(
-        "[[apps]]\napp_id = 'basic'\ncustomer_id = 'cid'\ncustomer_secret = 'csecret'\n"
-        f"[[apps]]\napp_id = 'certified'\napp_certificate = '{CERTIFICATE}'\n"
+        "[[apps]]\napp_id = 'basic'\nwebhook_secrets = ['s']\ncustomer_id = 'cid'\ncustomer_secret = 'csecret'\n"
+        f"[[apps]]\napp_id = 'certified'\nwebhook_secrets = ['s']\napp_certificate = '{CERTIFICATE}'\n"
         "[[apps]]\napp_id = 'webhooks-only'\nwebhook_secrets = ['s']\n"
     )
-    return config.load({"LEDGER_APPS_FILE": str(apps), "AGORA_APP_ID": "bare"})
+    return config.load(
+        {"LEDGER_APPS_FILE": str(apps), "AGORA_APP_ID": "bare", "AGORA_WEBHOOK_SECRETS": "s"}
+    )
 
 
 def test_apps_without_a_certificate_or_a_customer_pair_are_listed_as_missing(

@@ -187,3 +187,43 @@ def test_an_hour_prefix_answers_any_prefix_or_suffix_of_its_minutes(
     if a == b:
         return
     assert pcu.hour_span(row, hour, a, b) == pcu.summarise(edges, a * M, b * M)
+
+
+@pytest.mark.parametrize(
+    ("previous", "counts", "expected"),
+    [
+        # cap 20, warning at 16, margin 2: up at once, down only 2 below what is held.
+        (pcu.Threshold.NORMAL, [15, 16], [pcu.Threshold.NORMAL, pcu.Threshold.WARNING]),
+        (pcu.Threshold.NORMAL, [20], [pcu.Threshold.CAP]),
+        (pcu.Threshold.CAP, [19, 20, 19, 18], [pcu.Threshold.CAP] * 3 + [pcu.Threshold.WARNING]),
+        (pcu.Threshold.WARNING, [15, 14], [pcu.Threshold.WARNING, pcu.Threshold.NORMAL]),
+        (pcu.Threshold.CAP, [3], [pcu.Threshold.NORMAL]),  # a fall past both margins
+        (pcu.Threshold.CAP, [14], [pcu.Threshold.NORMAL]),
+        (pcu.Threshold.CAP, [15], [pcu.Threshold.WARNING]),
+    ],
+)
+def test_levels_have_hysteresis(
+    previous: pcu.Threshold, counts: list[int], expected: list[pcu.Threshold]
+) -> None:
+    limits = pcu.Limits(cap=20, warn_fraction=0.8)
+    seen = []
+    for count in counts:
+        previous = pcu.settle(previous, count, limits)
+        seen.append(previous)
+    assert seen == expected
+
+
+def test_hovering_at_the_cap_is_announced_once() -> None:
+    limits = pcu.Limits(cap=20, warn_fraction=0.8)
+    level, announced = pcu.Threshold.NORMAL, []
+    for count in [16, 19, 20, 19, 20, 19, 20, 18, 19, 20]:
+        settled = pcu.settle(level, count, limits)
+        announced += pcu.crossings(level, settled)
+        level = settled
+    # warning once, cap at 20, again only after falling to 18 (the margin is 2).
+    assert announced == [pcu.Threshold.WARNING, pcu.Threshold.CAP, pcu.Threshold.CAP]
+
+
+@pytest.mark.parametrize(("cap", "margin"), [(1, 1), (5, 1), (20, 2), (25, 3), (100, 10)])
+def test_the_margin_is_a_tenth_of_the_cap_and_at_least_one(cap: int, margin: int) -> None:
+    assert pcu.margin(pcu.Limits(cap=cap)) == margin

@@ -1,0 +1,109 @@
+"""The PCU folder of one process: recorded PCU changes into the rollup, off the request path.
+
+Every `serve` process and every `worker` runs one (`Folder.run`). It folds an app
+(`rollup.fold`) soon after this process committed changes for it (`poke`, after a short pause
+that lets a burst pile up) and, every `FOLD_INTERVAL_S`, every app that has changes left (another
+replica's, or a fold that lost a race). Folders of several processes compete through the app's
+advisory lock: one folds, the others skip, so each threshold crossing is announced once, by the
+folder that folded it, within about `FOLD_INTERVAL_S` of the commit that made it. Reads never
+wait for a folder: they add what it has not folded yet (`concurrency`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterable
+from typing import Any, Final
+
+import psycopg
+import structlog
+
+from service import db, metrics, rollup
+from service.config import Settings
+
+log = structlog.get_logger(__name__)
+
+FOLD_INTERVAL_S: Final = 0.25
+# After a poke, how long more changes may pile up before folding.
+SETTLE_S: Final = 0.02
+_PENDING: Final = "SELECT DISTINCT app_id FROM pcu_change"
+
+
+class Folder:
+    """Folds recorded PCU changes for every app, on its own connection (see the module)."""
+
+    def __init__(self, settings: Settings, *, interval_s: float = FOLD_INTERVAL_S) -> None:
+        self._settings, self._interval_s = settings, interval_s
+        self._poked: set[str] = set()
+        self._wake = asyncio.Event()
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+
+    def poke(self, app_ids: Iterable[str]) -> None:
+        """Changes for these apps were just committed here: fold them soon."""
+        self._poked.update(app_ids)
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Fold until `stop` is set; a failing database is retried, never fatal."""
+        try:
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=self._interval_s)
+                if self._wake.is_set():
+                    await asyncio.sleep(SETTLE_S)
+                await self._round()
+        finally:
+            await self._close()
+
+    async def fold_all(self) -> list[rollup.Folded]:
+        """Fold every app with changes now, then close the connection (tests, maintenance)."""
+        try:
+            return await self._round()
+        finally:
+            await self._close()
+
+    async def _round(self) -> list[rollup.Folded]:
+        self._wake.clear()
+        self._poked.clear()
+        try:
+            conn = await self._connection()
+            pending = [row[0] for row in await (await conn.execute(_PENDING)).fetchall()]
+            await conn.commit()
+            done = [await self._fold(conn, app_id) for app_id in pending]
+        except db.RAW_ERRORS as error:
+            log.warning("pcu_fold_failed", error=type(error).__name__)
+            await self._close()
+            return []
+        return [folded for folded in done if folded is not None]
+
+    async def _fold(self, conn: psycopg.AsyncConnection[Any], app_id: str) -> rollup.Folded | None:
+        folded = await rollup.fold(conn, app_id=app_id, limits=self._settings.pcu_limits(app_id))
+        if folded is not None:
+            report(folded)
+        return folded
+
+    async def _connection(self) -> psycopg.AsyncConnection[Any]:
+        if self._conn is None or self._conn.closed:
+            self._conn = await db.connect(self._settings.sqlalchemy_url)
+        return self._conn
+
+    async def _close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                await self._conn.close()
+            self._conn = None
+
+
+def report(folded: rollup.Folded) -> None:
+    """Announce a fold's threshold crossings (once each, after its commit)."""
+    metrics.pcu_folded(folded.taken)
+    for crossing in folded.crossings:
+        metrics.threshold_crossed(crossing.app_id, crossing.threshold.value)
+        log.warning(
+            "pcu_threshold_crossed",
+            app_id=crossing.app_id,
+            threshold=crossing.threshold.value,
+            current=crossing.current,
+            cap=crossing.cap,
+        )

@@ -102,30 +102,47 @@ class Batcher:
         self, conn: psycopg.AsyncConnection[Any] | None, group: list[_Waiting]
     ) -> psycopg.AsyncConnection[Any] | None:
         """Apply `group` and settle its futures; answers the connection to use next (None after
-        the database failed)."""
+        the database failed). A connection found broken (the server restarted since its last
+        group) is replaced once before the group is failed."""
         if not group:
             return conn
-        try:
-            conn = conn or await db.connect(self._url)
-            outcomes = await _together(conn, group)
-        except db.RAW_ERRORS as error:
-            if db.is_unavailable(error) or conn is None or conn.closed:
-                _fail(group, db.unavailable_from(error))
-                await _discard(conn)
-                return None
-            log.warning("group_failed", size=len(group), error=type(error).__name__)
+        outcomes: list[ingest.Outcome | None] | None = None
+        for attempt in (1, 2):
+            fresh = conn is None
             try:
-                outcomes = [await _alone(conn, waiting) for waiting in group]
-            except db.RAW_ERRORS as failed:
-                _fail(group, db.unavailable_from(failed))
+                conn = conn or await db.connect(self._url)
+                outcomes = await _together(conn, group)
+                break
+            except Exception as error:
+                if not _unavailable(error, conn):
+                    assert conn is not None
+                    outcomes = await self._one_by_one(conn, group, error)
+                    break
                 await _discard(conn)
-                return None
+                conn = None
+                if fresh or attempt == 2:
+                    _fail(group, db.unavailable_from(error))
+                    return None
+        if outcomes is None:  # the database went away while redoing the group one by one
+            return None
         for waiting, outcome in zip(group, outcomes, strict=True):
             if outcome is not None and not waiting.future.done():
                 waiting.future.set_result(outcome)
         if self._on_commit is not None:
             self._on_commit([w.delivery for w in group])
         return conn
+
+    async def _one_by_one(
+        self, conn: psycopg.AsyncConnection[Any], group: list[_Waiting], error: Exception
+    ) -> list[ingest.Outcome | None] | None:
+        """The group failed for one of its notifications: each in a transaction of its own."""
+        log.warning("group_failed", size=len(group), error=type(error).__name__)
+        try:
+            return [await _alone(conn, waiting) for waiting in group]
+        except Exception as failed:
+            _fail(group, db.unavailable_from(failed))
+            await _discard(conn)
+            return None
 
 
 async def _together(
@@ -149,8 +166,8 @@ async def _alone(conn: psycopg.AsyncConnection[Any], waiting: _Waiting) -> inges
     try:
         [outcome] = await _together(conn, [waiting])
         return outcome
-    except db.RAW_ERRORS as error:
-        if db.is_unavailable(error):
+    except Exception as error:
+        if _unavailable(error, conn):
             raise
         log.error(
             "notification_unapplied",
@@ -180,6 +197,13 @@ async def _keep(
     return ingest.Outcome(
         status="unapplied" if stored else "duplicate", agent_id=delivery.note.agent_id
     )
+
+
+def _unavailable(error: Exception, conn: psycopg.AsyncConnection[Any] | None) -> bool:
+    """Whether `error` means the database is out of reach (rather than this group's fault)."""
+    if isinstance(error, db.RAW_ERRORS) and db.is_unavailable(error):
+        return True
+    return conn is None or conn.closed
 
 
 def _fail(group: list[_Waiting], error: Exception) -> None:

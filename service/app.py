@@ -65,7 +65,7 @@ def create_app(
             if own:
                 await active.dispose()
 
-    return Starlette(
+    app = Starlette(
         routes=[
             *webhooks.routes,
             *dashboard.routes,
@@ -82,6 +82,9 @@ def create_app(
         },
         lifespan=lifespan,
     )
+    # A path with a trailing slash is unknown (404 in JSON), never an empty redirect.
+    app.router.redirect_slashes = False
+    return app
 
 
 @contextlib.asynccontextmanager

@@ -178,6 +178,8 @@ async def app_pcu_series(request: Request) -> Response:
     # Near year 1 the default span would leave the calendar: start as early as it goes.
     start = _time(params, "from") or max(end, _EARLIEST + DEFAULT_SPAN) - DEFAULT_SPAN
     step = _step(params)
+    if start >= end and "from" not in params:
+        raise InvalidParameter("to: must be after 0001-01-01T00:00:00Z")
     if start >= end:
         raise InvalidParameter("from: must be before to")
     if end - start > MAX_SPAN:

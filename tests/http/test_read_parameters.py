@@ -170,7 +170,7 @@ def test_times_at_the_edges_of_the_calendar_are_answered(
 def test_a_series_that_cannot_start_before_year_1_is_400(client: TestClient) -> None:
     assert get(client, f"{SERIES}?to=0001-01-01T00:00:00Z") == (
         400,
-        invalid("from: must be before to"),
+        invalid("to: must be after 0001-01-01T00:00:00Z"),
     )
 
 
@@ -326,3 +326,21 @@ def test_a_cursor_at_either_end_of_time_pages_from_there(seeded: TestClient, pat
         # Newest-first lists have nothing before year 1; the event list nothing after 9999.
         ascending = path == "/v1/agents/a1/events"
         assert bool(body["items"]) == (ascending == (at < 0)), (at, body)
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/v1/agents/"),
+        ("GET", "/v1/agents/a1/"),
+        ("GET", "/v1/agents/a1/events/"),
+        ("GET", f"/v1/apps/{APP_ID}/pcu/"),
+        ("POST", "/v1/webhooks/agora/"),
+        ("POST", f"/v1/webhooks/agora/{APP_ID}/"),
+    ],
+)
+def test_a_trailing_slash_is_not_found_in_json_never_an_empty_redirect(
+    seeded: TestClient, method: str, path: str
+) -> None:
+    response = seeded.request(method, path, headers=reader_headers(), follow_redirects=False)
+    assert (response.status_code, response.json()) == (404, NOT_FOUND)

@@ -80,7 +80,7 @@ def create_app(
             if own:
                 await active.dispose()
 
-    return Starlette(
+    app = Starlette(
         routes=[
             *webhooks.routes,
             *_within_database_timeout(dashboard.routes),
@@ -98,6 +98,9 @@ def create_app(
         },
         lifespan=lifespan,
     )
+    # A path with a trailing slash is unknown (404 in JSON), never an empty redirect.
+    app.router.redirect_slashes = False
+    return app
 
 
 Endpoint = Callable[[Request], Awaitable[Response]]

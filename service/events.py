@@ -83,6 +83,14 @@ _REPLACEMENT: Final = "\ufffd"
 _ESCAPE: Final = re.compile(
     r"\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}|\\u([0-9a-fA-F]{4})|\\.", re.S
 )
+# jsonb keeps numbers as `numeric`: at most 131,072 digits before the point and 16,383 after it
+# (and before PostgreSQL 15 no exponent beyond ±1000). A body with a number past that is stored
+# with the number as a string of its digits (and its exact bytes beside it). Only a long run of
+# digits or a four-digit exponent can make one.
+_LONG_NUMBER: Final = re.compile(rb"[0-9]{15000}|[eE][+-]?[0-9]{4}")
+_STRING_OR_NUMBER: Final = re.compile(
+    r'"[^"\\]*(?:\\.[^"\\]*)*"|-?(0|[1-9][0-9]*)(?:\.([0-9]+))?(?:[eE]([+-]?[0-9]+))?', re.S
+)
 
 IgnoreReason = Literal["not_convoai", "unknown_event_type", "test_callback"]
 
@@ -334,9 +342,26 @@ def _decode(body: bytes) -> tuple[dict[str, Any], str, bytes | None]:
         raise MalformedEvent(f"body is not valid JSON: {_reason(exc)}") from None
     if not isinstance(document, dict):
         raise MalformedEvent("body must be a JSON object")
-    if _UNSTORABLE.search(body) is None:
-        return document, text, None
-    return _storable(document), _ESCAPE.sub(_storable_escape, text), body
+    stored, raw = text, None
+    if _UNSTORABLE.search(body) is not None:
+        document, stored, raw = _storable(document), _ESCAPE.sub(_storable_escape, text), body
+    if _LONG_NUMBER.search(body) is not None:
+        held = _STRING_OR_NUMBER.sub(_number_as_held, stored)
+        if held != stored:
+            stored, raw = held, body
+    return document, stored, raw
+
+
+def _number_as_held(match: re.Match[str]) -> str:
+    """A JSON string as it is; a number as it is if `numeric` holds it, else as a string."""
+    whole, fraction, exponent = match.group(1), match.group(2) or "", match.group(3) or "0"
+    if whole is None:
+        return match.group(0)
+    if len(exponent) <= 6 and abs(int(exponent)) <= 1000:
+        scale = len(fraction) - int(exponent)
+        if scale <= 16_383 and (whole == "0" or len(whole) + int(exponent) <= 131_072):
+            return match.group(0)
+    return f'"{match.group(0)}"'
 
 
 def _reason(exc: Exception) -> str:
@@ -513,7 +538,7 @@ class _Reader:
             if len(key) > MAX_ID_CHARS or len(json.dumps(value)) > MAX_LABEL_CHARS:
                 self.problems.add(f"payload.labels.{key[:32]}", "is too long")
                 continue
-            kept[key] = value
+            kept[key] = fields.finite(value)
         return kept
 
     def text(self, key: str, *, max_chars: int | None = None) -> str | None:
@@ -553,7 +578,7 @@ class _Reader:
             return None
         role = fields.text(found.get("role"), f"{where}.role", self.problems) or "unknown"
         content = fields.text(found.get("content"), f"{where}.content", self.problems) or ""
-        extra = {k: v for k, v in found.items() if k not in ("role", "content")}
+        extra = {k: fields.finite(v) for k, v in found.items() if k not in ("role", "content")}
         return Message(role=role, content=content, extra=extra)
 
     def error(self, item: object, where: str) -> ErrorItem | None:
@@ -615,7 +640,7 @@ class _Reader:
             e2e_latency_ms=fields.integer(
                 metrics.get("e2e_latency_ms"), f"{where}.metrics.e2e_latency_ms", self.problems
             ),
-            data=found,
+            data=fields.finite(found),
         )
 
 

@@ -143,6 +143,18 @@ def sequence(value: object, where: str, problems: Problems) -> list[Any]:
     return []
 
 
+def finite(value: Any) -> Any:
+    """A free-form JSON value (kept as Agora sent it) with every number too large for a float,
+    decoded as infinity, as None: jsonb holds no infinity."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [finite(item) for item in value]
+    return value
+
+
 def turn_id(value: object, where: str, problems: Problems) -> str | None:
     """A turn id as text: integers and strings alike (`""` is none)."""
     if value == "":

@@ -12,6 +12,11 @@ from service import lifecycle
 
 JSON: Final = "application/json"
 _TIME: Final = {"type": "string", "format": "date-time"}
+# A time parameter: RFC 3339 with an offset (fractional seconds truncated to the microsecond).
+_TIME_PARAM: Final = {
+    **_TIME,
+    "description": "RFC 3339 with Z or an offset; within years 1 to 9999 once in UTC.",
+}
 _NULLABLE_TIME: Final = {"type": ["string", "null"], "format": "date-time"}
 
 
@@ -50,10 +55,13 @@ def _list_of(item: str) -> dict[str, Any]:
 
 
 _READ_ERRORS: Final = {
-    "400": _answer("A query parameter is invalid (the detail names it).", "InvalidParameter"),
+    "400": _answer(
+        "A query parameter is invalid (the detail names it); a text filter with a NUL is one.",
+        "InvalidParameter",
+    ),
     "401": _answer("Missing or wrong bearer token.", "Error"),
 }
-_NOT_FOUND: Final = {"404": _answer("No such agent or app.", "Error")}
+_NOT_FOUND: Final = {"404": _answer("No such agent or app (an id with a NUL is none).", "Error")}
 _PAGE: Final = [
     _param(
         "limit",
@@ -332,8 +340,8 @@ _AGENT_FILTERS: Final = [
         "per label; all must match).",
         {"type": "string"},
     ),
-    _param("since", "query", "Started at or after this time.", _TIME),
-    _param("until", "query", "Started before this time.", _TIME),
+    _param("since", "query", "Started at or after this time.", _TIME_PARAM),
+    _param("until", "query", "Started before this time.", _TIME_PARAM),
     *_PAGE,
 ]
 
@@ -413,14 +421,14 @@ DOCUMENT: Final[dict[str, Any]] = {
                     "from",
                     "query",
                     "Series start (default: `to` minus 24 h; at most 366 days before `to`).",
-                    _TIME,
+                    _TIME_PARAM,
                 ),
-                _param("to", "query", "Series end, exclusive (default: now).", _TIME),
+                _param("to", "query", "Series end, exclusive (default: now).", _TIME_PARAM),
                 _param(
                     "step",
                     "query",
                     "Bucket length in seconds (at most 10,000 buckets).",
-                    {"type": "integer", "minimum": 1, "default": 300},
+                    {"type": "integer", "minimum": 1, "maximum": 31_622_400, "default": 300},
                 ),
             ],
         ),

@@ -11,10 +11,10 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy import ColumnElement, Table, and_, func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -42,6 +42,27 @@ class AgentFilter:
     labels: Mapping[str, str] = field(default_factory=dict)
     since: datetime | None = None
     until: datetime | None = None
+
+
+# What a cursor may hold: the times and ids the API gives out, never more than their types hold.
+_EARLIEST_US: Final = pcu.to_us(datetime.min.replace(tzinfo=UTC))
+_LATEST_US: Final = pcu.to_us(datetime.max.replace(tzinfo=UTC))
+_BIGINT: Final = 2**63
+
+
+def storable(value: str) -> bool:
+    """Whether PostgreSQL text can hold `value`: no NUL character, no unpaired surrogate.
+
+    Nothing stored has either, so a key or filter with one can match nothing (and sent as a
+    parameter, it would make the driver raise).
+    """
+    if "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def rfc3339(value: datetime | None) -> str | None:
@@ -178,10 +199,11 @@ async def list_agents(
     key = agent_listed_at.label("listed_at")
     stmt = select(agent, key).where(*_agent_conditions(where))
     if cursor is not None:
-        at, app_id, agent_id = _decode_cursor(cursor, kinds=(int, str, str))
+        at, app_id, agent_id = _decode_cursor(
+            cursor, kinds=(_cursor_at, _cursor_text, _cursor_text)
+        )
         stmt = stmt.where(
-            tuple_(agent_listed_at, agent.c.app_id, agent.c.agent_id)
-            < (pcu.from_us(at), app_id, agent_id)
+            tuple_(agent_listed_at, agent.c.app_id, agent.c.agent_id) < (at, app_id, agent_id)
         )
     stmt = stmt.order_by(
         agent_listed_at.desc(), agent.c.app_id.desc(), agent.c.agent_id.desc()
@@ -227,8 +249,8 @@ async def agent_events(
         _one_agent(notification, app_id, agent_id)
     )
     if cursor is not None:
-        after_at, after_id = _decode_cursor(cursor, kinds=(int, int))
-        stmt = stmt.where(tuple_(at, notification.c.id) > (pcu.from_us(after_at), after_id))
+        after_at, after_id = _decode_cursor(cursor, kinds=(_cursor_at, _cursor_id))
+        stmt = stmt.where(tuple_(at, notification.c.id) > (after_at, after_id))
     stmt = stmt.order_by(at, notification.c.id).limit(limit + 1)
     rows = (await conn.execute(stmt)).mappings().all()
     page, more = rows[:limit], len(rows) > limit
@@ -262,10 +284,9 @@ async def unapplied(
         notification.c.app_id == app_id, notification.c.outcome == "unapplied"
     )
     if cursor is not None:
-        before_at, before_id = _decode_cursor(cursor, kinds=(int, int))
+        before_at, before_id = _decode_cursor(cursor, kinds=(_cursor_at, _cursor_id))
         stmt = stmt.where(
-            tuple_(notification.c.received_at, notification.c.id)
-            < (pcu.from_us(before_at), before_id)
+            tuple_(notification.c.received_at, notification.c.id) < (before_at, before_id)
         )
     stmt = stmt.order_by(notification.c.received_at.desc(), notification.c.id.desc())
     rows = (await conn.execute(stmt.limit(limit + 1))).mappings().all()
@@ -333,18 +354,36 @@ def _encode_cursor(key: list[Any]) -> str:
     return base64.urlsafe_b64encode(json.dumps(key).encode()).decode().rstrip("=")
 
 
-def _decode_cursor(cursor: str, *, kinds: tuple[type, ...]) -> tuple[Any, ...]:
+def _decode_cursor(cursor: str, *, kinds: tuple[Callable[[Any], Any], ...]) -> tuple[Any, ...]:
+    """The sort key a cursor holds, each member read by its kind (`_cursor_at`, ...).
+
+    Anything else (not base64, not JSON, other members, values no row can have) is a 400.
+    """
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         key = json.loads(raw)
+        if not isinstance(key, list) or len(key) != len(kinds):
+            raise TypeError(key)
+        return tuple(kind(value) for kind, value in zip(kinds, key, strict=True))
     except (binascii.Error, ValueError, TypeError, RecursionError):
         raise InvalidParameter("cursor: not a cursor this API gave out") from None
-    if not (
-        isinstance(key, list)
-        and len(key) == len(kinds)
-        and all(
-            isinstance(v, k) and not isinstance(v, bool) for v, k in zip(key, kinds, strict=True)
-        )
-    ):
-        raise InvalidParameter("cursor: not a cursor this API gave out")
-    return tuple(key)
+
+
+def _cursor_at(value: Any) -> datetime:
+    """A time in µs since the epoch, within the years a datetime holds."""
+    if type(value) is not int or not _EARLIEST_US <= value <= _LATEST_US:
+        raise TypeError(value)
+    return pcu.from_us(value)
+
+
+def _cursor_id(value: Any) -> int:
+    """A row id: a bigint."""
+    if type(value) is not int or not -_BIGINT <= value < _BIGINT:
+        raise TypeError(value)
+    return value
+
+
+def _cursor_text(value: Any) -> str:
+    if type(value) is not str or not storable(value):
+        raise TypeError(value)
+    return value

@@ -1,12 +1,16 @@
 """GET /v1/...: the read API for dashboards, behind a bearer token. Handlers call `queries`.
 
 Every handler checks the token first, then reads its query parameters strictly: an unknown
-parameter or a bad value is a 400 `invalid_parameter` whose detail names the parameter.
+parameter or a bad value is a 400 `invalid_parameter` whose detail names the parameter. Numbers
+are ASCII digits within bounds, times RFC 3339 representable in UTC, and text that PostgreSQL
+cannot hold (a NUL, an unpaired surrogate) can match nothing: in a filter it is a 400, in a path
+id a 404, as no stored agent or app has it.
 """
 
 from __future__ import annotations
 
 import hmac
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
@@ -29,7 +33,16 @@ DEFAULT_SPAN: Final = timedelta(hours=24)
 MAX_POINTS: Final = 10_000
 # A series reads every whole hour it covers, whatever the step: bound the span, not only the points.
 MAX_SPAN: Final = timedelta(days=366)
+# A step longer than the longest series would only ever make one bucket.
+MAX_STEP_S: Final = int(MAX_SPAN.total_seconds())
 LABEL_PREFIX: Final = "label."
+# RFC 3339 with ASCII digits only (`datetime.fromisoformat` also takes week dates and basic forms);
+# fractional seconds past the microsecond are truncated.
+_RFC3339: Final = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]+)?"
+    r"(?:[Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
+_EARLIEST: Final = datetime.min.replace(tzinfo=UTC)
 
 
 def require_reader(request: Request) -> None:
@@ -56,7 +69,7 @@ async def list_agents(request: Request) -> Response:
         if app_id is not None
         else sorted(request.state.settings.apps),
         states=[_state(value) for value in params.getlist("state")],
-        channel=_one(params, "channel"),
+        channel=_text(params, "channel"),
         labels=_labels(params),
         since=_time(params, "since"),
         until=_time(params, "until"),
@@ -123,6 +136,8 @@ async def _agent_key(request: Request, conn: AsyncConnection) -> tuple[str, str]
     """`(app_id, agent_id)` of the agent a path names: `app_id` from the query when given, else
     the one app (among those configured) that holds the id; 409 when several do."""
     agent_id = request.path_params["agent_id"]
+    if not queries.storable(agent_id):
+        raise NotFound()
     settings: Settings = request.state.settings
     app_id = _one(request.query_params, "app_id")
     if app_id is not None:
@@ -160,8 +175,11 @@ async def app_pcu_series(request: Request) -> Response:
     params = request.query_params
     _only(params, {"from", "to", "step"})
     end = _time(params, "to") or datetime.now(UTC)
-    start = _time(params, "from") or end - DEFAULT_SPAN
+    # Near year 1 the default span would leave the calendar: start as early as it goes.
+    start = _time(params, "from") or max(end, _EARLIEST + DEFAULT_SPAN) - DEFAULT_SPAN
     step = _step(params)
+    if start >= end and "from" not in params:
+        raise InvalidParameter("to: must be after 0001-01-01T00:00:00Z")
     if start >= end:
         raise InvalidParameter("from: must be before to")
     if end - start > MAX_SPAN:
@@ -194,22 +212,34 @@ def _one(params: QueryParams, name: str) -> str | None:
     return values[0] if values else None
 
 
-def _limit(params: QueryParams) -> int:
-    raw = _one(params, "limit")
+def _text(params: QueryParams, name: str) -> str | None:
+    """A text filter; one PostgreSQL cannot hold matches nothing stored, so it is refused."""
+    value = _one(params, name)
+    if value is not None and not queries.storable(value):
+        raise InvalidParameter(f"{name}: no NUL character or unpaired surrogate")
+    return value
+
+
+def _whole(params: QueryParams, name: str, *, default: int, most: int) -> int:
+    raw = _one(params, name)
     if raw is None:
-        return DEFAULT_LIMIT
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
-        raise InvalidParameter(f"limit: an integer from 1 to {MAX_LIMIT}")
+        return default
+    # ASCII digits only: str.isdigit() also holds for "²" (which int() refuses) and for "٣"
+    # (which int() reads as 3); the length check keeps int() off absurdly long digit strings.
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= len(str(most))) or not (
+        1 <= int(raw) <= most
+    ):
+        raise InvalidParameter(f"{name}: a whole number from 1 to {most}")
     return int(raw)
+
+
+def _limit(params: QueryParams) -> int:
+    return _whole(params, "limit", default=DEFAULT_LIMIT, most=MAX_LIMIT)
 
 
 def _step(params: QueryParams) -> int:
-    raw = _one(params, "step")
-    if raw is None:
-        return DEFAULT_STEP_S
-    if not raw.isdigit() or int(raw) < 1:
-        raise InvalidParameter("step: a whole number of seconds, at least 1")
-    return int(raw)
+    """Seconds per bucket."""
+    return _whole(params, "step", default=DEFAULT_STEP_S, most=MAX_STEP_S)
 
 
 def _state(value: str) -> str:
@@ -225,9 +255,11 @@ def _labels(params: QueryParams) -> dict[str, str]:
     for name in params:
         if name.startswith(LABEL_PREFIX):
             key = name[len(LABEL_PREFIX) :]
-            value = _one(params, name)
+            value = _text(params, name)
             if not key or value is None:
                 raise InvalidParameter(f"{name}: label.KEY=VALUE with a key and a value")
+            if not queries.storable(key):
+                raise InvalidParameter(f"{name}: no NUL character or unpaired surrogate")
             labels[key] = value
     return labels
 
@@ -236,13 +268,16 @@ def _time(params: QueryParams, name: str) -> datetime | None:
     raw = _one(params, name)
     if raw is None:
         return None
+    if _RFC3339.fullmatch(raw) is None:
+        if _RFC3339.fullmatch(f"{raw}Z") is not None:
+            raise InvalidParameter(f"{name}: the time needs a UTC offset (Z or +hh:mm)")
+        raise InvalidParameter(f"{name}: an RFC 3339 time such as 2026-01-31T12:00:00Z")
     try:
-        value = datetime.fromisoformat(raw)
-    except ValueError:
-        raise InvalidParameter(f"{name}: an RFC 3339 time such as 2026-01-31T12:00:00Z") from None
-    if value.tzinfo is None:
-        raise InvalidParameter(f"{name}: the time needs a UTC offset (Z or +hh:mm)")
-    return value.astimezone(UTC)
+        return datetime.fromisoformat(raw.upper()).astimezone(UTC)
+    except ValueError:  # month 13, hour 24, a leap second
+        raise InvalidParameter(f"{name}: not a date and time on the calendar") from None
+    except OverflowError:  # 0001-01-01T00:00:00+01:00 is in year 0 in UTC
+        raise InvalidParameter(f"{name}: outside years 1 to 9999 in UTC") from None
 
 
 routes: Final = [

@@ -113,7 +113,8 @@ def test_a_series_defaults_to_the_last_day_in_five_minute_steps(client: TestClie
         ("from=2025-07-02T00:00:00Z&to=2025-07-01T00:00:00Z", "from"),
         ("from=2025-07-01T00:00:00Z&to=2025-07-31T00:00:00Z&step=60", "step"),  # 43,200 points
         # One bucket of 1,920 years was 17 million hour pieces: a minute of CPU, then a 503.
-        ("from=0080-08-21T00:00:47Z&to=2000-01-01T00:00:00Z&step=31000000000", "from"),
+        ("from=0080-08-21T00:00:47Z&to=2000-01-01T00:00:00Z&step=31000000", "from"),
+        ("from=0080-08-21T00:00:47Z&to=2000-01-01T00:00:00Z&step=31000000000", "step"),
         ("from=2024-07-01T00:00:00Z&to=2025-07-02T00:00:01Z&step=86400", "from"),
         ("from=soon", "from"),
         ("to=2025-07-01", "to"),

@@ -326,3 +326,72 @@ def test_build_is_the_inverse_of_parse() -> None:
         1751400000999,
         "a",
     )
+
+
+def with_number(literal: str) -> bytes:
+    return (
+        '{"noticeId":"n","productId":17,"eventType":101,"payload":{"agent_id":"a",'
+        f'"text":"{"1" * 20_000} 1e99999","x":{literal}}}}}'
+    ).encode()
+
+
+@pytest.mark.parametrize(
+    "literal",
+    [
+        "1" + "0" * 131_071,  # 131,072 digits before the point: numeric's most
+        "0." + "1" * 16_383,  # 16,383 after it
+        "-1e400",
+        "1e1000",
+        "1e-1000",
+        "0.5E-999",
+        "-0",
+    ],
+)
+def test_numbers_numeric_holds_are_stored_as_sent(literal: str) -> None:
+    raw = with_number(literal)
+    note = events.parse(raw)
+    assert (note.json, note.raw) == (raw.decode(), None)
+
+
+@pytest.mark.parametrize(
+    "literal",
+    [
+        "1" + "0" * 131_072,
+        "0." + "1" * 16_384,
+        "1e200000",
+        "-1e-200000",
+        "10e131071",
+        "100e-16385",
+        "0e-1000000",
+        "1e1001",  # numeric refused exponents beyond ±1000 before PostgreSQL 15
+        "1e" + "9" * 5000,
+    ],
+)
+def test_numbers_numeric_cannot_hold_are_stored_as_strings_beside_the_exact_bytes(
+    literal: str,
+) -> None:
+    raw = with_number(literal)
+    note = events.parse(raw)
+    assert note.raw == raw
+    stored = json.loads(note.json)
+    assert stored["payload"]["x"] == literal
+    assert stored["payload"]["text"] == f"{'1' * 20_000} 1e99999"  # strings stay as they were
+    assert isinstance(note.event, events.AgentJoined)
+
+
+def test_numbers_too_large_for_a_float_are_null_in_what_is_kept_as_sent() -> None:
+    big = "1" + "0" * 5000
+    turn = f'{{"turn_id":1,"metrics":{{"e2e_latency_ms":-1e400,"x":[{big}]}}}}'
+    joined = events.parse(with_number(f'1,"labels":{{"a":1e400,"b":[{big}]}}'))
+    turns = events.parse(with_number(f'1,"turns":[{turn}]').replace(b":101,", b":112,"))
+    history = events.parse(
+        with_number('1,"contents":[{"role":"user","content":"hi","ms":1e999}]').replace(
+            b":101,", b":103,"
+        )
+    )
+    assert isinstance(joined.event, events.AgentJoined)
+    assert joined.event.labels == {"a": None, "b": [None]}
+    assert isinstance(turns.event, events.TurnsFinished)
+    assert turns.event.turns[0].data["metrics"] == {"e2e_latency_ms": None, "x": [None]}
+    assert isinstance(history.event, events.AgentHistory)
+    assert history.event.contents[0].extra == {"ms": None}

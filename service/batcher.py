@@ -150,11 +150,17 @@ async def _together(
 ) -> list[ingest.Outcome | None]:
     """The group in one transaction; rolled back when nobody waits for it any more."""
     deliveries = [w.delivery for w in group]
-    async with conn.transaction() as tx:
-        outcomes = await ingest.apply_deliveries(conn, deliveries)
-        if all(w.future.done() for w in group):
-            raise psycopg.Rollback(tx)
-    if all(w.future.done() for w in group):
+    try:
+        outcomes = await ingest.apply_deliveries(
+            conn, deliveries, wanted=lambda: not all(w.future.done() for w in group)
+        )
+    except BaseException:
+        if not conn.closed:
+            with contextlib.suppress(Exception):
+                await conn.rollback()
+        raise
+    if outcomes is None:
+        await conn.rollback()
         return [None] * len(group)
     metrics.group_committed(len(group))
     ingest.report(outcomes, deliveries)

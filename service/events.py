@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
@@ -68,6 +68,8 @@ TEST_UID: Final = 12121212
 # Ids are keys and index entries: a btree entry holds at most 2,704 bytes, and Agora's ids and
 # channel names are far shorter than 256 characters in any encoding.
 MAX_ID_CHARS: Final = 256
+# A number that may be too large for a float: a three-digit exponent or 309 digits in a row.
+_MAYBE_INFINITE: Final = re.compile(rb"[eE][+]?0*[1-9][0-9]{2}|[0-9]{309}")
 # Labels are a few of the caller's own ids (tenant, session): bounded so one body cannot grow every
 # later write of its agent.
 MAX_LABELS: Final = 64
@@ -288,7 +290,8 @@ def parse(body: bytes, *, received_at: datetime | None = None) -> Notification:
     event, unusable = None, None
     if ignored is None:
         try:
-            event = _Reader(payload, problems, received_at).event(event_type)
+            reader = _Reader(payload, problems, received_at, infinite=_MAYBE_INFINITE.search(body))
+            event = reader.event(event_type)
         except _Unusable as exc:
             unusable = str(exc)
     return Notification(
@@ -350,6 +353,10 @@ def _decode(body: bytes) -> tuple[dict[str, Any], str, bytes | None]:
         if held != stored:
             stored, raw = held, body
     return document, stored, raw
+
+
+def _as_sent(value: Any) -> Any:
+    return value
 
 
 def _number_as_held(match: re.Match[str]) -> str:
@@ -452,9 +459,17 @@ class _Reader:
     """Reads one payload leniently, noting what it leaves out in `problems`."""
 
     def __init__(
-        self, payload: Mapping[str, Any], problems: fields.Problems, received_at: datetime
+        self,
+        payload: Mapping[str, Any],
+        problems: fields.Problems,
+        received_at: datetime,
+        *,
+        infinite: object = True,
     ) -> None:
         self.payload, self.problems, self.received_at = payload, problems, received_at
+        # Free-form values are kept as sent; only a body that may hold a number too large for a
+        # float needs them searched for one (`fields.finite`).
+        self.finite: Callable[[Any], Any] = fields.finite if infinite else _as_sent
 
     def event(self, event_type: int) -> Event:
         base = self.agent_fields()
@@ -538,7 +553,7 @@ class _Reader:
             if len(key) > MAX_ID_CHARS or len(json.dumps(value)) > MAX_LABEL_CHARS:
                 self.problems.add(f"payload.labels.{key[:32]}", "is too long")
                 continue
-            kept[key] = fields.finite(value)
+            kept[key] = self.finite(value)
         return kept
 
     def text(self, key: str, *, max_chars: int | None = None) -> str | None:
@@ -578,7 +593,7 @@ class _Reader:
             return None
         role = fields.text(found.get("role"), f"{where}.role", self.problems) or "unknown"
         content = fields.text(found.get("content"), f"{where}.content", self.problems) or ""
-        extra = {k: fields.finite(v) for k, v in found.items() if k not in ("role", "content")}
+        extra = {k: self.finite(v) for k, v in found.items() if k not in ("role", "content")}
         return Message(role=role, content=content, extra=extra)
 
     def error(self, item: object, where: str) -> ErrorItem | None:
@@ -640,7 +655,7 @@ class _Reader:
             e2e_latency_ms=fields.integer(
                 metrics.get("e2e_latency_ms"), f"{where}.metrics.e2e_latency_ms", self.problems
             ),
-            data=fields.finite(found),
+            data=self.finite(found),
         )
 
 

@@ -21,8 +21,7 @@ stored `unapplied` from the start (`reapply` takes them up again). After the cal
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -80,7 +79,7 @@ class Plan:
     metrics: list[list[Any]] = field(default_factory=list)
     turns: list[list[Any]] = field(default_factory=list)
     call_states: list[tuple[Any, ...]] = field(default_factory=list)
-    transcripts: dict[Key, str] = field(default_factory=dict)  # JSON, from 103s
+    transcripts: dict[Key, list[dict[str, Any]]] = field(default_factory=dict)  # from 103s
     jobs: set[Key] = field(default_factory=set)
     unapplied: list[tuple[str, str, str]] = field(default_factory=list)  # app, notice, problem
 
@@ -105,12 +104,18 @@ class Plan:
 
 
 async def apply_deliveries(
-    conn: psycopg.AsyncConnection[Any], deliveries: Sequence[Delivery]
-) -> list[Outcome]:
-    """Store and apply a group of deliveries in the caller's transaction (which commits).
+    conn: psycopg.AsyncConnection[Any],
+    deliveries: Sequence[Delivery],
+    *,
+    wanted: Callable[[], bool] = lambda: True,
+) -> list[Outcome] | None:
+    """Store and apply a group of deliveries, and commit: the transaction begins with the first
+    round trip and its COMMIT goes with the last, so a group costs two round trips.
 
-    Answers one outcome per delivery, in order. A repeat of a noticeId, stored before or earlier
-    in the group, is a `duplicate`.
+    Answers one outcome per delivery, in order (a repeat of a noticeId, stored before or earlier
+    in the group, is a `duplicate`), or None, having written nothing, when `wanted()` says no
+    one waits for the group any more: the caller then rolls back. On an error the caller rolls
+    back too.
     """
     first: dict[tuple[str, str], int] = {}
     for index, delivery in enumerate(deliveries):
@@ -126,7 +131,9 @@ async def apply_deliveries(
             outcomes.append(Outcome(status="duplicate", agent_id=delivery.note.agent_id))
         else:
             outcomes.append(plan_delivery(plan, delivery))
-    await repositories.write(conn, plan)
+    if not wanted():
+        return None
+    await repositories.write(conn, plan, commit=True)
     return outcomes
 
 
@@ -189,8 +196,8 @@ def plan_observation(
                 source,
                 notice_id,
                 step.inferred,
-                step.at,
-                received_at,
+                step.at.isoformat(),
+                received_at.isoformat(),
             )
         )
         if lifecycle.is_terminal(step.to_state):
@@ -236,7 +243,7 @@ class _Effects:
     metrics: list[list[Any]] = field(default_factory=list)
     turns: list[list[Any]] = field(default_factory=list)
     call_states: list[tuple[Any, ...]] = field(default_factory=list)
-    transcript: tuple[Key, str] | None = None
+    transcript: tuple[Key, list[dict[str, Any]]] | None = None
 
     def apply(self, plan: Plan) -> None:
         plan.errors += self.errors
@@ -269,12 +276,19 @@ def _effects(
     if isinstance(event, events.CallState) and event.state is not None:
         return _Effects(
             call_states=[
-                (*key, notice_id, event.direction, event.state, event.reported_at, received_at)
+                (
+                    *key,
+                    notice_id,
+                    event.direction,
+                    event.state,
+                    _iso(event.reported_at),
+                    received_at.isoformat(),
+                )
             ]
         )
     if isinstance(event, events.AgentHistory):
         contents = [{"role": m.role, "content": m.content, **m.extra} for m in event.contents]
-        return _Effects(transcript=(key, json.dumps(contents, ensure_ascii=False)))
+        return _Effects(transcript=(key, contents))
     return _Effects()
 
 

@@ -16,8 +16,10 @@ statement.
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final, Literal
@@ -42,19 +44,18 @@ Raw = psycopg.AsyncConnection[Any]
 
 _NAMES: Final = ", ".join(record.COLUMNS)
 
+# Rows travel as one JSON array parameter per statement, unpacked by the server
+# (`json_to_recordset`): one C-speed `json.dumps` instead of a typed array per column.
+
 # Store a group's new notifications (sorted, so that concurrent groups wait on each other's
 # keys in one order): answers the (app_id, notice_id) of those not stored before.
 _STORE: Final = """
     INSERT INTO notification (app_id, notice_id, product_id, event_type, agent_id, outcome,
                               problem, event_at, notify_ms, received_at, body, raw)
-    SELECT app_id, notice_id, product_id, event_type, agent_id, outcome, problem, event_at,
-           notify_ms, received_at, body::jsonb, raw
-    FROM unnest(%(app)s::text[], %(notice)s::text[], %(product)s::int[], %(type)s::int[],
-                %(agent)s::text[], %(outcome)s::text[], %(problem)s::text[],
-                %(event_at)s::timestamptz[], %(notify)s::bigint[], %(received)s::timestamptz[],
-                %(body)s::text[], %(raw)s::bytea[])
-        AS n(app_id, notice_id, product_id, event_type, agent_id, outcome, problem, event_at,
-             notify_ms, received_at, body, raw)
+    SELECT a, n, p, t, g, o, q, e, m, r, b::jsonb, decode(x, 'base64')
+    FROM json_to_recordset(%s::json)
+        AS n(a text, n text, p int, t int, g text, o text, q text, e timestamptz, m bigint,
+             r timestamptz, b text, x text)
     ON CONFLICT (app_id, notice_id) DO NOTHING
     RETURNING app_id, notice_id"""
 
@@ -63,9 +64,8 @@ _STORE: Final = """
 _CREATE: Final = """
     WITH created AS (
         INSERT INTO agent (app_id, agent_id, state)
-        SELECT app_id, agent_id, 'IDLE'
-        FROM unnest(%(app)s::text[], %(agent)s::text[]) AS k(app_id, agent_id)
-        ORDER BY app_id, agent_id
+        SELECT k->>0, k->>1, 'IDLE' FROM json_array_elements(%s::json) AS k
+        ORDER BY 1, 2
         ON CONFLICT (app_id, agent_id) DO NOTHING
         RETURNING app_id, agent_id
     )
@@ -75,9 +75,7 @@ _CREATE: Final = """
 # Lock every agent of the group, in key order, and read what the rules decide on.
 _LOCK: Final = f"""
     SELECT {_NAMES} FROM agent
-    WHERE (app_id, agent_id) IN (
-        SELECT * FROM unnest(%(app)s::text[], %(agent)s::text[])
-    )
+    WHERE (app_id, agent_id) IN (SELECT k->>0, k->>1 FROM json_array_elements(%s::json) AS k)
     ORDER BY app_id, agent_id
     FOR UPDATE"""
 
@@ -90,30 +88,34 @@ def outcome_of(note: events.Notification) -> Outcome:
     return "unapplied" if note.unusable is not None else "accepted"
 
 
-def _notification_columns(
+def _notifications(
     deliveries: Sequence[Delivery], *, outcome: Outcome | None = None, problem: str | None = None
-) -> dict[str, list[Any]]:
-    """`_STORE`'s arrays, in (app_id, noticeId) order."""
-    ordered = sorted(deliveries, key=lambda d: (d.app_id, d.note.notice_id))
-    notes = [d.note for d in ordered]
-    return {
-        "app": [d.app_id for d in ordered],
-        "notice": [n.notice_id for n in notes],
-        "product": [n.product_id for n in notes],
-        "type": [n.event_type for n in notes],
-        "agent": [n.agent_id for n in notes],
-        "outcome": [outcome or outcome_of(n) for n in notes],
-        "problem": [problem or n.problem for n in notes],
-        "event_at": [n.occurred_at for n in notes],
-        "notify": [n.notify_ms for n in notes],
-        "received": [d.received_at for d in ordered],
-        "body": [n.json for n in notes],
-        "raw": [n.raw for n in notes],
-    }
+) -> str:
+    """`_STORE`'s rows, in (app_id, noticeId) order."""
+    rows = []
+    for d in sorted(deliveries, key=lambda d: (d.app_id, d.note.notice_id)):
+        n = d.note
+        rows.append(
+            {
+                "a": d.app_id,
+                "n": n.notice_id,
+                "p": n.product_id,
+                "t": n.event_type,
+                "g": n.agent_id,
+                "o": outcome or outcome_of(n),
+                "q": problem or n.problem,
+                "e": _iso(n.occurred_at),
+                "m": n.notify_ms,
+                "r": d.received_at.isoformat(),
+                "b": n.json,
+                "x": base64.b64encode(n.raw).decode() if n.raw is not None else None,
+            }
+        )
+    return _json(rows)
 
 
-def _keys(keys: Sequence[Key]) -> dict[str, list[str]]:
-    return {"app": [app for app, _ in keys], "agent": [agent for _, agent in keys]}
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)
 
 
 async def store_and_lock(
@@ -122,7 +124,7 @@ async def store_and_lock(
     """Store the deliveries (unique noticeIds) and create and lock the agents `keys` (sorted),
     in one round trip. Answers the (app_id, noticeId) stored now and the locked rows."""
     async with conn.pipeline():
-        stored = await conn.execute(_STORE, _notification_columns(deliveries))
+        stored = await conn.execute(_STORE, [_notifications(deliveries)])
         rows = await _create_and_lock(conn, keys) if keys else None
         found = {(app, notice) for app, notice in await stored.fetchall()}
     return found, await _rows(rows)
@@ -138,7 +140,7 @@ async def lock_agents(conn: Raw, keys: Sequence[Key]) -> dict[Key, AgentRow]:
 
 
 async def _create_and_lock(conn: Raw, keys: Sequence[Key]) -> psycopg.AsyncCursor[Any]:
-    params = _keys(keys)
+    params = [_json(keys)]
     await conn.execute(_CREATE, params)
     cursor = conn.cursor(row_factory=dict_row)
     await cursor.execute(_LOCK, params)
@@ -160,158 +162,153 @@ async def keep_unapplied(
 ) -> bool:
     """Store a delivery that could not be applied, `unapplied` with `problem` (and `raw` as its
     exact bytes, when given); False if its noticeId was stored meanwhile."""
-    columns = _notification_columns([delivery], outcome="unapplied", problem=problem)
     if raw is not None:
-        columns |= {"body": ['{"unstorable": true}'], "raw": [raw]}
-    return bool(await (await conn.execute(_STORE, columns)).fetchall())
+        note = dataclasses.replace(delivery.note, json='{"unstorable": true}', raw=raw)
+        delivery = dataclasses.replace(delivery, note=note)
+    rows = _notifications([delivery], outcome="unapplied", problem=problem)
+    return bool(await (await conn.execute(_STORE, [rows])).fetchall())
 
 
-# The write floor: one statement per table for the whole group.
-_UPDATE_AGENTS: Final = """
-    UPDATE agent AS a SET
-        name = u.name, name_at = u.name_at, channel = u.channel, channel_at = u.channel_at,
-        labels = u.labels::jsonb, label_versions = u.label_versions::jsonb, state = u.state,
-        state_at = u.state_at, started_at = u.started_at, stopped_at = u.stopped_at,
-        stop_status = u.stop_status, stop_message = u.stop_message,
-        active_from = u.active_from, active_until = u.active_until, warning = u.warning,
-        warning_at = u.warning_at, last_event_at = u.last_event_at, updated_at = now()
-    FROM unnest(%(app_id)s::text[], %(agent_id)s::text[], %(name)s::text[],
-                %(name_at)s::timestamptz[], %(channel)s::text[], %(channel_at)s::timestamptz[],
-                %(labels)s::text[], %(label_versions)s::text[], %(state)s::text[],
-                %(state_at)s::timestamptz[], %(started_at)s::timestamptz[],
-                %(stopped_at)s::timestamptz[], %(stop_status)s::text[], %(stop_message)s::text[],
-                %(active_from)s::timestamptz[], %(active_until)s::timestamptz[],
-                %(warning)s::text[], %(warning_at)s::timestamptz[],
-                %(last_event_at)s::timestamptz[])
-        AS u(app_id, agent_id, name, name_at, channel, channel_at, labels, label_versions, state,
-             state_at, started_at, stopped_at, stop_status, stop_message, active_from,
-             active_until, warning, warning_at, last_event_at)
-    WHERE a.app_id = u.app_id AND a.agent_id = u.agent_id"""
+# The write floor: the whole group in ONE statement, a CTE per table, each fed one JSON array
+# (empty when the group has nothing for it): one fixed text, so prepared once per connection.
+# Every row it touches belongs to an agent the group holds locked, so it never waits on another
+# group. Workers are woken once if a history job is new or due now (a 103 arrived).
+_WRITE: Final = f"""
+    WITH agents AS (
+        UPDATE agent AS a SET
+            name = u.name, name_at = u.name_at, channel = u.channel,
+            channel_at = u.channel_at, labels = u.labels, label_versions = u.label_versions,
+            state = u.state, state_at = u.state_at, started_at = u.started_at,
+            stopped_at = u.stopped_at, stop_status = u.stop_status,
+            stop_message = u.stop_message, active_from = u.active_from,
+            active_until = u.active_until, warning = u.warning, warning_at = u.warning_at,
+            last_event_at = u.last_event_at, updated_at = now()
+        FROM json_to_recordset(%(agents)s::json)
+            AS u(app_id text, agent_id text, name text, name_at timestamptz, channel text,
+                 channel_at timestamptz, labels jsonb, label_versions jsonb, state text,
+                 state_at timestamptz, started_at timestamptz, stopped_at timestamptz,
+                 stop_status text, stop_message text, active_from timestamptz,
+                 active_until timestamptz, warning text, warning_at timestamptz,
+                 last_event_at timestamptz)
+        WHERE a.app_id = u.app_id AND a.agent_id = u.agent_id
+    ),
+    transitions AS (
+        INSERT INTO agent_transition (app_id, agent_id, from_state, to_state, cause, source,
+                                      notice_id, inferred, event_at, received_at)
+        SELECT t->>0, t->>1, t->>2, t->>3, t->>4, t->>5, t->>6, (t->>7)::bool,
+               (t->>8)::timestamptz, (t->>9)::timestamptz
+        FROM jsonb_array_elements(%(transitions)s::jsonb) AS t
+    ),
+    errors AS (
+        INSERT INTO agent_error (app_id, agent_id, notice_id, position, module, code, message,
+                                 turn_id, event_at, received_at)
+        SELECT e->>0, e->>1, e->>2, (e->>3)::int, e->>4, (e->>5)::bigint, e->>6, e->>7,
+               (e->>8)::timestamptz, (e->>9)::timestamptz
+        FROM jsonb_array_elements(%(errors)s::jsonb) AS e
+        ON CONFLICT DO NOTHING
+    ),
+    metrics AS (
+        INSERT INTO agent_metric (app_id, agent_id, notice_id, position, turn_id, asr_ttlw,
+                                  llm_ttfb, llm_ttfs, tts_ttfb, figures, event_at)
+        SELECT m->>0, m->>1, m->>2, (m->>3)::int, m->>4, (m->5->>'asr_ttlw')::int,
+               (m->5->>'llm_ttfb')::int, (m->5->>'llm_ttfs')::int,
+               (m->5->>'tts_ttfb')::int, m->5, (m->>6)::timestamptz
+        FROM jsonb_array_elements(%(metrics)s::jsonb) AS m
+        ON CONFLICT DO NOTHING
+    ),
+    turns AS (
+        {{turns}}
+    ),
+    call_states AS (
+        INSERT INTO call_state (app_id, agent_id, notice_id, direction, state, reported_at,
+                                received_at)
+        SELECT c->>0, c->>1, c->>2, c->>3, c->>4, (c->>5)::timestamptz, (c->>6)::timestamptz
+        FROM jsonb_array_elements(%(call_states)s::jsonb) AS c
+        ON CONFLICT DO NOTHING
+    ),
+    transcripts AS (
+        UPDATE history AS h
+        SET status = 'complete', source = 'webhook', contents = u->2,
+            reason = NULL, transcript_at = now(), updated_at = now()
+        FROM jsonb_array_elements(%(transcripts)s::jsonb) AS u
+        WHERE h.app_id = u->>0 AND h.agent_id = u->>1
+        RETURNING h.app_id, h.agent_id
+    ),
+    due AS (
+        UPDATE history_job AS j SET due_at = now()
+        FROM transcripts AS w
+        WHERE j.app_id = w.app_id AND j.agent_id = w.agent_id
+          AND j.status = 'queued' AND j.due_at > now()
+        RETURNING j.agent_id
+    ),
+    jobs AS (
+        INSERT INTO history_job (app_id, agent_id)
+        SELECT k->>0, k->>1 FROM jsonb_array_elements(%(jobs)s::jsonb) AS k
+        ON CONFLICT (app_id, agent_id) DO NOTHING
+        RETURNING agent_id
+    ),
+    pcu AS (
+        INSERT INTO pcu_change (app_id, at, delta, live)
+        SELECT c->>0, (c->>1)::timestamptz, (c->>2)::int, (c->>3)::int
+        FROM jsonb_array_elements(%(pcu)s::jsonb) AS c
+    ),
+    unapplied AS (
+        UPDATE notification AS n SET outcome = 'unapplied', problem = u->>2
+        FROM jsonb_array_elements(%(unapplied)s::jsonb) AS u
+        WHERE n.app_id = u->>0 AND n.notice_id = u->>1
+    )
+    SELECT pg_notify('{jobs.CHANNEL}', '')
+    WHERE EXISTS (SELECT FROM due) OR EXISTS (SELECT FROM jobs)"""
 
-_TRANSITIONS: Final = """
-    INSERT INTO agent_transition (app_id, agent_id, from_state, to_state, cause, source,
-                                  notice_id, inferred, event_at, received_at)
-    SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],
-                         %s::text[], %s::bool[], %s::timestamptz[], %s::timestamptz[])"""
-
-_ERRORS: Final = """
-    INSERT INTO agent_error (app_id, agent_id, notice_id, position, module, code, message,
-                             turn_id, event_at, received_at)
-    SELECT e->>0, e->>1, e->>2, (e->>3)::int, e->>4, (e->>5)::bigint, e->>6, e->>7,
-           (e->>8)::timestamptz, (e->>9)::timestamptz
-    FROM jsonb_array_elements(%s::jsonb) AS e
-    ON CONFLICT DO NOTHING"""
-
-_METRICS: Final = """
-    INSERT INTO agent_metric (app_id, agent_id, notice_id, position, turn_id, asr_ttlw,
-                              llm_ttfb, llm_ttfs, tts_ttfb, figures, event_at)
-    SELECT m->>0, m->>1, m->>2, (m->>3)::int, m->>4, (m->5->>'asr_ttlw')::int,
-           (m->5->>'llm_ttfb')::int, (m->5->>'llm_ttfs')::int, (m->5->>'tts_ttfb')::int, m->5,
-           (m->>6)::timestamptz
-    FROM jsonb_array_elements(%s::jsonb) AS m
-    ON CONFLICT DO NOTHING"""
-
+# `agent_turn` rows from one JSON array of `turn_rows()`; a turn already stored is kept.
 TURNS: Final = """
     INSERT INTO agent_turn (app_id, agent_id, turn_id, start_at, end_at, start_type, end_type,
                             e2e_latency_ms, data, source)
     SELECT t->>0, t->>1, (t->>2)::int, (t->>3)::timestamptz, (t->>4)::timestamptz, t->>5, t->>6,
            (t->>7)::int, t->8, t->>9
-    FROM jsonb_array_elements(%s::jsonb) AS t
+    FROM jsonb_array_elements(%(turns)s::jsonb) AS t
     ON CONFLICT DO NOTHING"""
-
-_CALL_STATES: Final = """
-    INSERT INTO call_state (app_id, agent_id, notice_id, direction, state, reported_at,
-                            received_at)
-    SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[],
-                         %s::timestamptz[], %s::timestamptz[])
-    ON CONFLICT DO NOTHING"""
-
-# A 103's transcript always wins; a job waiting out its grace for it is due now (and woken).
-_TRANSCRIPTS: Final = f"""
-    WITH written AS (
-        UPDATE history AS h
-        SET status = 'complete', source = 'webhook', contents = u.contents::jsonb,
-            reason = NULL, transcript_at = now(), updated_at = now()
-        FROM unnest(%s::text[], %s::text[], %s::text[]) AS u(app_id, agent_id, contents)
-        WHERE h.app_id = u.app_id AND h.agent_id = u.agent_id
-        RETURNING h.app_id, h.agent_id
-    ),
-    due AS (
-        UPDATE history_job AS j SET due_at = now()
-        FROM written AS w
-        WHERE j.app_id = w.app_id AND j.agent_id = w.agent_id
-          AND j.status = 'queued' AND j.due_at > now()
-        RETURNING j.agent_id
-    )
-    SELECT pg_notify('{jobs.CHANNEL}', '') FROM due LIMIT 1"""
-
-# The durable history job of each stopped agent (once per agent); workers are woken if any is new.
-_JOBS: Final = f"""
-    WITH created AS (
-        INSERT INTO history_job (app_id, agent_id)
-        SELECT * FROM unnest(%s::text[], %s::text[])
-        ON CONFLICT (app_id, agent_id) DO NOTHING
-        RETURNING agent_id
-    )
-    SELECT pg_notify('{jobs.CHANNEL}', '') FROM created LIMIT 1"""
-
-_PCU_CHANGES: Final = """
-    INSERT INTO pcu_change (app_id, at, delta, live)
-    SELECT * FROM unnest(%s::text[], %s::timestamptz[], %s::int[], %s::int[])"""
-
-_UNAPPLIED: Final = """
-    UPDATE notification AS n SET outcome = 'unapplied', problem = u.problem
-    FROM unnest(%s::text[], %s::text[], %s::text[]) AS u(app_id, notice_id, problem)
-    WHERE n.app_id = u.app_id AND n.notice_id = u.notice_id"""
+_WRITE_SQL: Final = _WRITE.replace("{turns}", TURNS.strip())
 
 
-async def write(conn: Raw, plan: Plan) -> None:
-    """Write everything `plan` decided, one statement per table, in one round trip."""
-    statements = list(_statements(plan))
-    if not statements:
+async def write(conn: Raw, plan: Plan, *, commit: bool = False) -> None:
+    """Write everything `plan` decided in one statement; with `commit`, the transaction's COMMIT
+    goes in the same round trip."""
+    params = _write_params(plan)
+    if params is None:
+        if commit:
+            await conn.execute("COMMIT")
         return
     async with conn.pipeline():
-        for sql, params in statements:
-            await conn.execute(sql, params)
+        await conn.execute(_WRITE_SQL, params)
+        if commit:
+            await conn.execute("COMMIT")
 
 
-def _statements(plan: Plan) -> Iterator[tuple[str, Any]]:
-    changed = plan.changed()
-    if changed:
-        yield _UPDATE_AGENTS, _agent_columns(changed)
-    if plan.transitions:
-        yield _TRANSITIONS, _columns(plan.transitions)
-    for sql, rows in ((_ERRORS, plan.errors), (_METRICS, plan.metrics), (TURNS, plan.turns)):
-        if rows:
-            yield sql, [json.dumps(rows, ensure_ascii=False)]
-    if plan.call_states:
-        yield _CALL_STATES, _columns(plan.call_states)
-    if plan.transcripts:
-        yield _TRANSCRIPTS, _columns([(*key, t) for key, t in plan.transcripts.items()])
-    if plan.jobs:
-        yield _JOBS, _columns(sorted(plan.jobs))
-    pcu = plan.pcu_changes()
-    if pcu:
-        yield _PCU_CHANGES, _columns(pcu)
-    if plan.unapplied:
-        yield _UNAPPLIED, _columns(plan.unapplied)
+def _write_params(plan: Plan) -> dict[str, str] | None:
+    """`_WRITE`'s JSON arrays, or None when the plan writes nothing."""
+    rows: dict[str, Sequence[Any]] = {
+        "agents": [_agent(row) for row in plan.changed()],
+        "transitions": plan.transitions,
+        "errors": plan.errors,
+        "metrics": plan.metrics,
+        "turns": plan.turns,
+        "call_states": plan.call_states,
+        "transcripts": [(*key, t) for key, t in plan.transcripts.items()],
+        "jobs": sorted(plan.jobs),
+        "pcu": [(app, _iso(at), d, live) for app, at, d, live in plan.pcu_changes()],
+        "unapplied": plan.unapplied,
+    }
+    if not any(rows.values()):
+        return None
+    return {name: _json(values) for name, values in rows.items()}
 
 
-def _columns(rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
-    """Rows as one array per column, for `unnest`."""
-    return [list(column) for column in zip(*rows, strict=True)]
-
-
-def _agent_columns(rows: Sequence[AgentRow]) -> dict[str, list[Any]]:
-    out: dict[str, list[Any]] = {name: [] for name in record.COLUMNS}
-    for row in rows:
-        for name in record.COLUMNS:
-            value = getattr(row, name)
-            if name in ("labels", "label_versions"):
-                value = json.dumps(value, ensure_ascii=False)
-            elif name == "state":
-                value = value.value
-            out[name].append(value)
+def _agent(row: AgentRow) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in record.COLUMNS:
+        value = getattr(row, name)
+        out[name] = value.isoformat() if isinstance(value, datetime) else value
     return out
 
 
@@ -352,7 +349,7 @@ async def upsert_turns(
         return
     rows = turn_rows((app_id, agent_id), turns, source=source)
     raw = await db.driver_connection(conn)
-    await raw.execute(TURNS, [json.dumps(rows, ensure_ascii=False)])
+    await raw.execute(TURNS, {"turns": _json(rows)})
 
 
 async def store_transcript(

@@ -4,9 +4,10 @@ The write path (`ingest`, webhooks and reconciliation alike) records what each t
 changed about PCU as cheap rows, with no lock (`changes()` → `pcu_change`): every moved edge of an
 agent's active interval, and every change of whether it holds a slot now. `fold()` turns an app's
 recorded changes into the rollup, holding the app's advisory lock so that one folder works on an
-app at a time, in ONE statement (so in one snapshot): it deletes the changes it can see, rewrites
-the minutes they touch from the agent rows (`pcu_minute`, the truth as of that snapshot) and their
-hours (`pcu_hour`), and answers the changes of the current count in the order they were recorded;
+app at a time, in ONE statement (so in one snapshot): it deletes the changes it can see, merges
+them into the edges of the minutes they touch (`pcu_minute`: the rollup plus the changes is what
+the agents say, so the merge is too) and rewrites those minutes' hours (`pcu_hour`), and answers
+the changes of the current count in the order they were recorded;
 `fold()` then settles the threshold alarm from them (`pcu.settle`, with hysteresis), so each
 crossing is announced once, by the one folder that saw it, however many replicas run.
 
@@ -117,29 +118,35 @@ _MINUTE_COLUMNS: Final = (
 )
 
 # One app's recorded changes folded in one statement (one snapshot): the changes it can see are
-# taken, the minutes they touch rewritten from the agents and their hours from the minutes; it
-# answers the live changes in recorded order, and the app's current count in the same snapshot.
+# taken and merged, time by time, into the edges their minutes hold (a time whose changes cancel
+# out has no edge), so a fold costs what it takes plus the minutes' distinct times (at most 60 a
+# minute with Agora's whole-second times), never a scan of the agents; the touched minutes'
+# hours are rewritten from their minutes. It answers the live changes in recorded order, and
+# the app's current count in the same snapshot.
 FOLD_SQL: Final = f"""
     WITH taken AS (
-        DELETE FROM pcu_change WHERE app_id = %(app)s RETURNING id, at, live
+        DELETE FROM pcu_change WHERE app_id = %(app)s RETURNING id, at, delta, live
+    ),
+    change AS (
+        SELECT to_timestamp(floor(extract(epoch FROM at) / 60) * 60) AS minute, at,
+               sum(delta) AS d
+        FROM taken WHERE at IS NOT NULL
+        GROUP BY 1, 2
     ),
     touched AS (
-        SELECT DISTINCT to_timestamp(floor(extract(epoch FROM at) / 60) * 60) AS minute
-        FROM taken WHERE at IS NOT NULL
+        SELECT DISTINCT minute FROM change
+    ),
+    kept AS (
+        SELECT m.minute, m.minute + e.off * interval '1 microsecond' AS at, e.d
+        FROM pcu_minute AS m
+        JOIN touched AS t ON m.app_id = %(app)s AND m.minute = t.minute
+        CROSS JOIN LATERAL unnest(m.edge_at, m.edge_delta) AS e(off, d)
     ),
     point AS (
-        SELECT CAST(%(app)s AS text) AS app_id, m.minute, e.at, sum(e.d) AS d
-        FROM touched AS m
-        CROSS JOIN LATERAL (
-            SELECT active_from AS at, 1 AS d FROM agent
-            WHERE app_id = %(app)s AND active_from >= m.minute
-              AND active_from < m.minute + interval '1 minute'
-            UNION ALL
-            SELECT active_until, -1 FROM agent
-            WHERE app_id = %(app)s AND active_until >= m.minute
-              AND active_until < m.minute + interval '1 minute'
-        ) AS e
-        GROUP BY m.minute, e.at
+        SELECT CAST(%(app)s AS text) AS app_id, minute, at, sum(d) AS d
+        FROM (SELECT minute, at, d FROM kept UNION ALL SELECT minute, at, d FROM change) AS x
+        GROUP BY minute, at
+        HAVING sum(d) <> 0
     ),
     {_MINUTE_CTES},
     minute_cleared AS (
@@ -189,6 +196,7 @@ REBUILD_SQL: Final = f"""
             SELECT app_id, active_until, -1 FROM agent WHERE active_until IS NOT NULL
         ) AS edge
         GROUP BY 1, 2, 3
+        HAVING sum(d) <> 0
     ),
     {_MINUTE_CTES}
     INSERT INTO pcu_minute ({_MINUTE_COLUMNS})

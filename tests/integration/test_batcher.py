@@ -21,16 +21,24 @@ REFUSE = """
 CREATE FUNCTION refuse_boom() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF NEW.message = 'boom' THEN RAISE EXCEPTION 'refused for the test'; END IF;
-    IF NEW.message = 'slow' THEN PERFORM pg_sleep(1); END IF;
     RETURN NEW;
 END $$;
 CREATE TRIGGER refuse_boom BEFORE INSERT ON agent_error
     FOR EACH ROW EXECUTE FUNCTION refuse_boom();
+CREATE FUNCTION slow_store() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.notice_id LIKE 'slow-%%' THEN PERFORM pg_sleep(1); END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER slow_store BEFORE INSERT ON notification
+    FOR EACH ROW EXECUTE FUNCTION slow_store();
 """
 
 
-def delivery(event_type: int, body: dict[str, object]) -> ingest.Delivery:
-    note = events.parse(deliver(event_type, body).body)
+def delivery(
+    event_type: int, body: dict[str, object], notice_id: str | None = None
+) -> ingest.Delivery:
+    note = events.parse(deliver(event_type, body, notice_id=notice_id).body)
     return ingest.Delivery(app_id=APP_ID, note=note, received_at=datetime.now(UTC))
 
 
@@ -82,13 +90,13 @@ def test_deliveries_received_together_commit_together_and_a_failure_costs_only_i
 
 def test_a_group_nobody_waits_for_any_more_is_rolled_back(sql: Sql, database_url: str) -> None:
     sql.execute(REFUSE)
-    slow = delivery(110, payload("s1", errors=[{"module": "tts", "message": "slow"}]))
+    slow = delivery(101, payload("s1", start_ts=1751400000), notice_id="slow-1")
 
     async def work(group: batcher.Batcher) -> None:
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(group.submit(slow), timeout=0.3)
-        # The writer finishes the group (the trigger sleeps a second), sees no one waiting,
-        # and rolls it back; the next group is committed as usual.
+        # The writer reads and decides (the store sleeps a second), sees no one waiting any
+        # more, and rolls back instead of writing; the next group is committed as usual.
         await group.submit(delivery(101, payload("after", start_ts=1751400000)))
 
     with_batcher(database_url, work)

@@ -12,7 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from service import rollup
-from tests.factories import APP_ID, Delivery, Sql, deliver, environment, payload
+from tests.factories import APP_ID, Delivery, Sql, deliver, environment, payload, poll
 from tests.processes import ServiceProcess, serving
 
 pytestmark = pytest.mark.slow
@@ -61,6 +61,9 @@ def test_each_crossing_is_reported_once_across_replicas(
                 for i, a in enumerate(agents)
             ]
             assert set(send_all(urls, leaves)) == {200}
+        # The folders announce crossings soon after the commits that made them.
+        poll(lambda: len(crossings(servers)) >= 4, timeout=10)
+        poll(lambda: sql.value("SELECT count(*) FROM pcu_change") == 0, timeout=10)
         reported = crossings(servers)
     # Each cycle goes 0 → 12 (warning at 5, cap at 10) and back to 0.
     assert reported == ["cap", "cap", "warning", "warning"]

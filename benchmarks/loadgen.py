@@ -8,6 +8,8 @@ read by `Content-Length`. Two shapes:
   answered: the most the service can take (full load).
 - `open_loop`: requests are due at a fixed rate whatever the answers do; a request's latency runs
   from when it was due, so waiting for a free connection counts (no coordinated omission).
+
+Each `Result` carries the generator's own CPU time (`cpu_s`), to be reported beside the service's.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ class Result:
     latencies_ms: list[float] = field(default_factory=list)
     statuses: dict[int, int] = field(default_factory=dict)
     elapsed_s: float = 0.0
+    cpu_s: float = 0.0  # the load generator's own CPU (user + system) over the run
 
     @property
     def rate(self) -> float:
@@ -119,11 +122,17 @@ async def _open_loop(port: int, requests: Sequence[bytes], rate: float, connecti
 
 
 def closed(port: int, requests: Sequence[bytes], *, concurrency: int) -> Result:
-    return asyncio.run(_closed(port, requests, concurrency))
+    began = time.process_time()
+    result = asyncio.run(_closed(port, requests, concurrency))
+    result.cpu_s = time.process_time() - began
+    return result
 
 
 def open_loop(port: int, requests: Sequence[bytes], *, rate: float, connections: int) -> Result:
-    return asyncio.run(_open_loop(port, requests, rate, connections))
+    began = time.process_time()
+    result = asyncio.run(_open_loop(port, requests, rate, connections))
+    result.cpu_s = time.process_time() - began
+    return result
 
 
 def _child(send: Any, fn: Callable[..., Result], args: tuple[Any, ...], kwargs: Any) -> None:

@@ -110,6 +110,7 @@ Receiver = receivers.Ledger | receivers.AgoraSample
 def main() -> None:
     logs = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     load_before = common.load_average()
+    flushes = [common.flush_ms(Path(tempfile.gettempdir()))]
     with common.server_url(durable=True) as admin_url:
         owned = not os.environ.get("BENCH_DATABASE_URL")
         ceilings = [measure_ceiling(admin_url, "ceiling_first", owned=owned)]
@@ -125,8 +126,22 @@ def main() -> None:
         if sample is not None:
             figures.append(measure(sample, None, profile=False))
         ceilings.append(measure_ceiling(admin_url, "ceiling_last", owned=owned))
-    table, lines = report(ceilings, figures, load_before=load_before, sampled=sample is not None)
+    flushes.append(common.flush_ms(Path(tempfile.gettempdir())))
+    table, lines = report(ceilings, figures, sampled=sample is not None)
+    lines += machine_context(load_before, flushes)
     common.record("ingest", lines, notes=notes(), table=table)
+
+
+def machine_context(load_before: str, flushes: Sequence[tuple[float, float]]) -> list[str]:
+    """On a shared machine: how busy it was, and what a durable commit waited for at least."""
+    waits = "; ".join(
+        f"{when} p50 {p50:.2f} ms, p99 {p99:.1f} ms"
+        for when, (p50, p99) in zip(("before the run", "after"), flushes, strict=True)
+    )
+    return [
+        f"load average before the run: {load_before}",
+        f"8 KiB write + fdatasync in the embedded database's filesystem: {waits}",
+    ]
 
 
 def measure_ceiling(admin_url: str, name: str, *, owned: bool) -> ceiling.Ceiling:
@@ -249,7 +264,6 @@ def report(
     ceilings: Sequence[ceiling.Ceiling],
     figures: Sequence[Figures],
     *,
-    load_before: str,
     sampled: bool,
 ) -> tuple[list[str], list[str]]:
     bar = sum(c.rate for c in ceilings) / len(ceilings)
@@ -265,7 +279,6 @@ def report(
         lines += _details(bar, figure)
     if not sampled:
         lines.append("Agora sample: skipped (BENCH_AGORA_SAMPLE not set)")
-    lines.append(f"load average before the run: {load_before}")
     return table, lines
 
 

@@ -67,6 +67,23 @@ def load_average() -> str:
     return " / ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+def flush_ms(directory: Path, *, times: int = 100) -> tuple[float, float]:
+    """p50 and p99 of one 8 KiB write + fdatasync in `directory` (PostgreSQL's WAL flush on
+    Linux): on a shared machine, what a durable commit waits for at least, right now."""
+    import tempfile
+    import time
+
+    took = []
+    with tempfile.TemporaryFile(dir=directory) as scratch:
+        block = os.urandom(8192)
+        for _ in range(times):
+            began = time.perf_counter()
+            os.pwrite(scratch.fileno(), block, 0)
+            os.fdatasync(scratch.fileno())
+            took.append((time.perf_counter() - began) * 1000)
+    return percentile(took, 0.5), percentile(took, 0.99)
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]

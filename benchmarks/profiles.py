@@ -5,7 +5,10 @@
 `bench_ingest`). `summary()` reads the collapsed stacks and answers what dominates: self time
 (the innermost frame) by package and by function, and inclusive time (on the stack at all) by
 package and by the service's own functions. Idle time (the event loop waiting) is not sampled;
-time in uvloop's C code (socket I/O, the loop itself) shows as self time of `Runner.run`.
+time in uvloop's C code shows as self time of `Runner.run`, or as a sample without a Python
+frame. SQLAlchemy's async execution runs in greenlets, whose stacks py-spy shows apart from the
+coroutine awaiting them: the inclusive time of the service's functions leaves out the SQLAlchemy
+work they cause, so read the packages' self time for where the CPU goes.
 """
 
 from __future__ import annotations
@@ -80,9 +83,10 @@ def summary(raw: str, *, top: int = 15) -> str:
         if not stack or not count_text.isdigit():
             continue
         frames, count = _frames(stack), int(count_text)
-        if not frames:
-            continue
         total += count
+        if not frames:
+            by_package["(no Python frame)"] += count
+            continue
         by_package[package(frames[-1][1])] += count
         by_self[_short(*frames[-1])] += count
         for name in {package(path) for _, path in frames}:

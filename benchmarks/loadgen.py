@@ -5,7 +5,8 @@ microseconds per request: the requests are bytes built (and signed) beforehand, 
 read by `Content-Length`. Two shapes:
 
 - `closed`: `concurrency` connections each send the next request as soon as the previous one is
-  answered: the most the service can take (full load).
+  answered: the most the service can take (full load). With `seconds`, no request is sent after
+  that long; the ones sent are always a prefix of `requests` (`Result.count` long).
 - `open_loop`: requests are due at a fixed rate whatever the answers do; a request's latency runs
   from when it was due, so waiting for a free connection counts (no coordinated omission).
 
@@ -32,6 +33,10 @@ class Result:
     @property
     def rate(self) -> float:
         return len(self.latencies_ms) / self.elapsed_s if self.elapsed_s else 0.0
+
+    @property
+    def count(self) -> int:
+        return len(self.latencies_ms)
 
     @property
     def failures(self) -> int:
@@ -72,13 +77,17 @@ class _Connection:
         self.writer.close()
 
 
-async def _closed(port: int, requests: Sequence[bytes], concurrency: int) -> Result:
+async def _closed(
+    port: int, requests: Sequence[bytes], concurrency: int, seconds: float | None
+) -> Result:
     result = Result()
     pending = iter(requests)
     connections = [await _Connection.open(port) for _ in range(concurrency)]
+    stop_at = time.perf_counter() + seconds if seconds is not None else float("inf")
 
     async def drive(connection: _Connection) -> None:
-        for raw in pending:
+        # The clock is read before the next request is taken, so what was taken was sent.
+        while time.perf_counter() <= stop_at and (raw := next(pending, None)) is not None:
             began = time.perf_counter()
             status = await connection.exchange(raw)
             result.latencies_ms.append((time.perf_counter() - began) * 1000)
@@ -121,9 +130,11 @@ async def _open_loop(port: int, requests: Sequence[bytes], rate: float, connecti
     return result
 
 
-def closed(port: int, requests: Sequence[bytes], *, concurrency: int) -> Result:
+def closed(
+    port: int, requests: Sequence[bytes], *, concurrency: int, seconds: float | None = None
+) -> Result:
     began = time.process_time()
-    result = asyncio.run(_closed(port, requests, concurrency))
+    result = asyncio.run(_closed(port, requests, concurrency, seconds))
     result.cpu_s = time.process_time() - began
     return result
 

@@ -6,7 +6,8 @@ sends its notifications of `kinds` at stream times k, k + gap, k + 2·gap, ..., 
 middle events of earlier ones and the end of one that started a session ago, as on a busy app
 (never one agent's notifications back to back). `take(count, rate=...)` answers the next `count`
 notifications, their times (`start_ts`, `stop_ts` as whole seconds, turn times in ms) set to when
-they will be sent at `rate` per second from now, so the PCU edges fall in the current minutes.
+they will be sent at `rate` per second from now, so the PCU edges fall in the current minutes;
+`put_back` returns the ones a run did not send, to go first next time.
 
 The bodies are NCS's envelope (`noticeId` unique per app, `productId` 17, `notifyMs`) around the
 payloads of Agora's documentation: labels, names, channels, error items, metrics for a few turns,
@@ -21,6 +22,7 @@ import hmac
 import json
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,15 +77,20 @@ class Sessions:
         self.gap = max(1, in_flight // max(1, len(self.kinds) - 1))
         self._agents: dict[int, _Agent] = {}
         self._steps = self._walk()
+        self._returned: deque[Notification] = deque()
 
     def take(self, count: int, *, rate: float) -> list[Notification]:
-        """The next `count` notifications, timed as if sent at `rate` per second from now."""
+        """The next `count` notifications, timed as if sent at `rate` per second from now
+        (those put back keep their times)."""
+        out = [self._returned.popleft() for _ in range(min(count, len(self._returned)))]
         began = time.time()
-        out = []
-        for i in range(count):
+        for i in range(count - len(out)):
             agent, event_type = next(self._steps)
             out.append(self._notification(agent, event_type, at=began + i / rate))
         return out
+
+    def put_back(self, unsent: Sequence[Notification]) -> None:
+        self._returned.extendleft(reversed(unsent))
 
     def _walk(self) -> Iterator[tuple[_Agent, int]]:
         step = 0

@@ -1,330 +1,382 @@
-"""Webhook ingest: notifications/s and latency at full and half load, against PostgreSQL's own
-ceiling for the same durable work.
+"""Webhook ingest against the targets of issue 12, in one run: rate at full load as a fraction of a
+fixed pgbench ceiling, CPU per notification, latency at half load and on one connection, and a
+101/102-only load, for `serve --workers 1` and `--workers 2`.
 
-One throw-away embedded PostgreSQL with fsync on (or BENCH_DATABASE_URL's server), two fresh
-databases on it:
+One throw-away embedded PostgreSQL with fsync on (or BENCH_DATABASE_URL's server), a fresh
+database at the current schema for each measurement:
 
-1. Ceiling: pgbench runs, per script, the three transactions the service runs for one agent's
-   101, 111 and 102 (`ceiling_script()`: the same statements in the same order, taken from the
-   server's statement log, the PCU rollup rewrite straight from `service.rollup`), with as many
-   clients as the load generator has connections, in prepared mode. Notifications/s = 3 x tps.
-2. Service: `convoai-ledger serve --workers 2` (info logs to a file, as in production), fed by
-   `loadgen` from its own process over loopback: unique signed 101, 111, 102 per agent, agents in
-   blocks of 100 (their joins, then their metrics, then their stops). A warm-up, then full load
-   (closed loop, CONNECTIONS connections), then half load (open loop at half the full-load rate).
-   Every notification must be answered 200 and be stored exactly once.
+1. Ceiling (`ceiling.py`): pgbench runs a FIXED minimal durable transaction per notification
+   (the raw notification under its unique key, an agent upsert, one transition, COMMIT), prepared,
+   with as many clients as the load has connections. It runs first and last; the ratios use the
+   mean of the two, and the pair shows how much the shared machine moved in between.
+2. For each receiver (`receivers.py`: the service with 1 and 2 worker processes, then Agora's
+   sample receiver if BENCH_AGORA_SAMPLE is set), fed by `loadgen` from its own process over
+   loopback with the sessions of `traffic.py` (5 apps; per agent 101, 111, 110, 112, 102, 103,
+   about 300 agents in flight, so starts of later agents interleave with ends of earlier ones):
+   - warm-up: WARMUP notifications, closed loop, 32 connections (its rate sizes what follows);
+   - full load: closed loop, 32 connections, FULL_S seconds (requests are prepared for half
+     again the warm-up's rate; what was not sent goes first in the next phase). CPU of the
+     service's processes and of PostgreSQL's (the postmaster and all it forked) is read from
+     /proc before and after, after waiting for both to go quiet, so deferred work counts; the
+     load generator's CPU and what other processes on the machine used are reported beside it;
+   - half load: open loop at half the full-load rate for HALF_S seconds, 64 connections;
+   - one connection alone: SINGLE notifications (FULL_S seconds at most), closed loop;
+   - 101/102 pairs: one app, a new agent per pair, the stop about 300 pairs after its start;
+     a warm-up, then closed loop, 32 connections, PAIRS_S seconds;
+   and every notification sent must be answered 200 and stored exactly once (rows checked).
 
     .venv/bin/python benchmarks/bench_ingest.py      # BENCH_QUICK=1: a short smoke run
 
-Prints the figures and records them in BENCHMARKS.md ("ingest").
+Environment: BENCH_QUICK=1 (smoke run), BENCH_DATABASE_URL (an existing server: its CPU is then
+only the benchmark database's backends), BENCH_SERVICE_ENV="NAME=value ..." (extra settings for
+`serve`), BENCH_AGORA_SAMPLE=/path/to/recipe-agent-webhooks/server (with its requirements in
+server/venv, or BENCH_AGORA_SAMPLE_PYTHON), BENCH_PROFILE=/path/summary.txt (py-spy on
+`serve --workers 1` under one more full-load run, summary written there). Prints the figures
+and records them in BENCHMARKS.md ("ingest").
 """
 
 from __future__ import annotations
 
 import os
-import re
-import subprocess
 import sys
 import tempfile
-import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-
-import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks import common, loadgen  # noqa: E402
-from service import events, jobs, localdb, repositories, rollup, signatures  # noqa: E402
-from tests.processes import ServiceProcess, free_port  # noqa: E402
+from benchmarks import ceiling, common, cpu, loadgen, profiles, receivers, traffic  # noqa: E402
 
-APP_ID, SECRET = "bench-app", "bench-ingest-secret"
 QUICK = bool(os.environ.get("BENCH_QUICK"))
 CONNECTIONS = 32
-WORKERS = 2
-BLOCK = 100  # agents per block: their 101s, then 111s, then 102s
-LIFECYCLE = (101, 111, 102)
-METRICS_ONLY = (111,)
-# The issue's mix, where 101 and 102 take the app's PCU locks until their commit, and 111 alone
-# (each for a new agent), where nothing serialises the transactions.
-SCENARIOS = (LIFECYCLE, METRICS_ONLY)
-NOTES = [
-    f"`serve --workers {2}`, info logs to a file; load from `benchmarks/loadgen.py` in its own"
-    " process over loopback, unique signed notifications. The pgbench script"
-    " (`ceiling_script()`) runs the statements the service runs for the same notifications,"
-    " with as many clients as the service has connections.",
-]
-WARMUP_AGENTS = 500 if QUICK else 1_000
-FULL_AGENTS = 1_000 if QUICK else 8_000
-HALF_SECONDS = 5 if QUICK else 20
-PGBENCH_SECONDS = 5 if QUICK else 20
+HALF_CONNECTIONS = 64
+WORKER_COUNTS = (1, 2)
+APPS = tuple(traffic.App(f"bench-app-{i}", f"bench-secret-{i}") for i in range(1, 6))
+IN_FLIGHT = 300  # agents between their first and last notification at any moment
+CEILING_S = 5 if QUICK else 20
+WARMUP = 1_000 if QUICK else 3_000
+FULL_S = 6 if QUICK else 30
+HALF_S = 5 if QUICK else 20
+SINGLE = 300 if QUICK else 1_500
+PAIRS_S = 5 if QUICK else 20
+PROFILE_S = 5 if QUICK else 20
+MOST = 150_000  # notifications prepared for one phase, at most
+TARGETS = {"full": 0.5, "cpu_ms": 0.5, "half_p99_ms": 25.0, "single_p50_ms": 2.0, "pairs": 0.3}
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One phase's load and the CPU the processes under test used for it."""
+
+    result: loadgen.Result
+    service_cpu_s: float
+    postgres_cpu_s: float | None
+    machine_cpu_s: float  # every process on the machine, ours included
+    settle_s: float
+
+    @property
+    def count(self) -> int:
+        return self.result.count
+
+    @property
+    def rate(self) -> float:
+        return self.result.rate
+
+    def ms_each(self, seconds: float | None) -> float | None:
+        return None if seconds is None else seconds * 1000 / self.count
+
+    @property
+    def cpu_ms(self) -> float:
+        return (self.service_cpu_s + (self.postgres_cpu_s or 0.0)) * 1000 / self.count
+
+    @property
+    def others_cores(self) -> float:
+        """Cores other processes on the machine used meanwhile (not ours, not the generator's)."""
+        ours = self.service_cpu_s + (self.postgres_cpu_s or 0.0) + self.result.cpu_s
+        return max(0.0, self.machine_cpu_s - ours) / (self.result.elapsed_s + self.settle_s)
+
+
+@dataclass(frozen=True, slots=True)
+class Figures:
+    label: str
+    full: Run
+    half: Run
+    half_rate: float
+    single: Run
+    pairs: Run
+    stored: str
+
+
+Receiver = receivers.Ledger | receivers.AgoraSample
 
 
 def main() -> None:
-    lines: list[str] = []
-    with common.server_url(durable=True) as admin_url:
-        for kinds in SCENARIOS:
-            slug = "_".join(str(kind) for kind in kinds)
-            ceiling = pgbench_ceiling(common.fresh_database(admin_url, f"ceiling_{slug}"), kinds)
-            lines += service_run(common.fresh_database(admin_url, f"ingest_{slug}"), kinds, ceiling)
-    common.record("ingest", lines, notes=NOTES)
-
-
-def service_env(url: str, port: int) -> dict[str, str]:
-    """What `serve` needs here: the database, the one app and its secret, a port."""
-    return {
-        "DATABASE_URL": url,
-        "AGORA_APP_ID": APP_ID,
-        "AGORA_WEBHOOK_SECRETS": SECRET,
-        "READ_API_TOKENS": "bench-reader",
-        "RECONCILE_INTERVAL_S": "0",
-        "PORT": str(port),
-    }
-
-
-def _one_line(sql: str) -> str:
-    return " ".join(line.strip() for line in sql.splitlines() if line.strip())
-
-
-def _record_and_lock(event_type: int) -> str:
-    """The service's own first statement (`repositories._RECORD_AND_LOCK`), for pgbench."""
-    values = {
-        "app_id": ":app",
-        "notice_id": f"('pgb-' || :n || '-{event_type}')",
-        "product_id": "17",
-        "event_type": str(event_type),
-        "agent_id": "('pgb-' || :n)",
-        "agent": "('pgb-' || :n)",
-        "outcome": "'accepted'",
-        "problem": "NULL",
-        "raw": "NULL",
-        "event_at": "now()",
-        "notify_ms": "0",
-        "received_at": "now()",
-        "body": f"CAST(:body{event_type} AS jsonb)",
-    }
-    sql = str(repositories._RECORD_AND_LOCK.text)
-    sql = re.sub(r"(?<!:):(\w+)\b", lambda m: values[m.group(1)], sql)
-    return _one_line(sql) + ";"
-
-
-def _transition(from_state: str, to_state: str, cause: str) -> str:
-    return (
-        "INSERT INTO agent_transition (app_id, agent_id, from_state, to_state, cause, source, notice_id,"
-        f" inferred, event_at, received_at) VALUES (:app, 'pgb-' || :n, '{from_state}', '{to_state}',"
-        f" '{cause}', 'webhook', 'pgb-' || :n, false, now(), now());"
-    )
-
-
-def _pcu_upkeep() -> str:
-    """`rollup.upkeep`'s statements for one minute and hour and the commit, in one pipeline as
-    the service sends them."""
-    keys = (
-        "ARRAY[hashtextextended('pcu_minute/' || :app || date_trunc('minute', now()), 0),"
-        " hashtextextended('pcu_hour/' || :app || date_trunc('hour', now()), 0)]"
-    )
-    active = "ARRAY[" + ", ".join(f"'{state}'" for state in rollup._ACTIVE) + "]"
-    replacements = {
-        "CAST(%(keys)s AS bigint[])": keys,
-        "CAST(%(minutes)s AS timestamptz[])": "ARRAY[date_trunc('minute', now())]",
-        "CAST(%(hours)s AS timestamptz[])": "ARRAY[date_trunc('hour', now())]",
-        "%(active)s": active,
-        "%(app)s": ":app",
-        "%(cap)s": "20",  # PCU_CAP's default, as the service runs here
-        "%(warn_at)s": "16",
-    }
-    statements = []
-    for sql in (
-        rollup._LOCK_SQL,
-        rollup._REWRITE_SQL,
-        rollup._ALARM_ROW_SQL,
-        rollup._ALARM_LOCK_SQL,
-        rollup._SETTLE_SQL,
-        "COMMIT",
-    ):
-        for old, new in replacements.items():
-            sql = sql.replace(old, new)
-        statements.append(_one_line(sql) + ";")
-    return "\n".join(["\\startpipeline", *statements, "\\endpipeline"])
-
-
-def ceiling_script(kinds: tuple[int, ...]) -> str:
-    """The service's transactions for one agent's notifications of `kinds`, as a pgbench script.
-
-    Each transaction is what `ingest.handle` sends: the service's own first statement (the
-    delivery stored, the agent created or locked), the writes its lifecycle decision makes, and
-    the commit, which for 101 and 102 ends the PCU upkeep's pipeline.
-    """
-    transactions = {
-        101: [
-            "UPDATE agent SET name = 'name-' || :n, channel = 'chan-' || :n, state = 'RUNNING',"
-            " state_at = now(), started_at = date_trunc('second', now()),"
-            " active_from = date_trunc('second', now()), last_event_at = now(),"
-            ' labels = labels || \'{"tenant": "bench"}\', updated_at = now()'
-            " WHERE agent_id = 'pgb-' || :n;",
-            _transition("IDLE", "RUNNING", "agent_joined"),
-            _pcu_upkeep(),
-        ],
-        111: [
-            'UPDATE agent SET last_event_at = now(), labels = labels || \'{"tenant": "bench"}\','
-            " updated_at = now() WHERE agent_id = 'pgb-' || :n;",
-            "INSERT INTO agent_metric (app_id, agent_id, notice_id, position, turn_id, asr_ttlw, llm_ttfb,"
-            " llm_ttfs, tts_ttfb, figures, event_at) VALUES (:app, 'pgb-' || :n, 'pgb-' || :n, 0, '1',"
-            " 300, 500, 700, 100, '{\"asr_ttlw\": 300}', now()) ON CONFLICT DO NOTHING;",
-        ],
-        102: [
-            "UPDATE agent SET state = 'STOPPED', state_at = now(), stopped_at = now(),"
-            " stop_status = 'STOPPED', stop_message = 'OK',"
-            " active_until = date_trunc('second', now()),"
-            ' last_event_at = now(), labels = labels || \'{"tenant": "bench"}\','
-            " updated_at = now() WHERE agent_id = 'pgb-' || :n;",
-            _transition("RUNNING", "STOPPED", "agent_left"),
-            "WITH created AS (INSERT INTO history_job (agent_id, app_id)"
-            " VALUES ('pgb-' || :n, :app) ON CONFLICT (app_id, agent_id) DO NOTHING RETURNING agent_id)"
-            f" SELECT pg_notify('{jobs.CHANNEL}', agent_id) FROM created;",
-            _pcu_upkeep(),
-        ],
-    }
-    lines = ["\\set n random(1, 4611686018427387903)"]
-    for kind in kinds:
-        commit = [] if kind in (101, 102) else ["COMMIT;"]  # 101 and 102 commit in the upkeep
-        lines += ["BEGIN;", _record_and_lock(kind), *transactions[kind], *commit]
-    return "\n".join(lines)
-
-
-def pgbench_ceiling(url: str, kinds: tuple[int, ...]) -> dict[str, float]:
-    sample = notifications(1, prefix="sample", kinds=kinds)
-    bodies = {f"body{event}": body.decode() for event, body, _ in sample}
-    script = Path(tempfile.mkdtemp(prefix="bench-ingest-")) / "ceiling.sql"
-    script.write_text(ceiling_script(kinds))
-    pgbench = str(localdb.bin_path() / "pgbench")
-    command = [pgbench, "-n", "-M", "prepared", "-c", str(CONNECTIONS), "-j", "2"]
-    command += ["-T", str(PGBENCH_SECONDS), "-f", str(script), "-D", f"app={APP_ID}"]
-    command += [f"-D{name}={value}" for name, value in bodies.items()]
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("INSERT INTO pcu_alarm (app_id) VALUES (%s) ON CONFLICT DO NOTHING", [APP_ID])
-    done = subprocess.run([*command, url], capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise SystemExit(f"pgbench failed:\n{done.stderr}\n{done.stdout}")
-    tps = float(re.search(r"tps = ([\d.]+)", done.stdout).group(1))  # type: ignore[union-attr]
-    latency = float(re.search(r"latency average = ([\d.]+)", done.stdout).group(1))  # type: ignore[union-attr]
-    with psycopg.connect(url) as conn:
-        stored = conn.execute("SELECT count(*) FROM notification").fetchone()
-    return {
-        "rate": tps * len(kinds),
-        "script_ms": latency,
-        "stored": float(stored[0] if stored else 0),
-    }
-
-
-def notifications(
-    count: int, *, prefix: str, kinds: tuple[int, ...] = LIFECYCLE, per_second: float = 100.0
-) -> list[tuple[int, bytes, dict[str, str]]]:
-    """Signed notifications of `kinds` for `count` agents, in blocks of BLOCK agents.
-
-    As Agora's, `start_ts` and `stop_ts` are whole seconds: `per_second` agents start in each
-    second from now on (about when they will be sent) and stop 30 s later, so every minute holds
-    the edges of the agents sent in it.
-    """
-    now = int(time.time())
-    out: list[tuple[int, bytes, dict[str, str]]] = []
-    for first in range(0, count, BLOCK):
-        agents = [(i, f"{prefix}-{i:06d}") for i in range(first, min(count, first + BLOCK))]
-        for event_type in kinds:
-            for i, agent_id in agents:
-                start_ts = now + int(i / per_second)
-                payload: dict[str, object] = {
-                    "agent_id": agent_id,
-                    "name": f"name-{agent_id}",
-                    "channel": f"chan-{agent_id}",
-                    "start_ts": start_ts,
-                    "labels": {"tenant": "bench"},
-                }
-                if event_type == 111:
-                    payload["metrics"] = [
-                        {"turn_id": 1, "asr_ttlw": 310, "llm_ttfb": 620, "llm_ttfs": 840,
-                         "tts_ttfb": 120}
-                    ]  # fmt: skip
-                if event_type == 102:
-                    payload.update(stop_ts=start_ts + 30, status="STOPPED", message="OK")
-                body = events.build(
-                    event_type,
-                    payload,
-                    notice_id=f"{prefix}:{agent_id}:{event_type}",
-                    notify_ms=now * 1000,
-                )
-                headers = {"Content-Type": "application/json", **signatures.sign(body, SECRET)}
-                out.append((event_type, body, headers))
-    return out
-
-
-def requests(
-    count: int, *, prefix: str, kinds: tuple[int, ...] = LIFECYCLE, per_second: float = 100.0
-) -> list[bytes]:
-    path = f"/v1/webhooks/agora/{APP_ID}"
-    built = notifications(count, prefix=prefix, kinds=kinds, per_second=per_second)
-    return [loadgen.request(path, body, headers) for _, body, headers in built]
-
-
-def service_run(url: str, kinds: tuple[int, ...], ceiling: dict[str, float]) -> list[str]:
-    """Warm-up, full load, half load against `serve --workers 2`; every answer 200, every
-    notification stored once. Answers the figures, labelled with the mix of `kinds`."""
-    port = free_port()
-    env = service_env(url, port)
-    mix = "/".join(str(kind) for kind in kinds)
-    per_agent = len(kinds)
     logs = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
-    warmup = requests(WARMUP_AGENTS * 3 // per_agent, prefix="warm", kinds=kinds)
-    full = requests(FULL_AGENTS * 3 // per_agent, prefix="full", kinds=kinds)
-    service = ServiceProcess(["serve", "--workers", str(WORKERS)], env, logs / "serve.log")
-    try:
-        service.wait_ready()
-        check(loadgen.in_process(loadgen.closed, port, warmup, concurrency=CONNECTIONS), "warm-up")
-        loaded = loadgen.in_process(loadgen.closed, port, full, concurrency=CONNECTIONS)
-        check(loaded, "full load")
-        half_rate = loaded.rate / 2
-        count = int(half_rate * HALF_SECONDS / per_agent) + BLOCK
-        half = requests(count, prefix="half", kinds=kinds, per_second=half_rate / per_agent)
-        halved = loadgen.in_process(
-            loadgen.open_loop, port, half, rate=half_rate, connections=CONNECTIONS * 2
-        )
-        check(halved, "half load")
-    finally:
-        service.terminate()
-    sent = len(warmup) + len(full) + len(half)
-    with psycopg.connect(url) as conn:
-        row = conn.execute(
-            "SELECT count(*), count(DISTINCT (app_id, notice_id)) FROM notification"
-        ).fetchone()
-        agents = conn.execute("SELECT count(*) FROM agent").fetchone()
-    assert row is not None and agents is not None
-    if row[0] != sent or row[1] != sent or agents[0] != sent // per_agent:
-        raise SystemExit(f"stored {row[0]} ({row[1]} distinct) for {agents[0]} agents; sent {sent}")
-    ratio = loaded.rate / ceiling["rate"]
+    load_before = common.load_average()
+    flushes = [common.flush_ms(Path(tempfile.gettempdir()))]
+    with common.server_url(durable=True) as admin_url:
+        owned = not os.environ.get("BENCH_DATABASE_URL")
+        ceilings = [measure_ceiling(admin_url, "ceiling_first", owned=owned)]
+        figures = []
+        for workers in WORKER_COUNTS:
+            url = common.fresh_database(admin_url, f"ingest_workers_{workers}")
+            postgres = cpu.postgres(url, owned=owned)
+            directory = logs / f"workers-{workers}"
+            directory.mkdir()
+            ledger = receivers.Ledger(url=url, workers=workers, apps=APPS, logs=directory)
+            figures.append(measure(ledger, postgres, profile=workers == 1))
+        sample = agora_sample(logs)
+        if sample is not None:
+            figures.append(measure(sample, None, profile=False))
+        ceilings.append(measure_ceiling(admin_url, "ceiling_last", owned=owned))
+    flushes.append(common.flush_ms(Path(tempfile.gettempdir())))
+    table, lines = report(ceilings, figures, sampled=sample is not None)
+    lines += machine_context(load_before, flushes)
+    common.record("ingest", lines, notes=notes(), table=table)
+
+
+def machine_context(load_before: str, flushes: Sequence[tuple[float, float]]) -> list[str]:
+    """On a shared machine: how busy it was, and what a durable commit waited for at least."""
+    waits = "; ".join(
+        f"{when} p50 {p50:.2f} ms, p99 {p99:.1f} ms"
+        for when, (p50, p99) in zip(("before the run", "after"), flushes, strict=True)
+    )
     return [
-        f"**{mix}** pgbench ceiling ({CONNECTIONS} clients, prepared, fsync on):"
-        f" {ceiling['rate']:,.0f} notifications/s ({per_agent} per script,"
-        f" {ceiling['script_ms']:.1f} ms per script)",
-        f"**{mix}** full load ({len(full):,} notifications, {CONNECTIONS} connections):"
-        f" {loaded.rate:,.0f} notifications/s = **{ratio:.2f} x ceiling** (target >= 0.5);"
-        f" {latency(loaded)}",
-        f"**{mix}** half load (open loop at {half_rate:,.0f}/s, {len(half):,} notifications):"
-        f" {latency(halved)} (target p99 < 50 ms)",
-        f"**{mix}** all {sent:,} notifications answered 200 and stored once, {agents[0]:,} agents",
+        f"load average before the run: {load_before}",
+        f"8 KiB write + fdatasync in the embedded database's filesystem: {waits}",
     ]
 
 
-def check(result: loadgen.Result, what: str) -> None:
-    if result.failures:
-        raise SystemExit(f"{what}: answers {result.statuses}")
-
-
-def latency(result: loadgen.Result) -> str:
-    values = result.latencies_ms
-    return (
-        f"p50 {common.percentile(values, 0.5):.1f} ms, p99 {common.percentile(values, 0.99):.1f} ms,"
-        f" max {max(values):.1f} ms"
+def measure_ceiling(admin_url: str, name: str, *, owned: bool) -> ceiling.Ceiling:
+    url = common.fresh_database(admin_url, name)
+    return ceiling.measure(
+        url,
+        app_id=APPS[0].app_id,
+        body=ceiling_body(),
+        clients=CONNECTIONS,
+        seconds=CEILING_S,
+        postgres=cpu.postgres(url, owned=owned),
     )
+
+
+def ceiling_body() -> bytes:
+    """The notification pgbench stores: the mix's 111 (metrics for a few turns), mid-sized."""
+    sample = traffic.Sessions(apps=APPS[:1], kinds=(101, 111), in_flight=1, prefix="PGB")
+    return next(n.body for n in sample.take(4, rate=1) if n.event_type == 111)
+
+
+def agora_sample(logs: Path) -> receivers.AgoraSample | None:
+    given = os.environ.get("BENCH_AGORA_SAMPLE")
+    if not given:
+        print("Agora sample: skipped (set BENCH_AGORA_SAMPLE to its server/ directory)")
+        return None
+    return receivers.AgoraSample(server_dir=Path(given), logs=logs)
+
+
+def measure(
+    receiver: Receiver, postgres: cpu.Tree | cpu.Backends | None, *, profile: bool
+) -> Figures:
+    """Every phase against one receiver, which is stopped afterwards."""
+    bench = Bench(receiver, Meters(receiver.tree.seconds, postgres.seconds if postgres else None))
+    mix = traffic.Sessions(apps=APPS, kinds=traffic.MIX, in_flight=IN_FLIGHT, prefix="MIX")
+    pairs = traffic.Sessions(apps=APPS[:1], kinds=traffic.PAIRS, in_flight=IN_FLIGHT, prefix="PAIR")
+    try:
+        warm = bench.run(mix, WARMUP, pace=500)
+        full = bench.run(mix, planned(warm, FULL_S), pace=warm.rate, seconds=FULL_S)
+        half_rate = full.rate / 2
+        half = bench.run(mix, int(half_rate * HALF_S) + 1, pace=half_rate, rate=half_rate)
+        single = bench.run(mix, SINGLE, pace=100, connections=1, seconds=FULL_S)
+        warm = bench.run(pairs, 4 * IN_FLIGHT, pace=full.rate)
+        measured = bench.run(pairs, planned(warm, PAIRS_S), pace=warm.rate, seconds=PAIRS_S)
+        if profile and os.environ.get("BENCH_PROFILE"):
+            profiled(bench, mix, planned(full, PROFILE_S), pace=full.rate)
+        stored = receiver.check(bench.sent)
+    finally:
+        receiver.stop()
+    return Figures(receiver.label, full, half, half_rate, single, measured, stored)
+
+
+@dataclass(frozen=True, slots=True)
+class Meters:
+    service: Callable[[], float]
+    postgres: Callable[[], float] | None
+
+    def read(self) -> tuple[float, float | None, float]:
+        return self.service(), self.postgres() if self.postgres else None, cpu.machine_seconds()
+
+    def total(self) -> float:
+        return self.service() + (self.postgres() if self.postgres else 0.0)
+
+
+def planned(previous: Run, seconds: float) -> int:
+    """Enough notifications for `seconds` at half again the rate seen before (a run stops on time)."""
+    return max(500, min(MOST, int(1.5 * previous.rate * seconds)))
+
+
+class Bench:
+    """One receiver under load, phase after phase; `sent` is everything it was sent."""
+
+    def __init__(self, receiver: Receiver, meters: Meters) -> None:
+        self.receiver, self.meters = receiver, meters
+        self.sent: list[traffic.Notification] = []
+
+    def run(
+        self,
+        stream: traffic.Sessions,
+        count: int,
+        *,
+        pace: float,
+        connections: int = CONNECTIONS,
+        rate: float | None = None,
+        seconds: float | None = None,
+    ) -> Run:
+        """Send `count` of `stream` (timed for `pace`/s): closed loop, stopping after `seconds`,
+        or open loop at `rate`. CPU is read before and once all is quiet after."""
+        batch = stream.take(count, rate=pace)
+        requests = receivers.requests(self.receiver, batch)
+        before = self.meters.read()
+        if rate is None:
+            result = loadgen.in_process(
+                loadgen.closed,
+                self.receiver.port,
+                requests,
+                concurrency=connections,
+                seconds=seconds,
+            )
+        else:
+            result = loadgen.in_process(
+                loadgen.open_loop,
+                self.receiver.port,
+                requests,
+                rate=rate,
+                connections=HALF_CONNECTIONS,
+            )
+        settle_s = cpu.settle(self.meters.total)
+        after = self.meters.read()
+        self.sent += batch[: result.count]
+        stream.put_back(batch[result.count :])
+        if result.failures:
+            raise SystemExit(f"{self.receiver.label}: answers {result.statuses}")
+        postgres = None if after[1] is None or before[1] is None else after[1] - before[1]
+        return Run(result, after[0] - before[0], postgres, after[2] - before[2], settle_s)
+
+
+def profiled(bench: Bench, stream: traffic.Sessions, count: int, *, pace: float) -> None:
+    """One more full-load run under py-spy; the summary goes to BENCH_PROFILE."""
+    target = Path(os.environ["BENCH_PROFILE"])
+    raw = Path(tempfile.mkdtemp(prefix="bench-profile-")) / "serve.raw"
+    recording = profiles.Recording(bench.receiver.tree.root, out=raw)
+    under = bench.run(stream, count, pace=pace, seconds=PROFILE_S)
+    head = (
+        f"py-spy, {bench.receiver.label}, full-load mix under the profiler:"
+        f" {under.rate:,.0f} notifications/s\n"
+    )
+    target.write_text(head + recording.stop())
+    print(f"profile: summary in {target}, py-spy's raw stacks in {raw}")
+
+
+def report(
+    ceilings: Sequence[ceiling.Ceiling],
+    figures: Sequence[Figures],
+    *,
+    sampled: bool,
+) -> tuple[list[str], list[str]]:
+    bar = sum(c.rate for c in ceilings) / len(ceilings)
+    table = _table(bar, figures)
+    first, last = ceilings[0], ceilings[-1]
+    lines = [
+        f"**ceiling** (fixed script, {CONNECTIONS} clients, prepared, fsync on, fresh database):"
+        f" {first.rate:,.0f}/s first, {last.rate:,.0f}/s last, **{bar:,.0f}/s** used;"
+        f" {first.latency_ms:.1f} ms per transaction; PostgreSQL CPU"
+        f" {first.postgres_cpu_ms:.3f} ms, pgbench {first.pgbench_cpu_ms:.3f} ms per notification",
+    ]
+    for figure in figures:
+        lines += _details(bar, figure)
+    if not sampled:
+        lines.append("Agora sample: skipped (BENCH_AGORA_SAMPLE not set)")
+    return table, lines
+
+
+def _mark(met: bool) -> str:
+    return "✓" if met else "✗"
+
+
+def _table(bar: float, figures: Sequence[Figures]) -> list[str]:
+    rows = [
+        ["", "target", *(f.label for f in figures)],
+        ["---"] * (2 + len(figures)),
+        ["full load, mix, 32 connections", f">= {TARGETS['full']} x ceiling"],
+        ["CPU per notification, service + PostgreSQL", f"<= {TARGETS['cpu_ms']} ms"],
+        ["half load (open loop): p99 (p50)", f"p99 < {TARGETS['half_p99_ms']:.0f} ms"],
+        ["one connection: p50", f"<= {TARGETS['single_p50_ms']:.0f} ms"],
+        ["101/102 pairs, one app, 32 connections", f">= {TARGETS['pairs']} x ceiling"],
+        ["(other processes on the machine during the full load)", ""],
+    ]
+    for f in figures:
+        full, pairs = f.full.result.rate / bar, f.pairs.result.rate / bar
+        half = f.half.result.latencies_ms
+        p99, p50 = common.percentile(half, 0.99), common.percentile(half, 0.5)
+        single = common.percentile(f.single.result.latencies_ms, 0.5)
+        rows[2].append(
+            f"{f.full.result.rate:,.0f}/s = **{full:.2f} x** {_mark(full >= TARGETS['full'])}"
+        )
+        rows[3].append(f"**{f.full.cpu_ms:.2f} ms** {_mark(f.full.cpu_ms <= TARGETS['cpu_ms'])}")
+        rows[4].append(f"**{p99:.1f} ms** ({p50:.1f} ms) {_mark(p99 < TARGETS['half_p99_ms'])}")
+        rows[5].append(f"**{single:.2f} ms** {_mark(single <= TARGETS['single_p50_ms'])}")
+        rows[6].append(
+            f"{f.pairs.result.rate:,.0f}/s = **{pairs:.2f} x** {_mark(pairs >= TARGETS['pairs'])}"
+        )
+        rows[7].append(f"{f.full.others_cores:.2f} cores")
+    return ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def _details(bar: float, f: Figures) -> list[str]:
+    full, pairs = f.full, f.pairs
+    lines = [
+        f"{f.label} full load: {full.count:,} notifications in {full.result.elapsed_s:.1f} s,"
+        f" {full.result.rate:,.0f}/s = {full.result.rate / bar:.2f} x ceiling; {latency(full)}",
+        f"{f.label} full-load CPU per notification: {_cpu(full)}",
+        f"{f.label} half load (open loop at {f.half_rate:,.0f}/s, {f.half.count:,} notifications,"
+        f" {HALF_CONNECTIONS} connections): {latency(f.half)}",
+        f"{f.label} one connection ({f.single.count:,} notifications): {latency(f.single)}",
+        f"{f.label} 101/102 pairs: {pairs.count:,} notifications, {pairs.result.rate:,.0f}/s ="
+        f" {pairs.result.rate / bar:.2f} x ceiling; {latency(pairs)}; CPU per notification {_cpu(pairs)}",
+        f.stored,
+    ]
+    return lines
+
+
+def _cpu(r: Run) -> str:
+    parts = [f"**{r.cpu_ms:.2f} ms** = service {r.ms_each(r.service_cpu_s):.2f} ms"]
+    if r.postgres_cpu_s is not None:
+        parts.append(f" + PostgreSQL {r.ms_each(r.postgres_cpu_s):.2f} ms")
+    parts.append(f"; load generator {r.ms_each(r.result.cpu_s):.2f} ms")
+    parts.append(f"; other processes on the machine {r.others_cores:.2f} cores meanwhile")
+    if r.settle_s > 1:
+        parts.append(f"; quiet {r.settle_s:.1f} s after the last answer")
+    return "".join(parts)
+
+
+def latency(r: Run) -> str:
+    return common.latencies(r.result.latencies_ms)
+
+
+def notes() -> list[str]:
+    return [
+        "The ceiling is a FIXED pgbench script (`benchmarks/ceiling.py`), not the service's"
+        " statements: per notification, the raw notification stored under its unique key"
+        " (app_id, notice_id), an agent upsert, one transition, COMMIT; prepared, as many clients"
+        " as the load's connections, fsync on, a fresh database at the current schema. It runs"
+        " first and last; ratios use the mean.",
+        "Load (`benchmarks/traffic.py`, `benchmarks/loadgen.py`, its own process, loopback,"
+        " keep-alive): 5 apps; per agent 101, 111 (3 turns), 110 (2 errors), 112 (3 turns,"
+        " segmented latency), 102, 103 (5-item transcript), with labels, names and channels; about"
+        f" {IN_FLIGHT} agents in flight. CPU is user + system time from /proc of the service's"
+        " processes and of PostgreSQL's (postmaster and all its children), read before and after"
+        " each phase once both are quiet again. Every notification is checked stored exactly once.",
+    ]
 
 
 if __name__ == "__main__":

@@ -3,8 +3,8 @@ within 10%).
 
 `convoai-ledger serve --workers 2` on a throw-away embedded PostgreSQL (or BENCH_DATABASE_URL's
 server); a short closed-loop run finds the full-load rate and warms the workers up (RSS "before"
-is read after it), then `loadgen` sends unique signed 101/111/102 at half that rate for
-SOAK_SECONDS (BENCH_QUICK=1: 30 s) and RSS is read again.
+is read after it), then `loadgen` sends the ingest benchmark's session mix (`traffic.py`, five
+apps) at half that rate for SOAK_SECONDS (BENCH_QUICK=1: 30 s) and RSS is read again.
 
 Prints the figures and records them in BENCHMARKS.md ("memory").
 """
@@ -20,8 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks import bench_ingest, common, loadgen  # noqa: E402
-from tests.processes import ServiceProcess, free_port  # noqa: E402
+from benchmarks import bench_ingest, common, loadgen, receivers, traffic  # noqa: E402
 
 SOAK_SECONDS = 30 if os.environ.get("BENCH_QUICK") else 300
 LIMIT = 0.10
@@ -35,31 +34,27 @@ def main() -> None:
 
 
 def soak(url: str) -> list[str]:
-    port = free_port()
-    env = bench_ingest.service_env(url, port)
     logs = Path(tempfile.mkdtemp(prefix="bench-memory-"))
-    warmup = bench_ingest.requests(2_000, prefix="warm")
-    service = ServiceProcess(["serve", "--workers", "2"], env, logs / "serve.log")
+    mix = traffic.Sessions(
+        apps=bench_ingest.APPS, kinds=traffic.MIX, in_flight=bench_ingest.IN_FLIGHT, prefix="SOAK"
+    )
+    service = receivers.Ledger(url=url, workers=2, apps=bench_ingest.APPS, logs=logs)
     try:
-        service.wait_ready()
-        workers = worker_pids(service.process.pid, expected=2)
-        warm = loadgen.in_process(loadgen.closed, port, warmup, concurrency=32)
-        bench_ingest.check(warm, "warm-up")
+        workers = worker_pids(service.process.process.pid, expected=2)
+        warm = send(service, receivers.requests(service, mix.take(2_000, rate=500)))
         rate = warm.rate / 2
-        count = int(rate * SOAK_SECONDS / 3) + 100
-        load = bench_ingest.requests(count, prefix="soak", per_second=rate / 3)
+        load = receivers.requests(service, mix.take(int(rate * SOAK_SECONDS) + 100, rate=rate))
         before = {pid: rss_mib(pid) for pid in workers}
         started = time.monotonic()
-        soaked = loadgen.in_process(loadgen.open_loop, port, load, rate=rate, connections=64)
-        bench_ingest.check(soaked, "soak")
+        soaked = send(service, load, rate=rate)
         elapsed = time.monotonic() - started
         after = {pid: rss_mib(pid) for pid in workers}
     finally:
-        service.terminate()
+        service.stop()
     lines = [
         f"soak: {len(load):,} notifications at {rate:,.0f}/s (half of the warm-up's"
         f" {warm.rate:,.0f}/s) for {elapsed:.0f} s, all answered 200;"
-        f" {bench_ingest.latency(soaked)}"
+        f" {common.latencies(soaked.latencies_ms)}"
     ]
     for i, pid in enumerate(workers, 1):
         change = (after[pid] - before[pid]) / before[pid]
@@ -69,6 +64,19 @@ def soak(url: str) -> list[str]:
             f" ({change:+.1%}, {verdict} within {LIMIT:.0%})"
         )
     return lines
+
+
+def send(service: receivers.Ledger, load: list[bytes], *, rate: float = 0.0) -> loadgen.Result:
+    """Closed loop over 32 connections, or open loop at `rate` over 64; every answer a 200."""
+    if rate:
+        result = loadgen.in_process(
+            loadgen.open_loop, service.port, load, rate=rate, connections=64
+        )
+    else:
+        result = loadgen.in_process(loadgen.closed, service.port, load, concurrency=32)
+    if result.failures:
+        raise SystemExit(f"answers {result.statuses}")
+    return result
 
 
 def worker_pids(parent: int, *, expected: int, timeout: float = 30.0) -> list[int]:

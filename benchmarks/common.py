@@ -59,8 +59,29 @@ def machine() -> str:
     if meminfo.exists():
         total_kib = int(meminfo.read_text().split()[1])
         memory = f", {total_kib / 1024 / 1024:.0f} GiB"
-    load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
-    return f"{os.cpu_count()} cores{memory}, load average {load}"
+    return f"{os.cpu_count()} cores{memory}, load average {load_average()}"
+
+
+def load_average() -> str:
+    """The machine's load average now, over 1 / 5 / 15 minutes."""
+    return " / ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def flush_ms(directory: Path, *, times: int = 100) -> tuple[float, float]:
+    """p50 and p99 of one 8 KiB write + fdatasync in `directory` (PostgreSQL's WAL flush on
+    Linux): on a shared machine, what a durable commit waits for at least, right now."""
+    import tempfile
+    import time
+
+    took = []
+    with tempfile.TemporaryFile(dir=directory) as scratch:
+        block = os.urandom(8192)
+        for _ in range(times):
+            began = time.perf_counter()
+            os.pwrite(scratch.fileno(), block, 0)
+            os.fdatasync(scratch.fileno())
+            took.append((time.perf_counter() - began) * 1000)
+    return percentile(took, 0.5), percentile(took, 0.99)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -68,15 +89,29 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def record(section: str, lines: Sequence[str], *, notes: Sequence[str] = ()) -> None:
-    """Print `lines` and write them as the `## section` of BENCHMARKS.md."""
+def latencies(values: list[float]) -> str:
+    """p50, p99 and max of latencies in ms, as the benchmarks print them."""
+    return (
+        f"p50 {percentile(values, 0.5):.1f} ms, p99 {percentile(values, 0.99):.1f} ms,"
+        f" max {max(values):.1f} ms"
+    )
+
+
+def record(
+    section: str, lines: Sequence[str], *, notes: Sequence[str] = (), table: Sequence[str] = ()
+) -> None:
+    """Print `lines` and write them as the `## section` of BENCHMARKS.md: the notes, then the
+    Markdown `table` rows as they are, then `lines` as a list."""
     command = "python " + shlex.join([os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]])
     when = f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
     head = f"{when}, {machine()}, `{command}`"
     print(f"== {section}: {head}")
-    for line in lines:
+    for line in [*table, *lines]:
         print(f"  {line}")
-    body = [f"## {section}", "", head, "", *notes, *([""] if notes else [])]
+    body = [f"## {section}", "", head, ""]
+    for paragraph in notes:
+        body += [paragraph, ""]
+    body += [*table, *([""] if table else [])]
     body += [f"- {line}" for line in lines]
     block = "\n".join(body) + "\n"
     text = RECORD.read_text(encoding="utf-8") if RECORD.exists() else HEADER

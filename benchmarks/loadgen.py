@@ -5,9 +5,12 @@ microseconds per request: the requests are bytes built (and signed) beforehand, 
 read by `Content-Length`. Two shapes:
 
 - `closed`: `concurrency` connections each send the next request as soon as the previous one is
-  answered: the most the service can take (full load).
+  answered: the most the service can take (full load). With `seconds`, no request is sent after
+  that long; the ones sent are always a prefix of `requests` (`Result.count` long).
 - `open_loop`: requests are due at a fixed rate whatever the answers do; a request's latency runs
   from when it was due, so waiting for a free connection counts (no coordinated omission).
+
+Each `Result` carries the generator's own CPU time (`cpu_s`), to be reported beside the service's.
 """
 
 from __future__ import annotations
@@ -25,10 +28,15 @@ class Result:
     latencies_ms: list[float] = field(default_factory=list)
     statuses: dict[int, int] = field(default_factory=dict)
     elapsed_s: float = 0.0
+    cpu_s: float = 0.0  # the load generator's own CPU (user + system) over the run
 
     @property
     def rate(self) -> float:
         return len(self.latencies_ms) / self.elapsed_s if self.elapsed_s else 0.0
+
+    @property
+    def count(self) -> int:
+        return len(self.latencies_ms)
 
     @property
     def failures(self) -> int:
@@ -69,13 +77,17 @@ class _Connection:
         self.writer.close()
 
 
-async def _closed(port: int, requests: Sequence[bytes], concurrency: int) -> Result:
+async def _closed(
+    port: int, requests: Sequence[bytes], concurrency: int, seconds: float | None
+) -> Result:
     result = Result()
     pending = iter(requests)
     connections = [await _Connection.open(port) for _ in range(concurrency)]
+    stop_at = time.perf_counter() + seconds if seconds is not None else float("inf")
 
     async def drive(connection: _Connection) -> None:
-        for raw in pending:
+        # The clock is read before the next request is taken, so what was taken was sent.
+        while time.perf_counter() <= stop_at and (raw := next(pending, None)) is not None:
             began = time.perf_counter()
             status = await connection.exchange(raw)
             result.latencies_ms.append((time.perf_counter() - began) * 1000)
@@ -118,12 +130,20 @@ async def _open_loop(port: int, requests: Sequence[bytes], rate: float, connecti
     return result
 
 
-def closed(port: int, requests: Sequence[bytes], *, concurrency: int) -> Result:
-    return asyncio.run(_closed(port, requests, concurrency))
+def closed(
+    port: int, requests: Sequence[bytes], *, concurrency: int, seconds: float | None = None
+) -> Result:
+    began = time.process_time()
+    result = asyncio.run(_closed(port, requests, concurrency, seconds))
+    result.cpu_s = time.process_time() - began
+    return result
 
 
 def open_loop(port: int, requests: Sequence[bytes], *, rate: float, connections: int) -> Result:
-    return asyncio.run(_open_loop(port, requests, rate, connections))
+    began = time.process_time()
+    result = asyncio.run(_open_loop(port, requests, rate, connections))
+    result.cpu_s = time.process_time() - began
+    return result
 
 
 def _child(send: Any, fn: Callable[..., Result], args: tuple[Any, ...], kwargs: Any) -> None:

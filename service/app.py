@@ -24,10 +24,11 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from service import db, worker
+from service import db, stream, worker
 from service.config import Settings
 from service.errors import RequestRejected, ServiceError
 from service.routes import dashboard, docs, health, metrics, webhooks
+from service.routes import stream as stream_routes
 
 log = structlog.get_logger(__name__)
 
@@ -36,6 +37,7 @@ class State(TypedDict):
     settings: Settings
     engine: AsyncEngine
     draining: threading.Event
+    stream: stream.Hub
 
 
 def create_app(
@@ -60,7 +62,19 @@ def create_app(
             async with contextlib.AsyncExitStack() as stack:
                 if with_worker:
                     await stack.enter_async_context(_background_worker(settings, active))
-                yield {"settings": settings, "engine": active, "draining": shutting_down}
+                hub = stream.Hub(
+                    active,
+                    caps=lambda app_id: settings.pcu_limits(app_id).cap,
+                    max_subscribers=settings.stream_max_subscribers,
+                    draining=shutting_down,
+                )
+                stack.push_async_callback(hub.aclose)
+                yield {
+                    "settings": settings,
+                    "engine": active,
+                    "draining": shutting_down,
+                    "stream": hub,
+                }
         finally:
             if own:
                 await active.dispose()
@@ -69,6 +83,7 @@ def create_app(
         routes=[
             *webhooks.routes,
             *dashboard.routes,
+            *stream_routes.routes,
             *health.routes,
             *metrics.routes,
             *docs.routes,
@@ -108,11 +123,13 @@ def _worker_ended(task: asyncio.Task[None]) -> None:
 async def _service_error(request: Request, error: Exception) -> Response:
     assert isinstance(error, ServiceError)
     body: dict[str, object] = {"error": error.code}
+    headers: dict[str, str] = {}
     if isinstance(error, RequestRejected):
         if error.show_detail:
             body["detail"] = error.detail
         body.update(error.extra())
-    return JSONResponse(body, status_code=error.status_hint)
+        headers = error.headers()
+    return JSONResponse(body, status_code=error.status_hint, headers=headers)
 
 
 async def _http_error(request: Request, error: Exception) -> Response:

@@ -26,6 +26,7 @@ from starlette.responses import JSONResponse, Response
 
 from service import db, stream, worker
 from service.config import Settings
+from service.console import routes as console_routes
 from service.errors import RequestRejected, ServiceError
 from service.routes import dashboard, docs, health, metrics, webhooks
 from service.routes import stream as stream_routes
@@ -84,6 +85,7 @@ def create_app(
             *webhooks.routes,
             *dashboard.routes,
             *stream_routes.routes,
+            *console_routes.routes,
             *health.routes,
             *metrics.routes,
             *docs.routes,

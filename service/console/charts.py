@@ -40,6 +40,7 @@ class Marker:
     y: float
     label: str
     anchor: str  # where the label sits: start or end (kept inside the drawing)
+    label_y: float  # above the marker, or below it when the cap line runs there
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -71,8 +72,9 @@ def pcu(
 ) -> Chart:
     """The chart of a `queries.pcu_series` answer over `[start, end)` and a `peak` {value, at}."""
     highest = max([cap, peak.get("value") or 0, *(p["max"] for p in points)], default=1)
-    y_step = _nice(highest)
-    y_top = max(y_step * -(-highest // y_step), 1)
+    y_step = _nice(highest + 1)
+    # Room above the highest of cap and peak, for the peak's label.
+    y_top = y_step * (highest // y_step + 1)
     span = (end - start).total_seconds()
 
     def x(at: datetime) -> float:
@@ -103,7 +105,7 @@ def pcu(
         line=" ".join(line),
         cap_y=y(cap),
         cap_label=f"cap {cap}",
-        peak=_peak_marker(peak, x=x, y=y, start=start, end=end),
+        peak=_peak_marker(peak, x=x, y=y, start=start, end=end, cap_y=y(cap)),
         x_ticks=[Tick(x(at), label) for at, label in _time_ticks(start, end)],
         y_ticks=[Tick(y(v), str(v)) for v in range(0, y_top + 1, y_step)],
         columns=columns,
@@ -111,7 +113,7 @@ def pcu(
 
 
 def _peak_marker(
-    peak: Mapping[str, Any], *, x: Any, y: Any, start: datetime, end: datetime
+    peak: Mapping[str, Any], *, x: Any, y: Any, start: datetime, end: datetime, cap_y: float
 ) -> Marker | None:
     if not peak.get("value") or not peak.get("at"):
         return None
@@ -121,7 +123,10 @@ def _peak_marker(
     px = x(at)
     anchor = "end" if px > (LEFT + WIDTH - RIGHT) / 2 else "start"
     label = f"peak {peak['value']} at {at:%d %b %H:%M} UTC"
-    return Marker(px, y(peak["value"]), label, anchor)
+    py = y(peak["value"])
+    above = py - 10
+    label_y = py + 20 if above < TOP + 10 or abs(above - 4 - cap_y) < 10 else above
+    return Marker(px, py, label, anchor, label_y)
 
 
 def _tooltip(at: datetime, step_s: int, point: Mapping[str, Any]) -> str:

@@ -107,7 +107,8 @@ def duration(seconds: float | None) -> str:
 
 
 def ms(value: object) -> str:
-    """`850 ms`, `1.39 s`; an em dash when not a number."""
+    """`850 ms`, `1,390 ms` (one unit, so a column compares at a glance); an em dash when not
+    a number."""
     if not isinstance(value, int | float) or isinstance(value, bool):
         return "—"
-    return f"{value / 1000:.2f} s" if value >= 1000 else f"{value:.0f} ms"
+    return f"{value:,.0f} ms"

@@ -332,3 +332,17 @@ def test_a_process_takes_at_most_its_share_of_subscribers(replicas: list[Service
     finally:
         for reader in readers:
             reader.close()
+
+
+def test_a_stopping_process_ends_its_streams_at_once(database: str, tmp_path: Path) -> None:
+    env = environment(database, SHUTDOWN_DRAIN_S="0", SHUTDOWN_TIMEOUT_S="20")
+    with serving(env, tmp_path) as (process,):
+        reader = stream(process)
+        began = time.monotonic()
+        assert process.terminate(timeout=15) == 0
+        stopped = time.monotonic() - began
+        reader.ended.wait(timeout=5)
+        reader.close()
+    # Well before SHUTDOWN_TIMEOUT_S: the open stream did not hold the shutdown up.
+    assert stopped < 5, stopped
+    assert reader.ended.is_set()

@@ -24,8 +24,9 @@ run: install
 
 # make run plus the Agora simulator on :8090: signed sessions flow in (PCU cap 20, so some joins are
 # refused), the worker fetches histories and turns from the simulator. Its own data in .data/demo.
-# Logs only warnings, so that the console's address and token, printed once ready, stay in view.
-DEMO_ENV := PORT=8000 LOG_LEVEL=warning AGORA_APP_ID=demo-app AGORA_WEBHOOK_SECRETS=demo-ncs-secret \
+# Logs only errors, so that the console's address and token, printed once ready, stay in view (the
+# console shows what the log would: agents, PCU against the cap, refused joins).
+DEMO_ENV := PORT=8000 LOG_LEVEL=error AGORA_APP_ID=demo-app AGORA_WEBHOOK_SECRETS=demo-ncs-secret \
 	AGORA_CUSTOMER_ID=demo-customer AGORA_CUSTOMER_SECRET=demo-customer-secret \
 	AGORA_API_BASE_URL=http://127.0.0.1:8090/api/conversational-ai-agent HISTORY_GRACE_S=30
 demo: install

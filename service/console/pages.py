@@ -26,8 +26,11 @@ from service.routes import stream as stream_routes
 WINDOWS: Final = {"24h": (86_400, 300), "7d": (7 * 86_400, 3600), "30d": (30 * 86_400, 10_800)}
 ACTIVE: Final = tuple(sorted(state.value for state in lifecycle.ACTIVE))
 LIVE_ROWS: Final = 10
-MAX_NOTIFICATIONS: Final = 2000
-NOTIFICATION_PAGE: Final = 500
+# An agent's page shows its first notifications, each payload cut to a readable size; the API
+# (`/v1/agents/{agent_id}/events`) pages through all of them, whole.
+MAX_NOTIFICATIONS: Final = 300
+NOTIFICATION_PAGE: Final = 100
+MAX_PAYLOAD_CHARS: Final = 64 * 1024
 ERRORS_OF_AGENTS: Final = 50
 
 
@@ -100,7 +103,8 @@ async def _app_card(
         limit=LIVE_ROWS,
         cursor=None,
     )
-    unapplied = await queries.unapplied(conn, app_id=app_id, limit=50, cursor=None)
+    # Whether any notification waits to be applied (their count comes with the insight queries).
+    unapplied = await queries.unapplied(conn, app_id=app_id, limit=1, cursor=None)
     return {
         "app_id": app_id,
         "status": status,
@@ -110,7 +114,7 @@ async def _app_card(
         "chart": chart,
         "live": live["items"],
         "more_live": live["next_cursor"] is not None,
-        "unapplied": len(unapplied["items"]),
+        "unapplied": bool(unapplied["items"]),
         "rows_url": "/console/fragments/agent-rows"
         + layout.query([("app_id", app_id), *(("state", s) for s in ACTIVE), ("limit", LIVE_ROWS)]),
     }
@@ -226,7 +230,10 @@ async def agent(request: Request) -> Response:
             "conversation": timeline.conversation(history),
             "turns": timeline.turns(history),
             "bars": charts.latency_bars((history or {}).get("turns", [])),
-            "notifications": [{**n, "pretty": timeline.pretty(n["payload"])} for n in notes],
+            "notifications": [
+                {**n, "pretty": timeline.pretty(n["payload"], limit=MAX_PAYLOAD_CHARS)}
+                for n in notes
+            ],
             "event_names": events.EVENT_NAMES,
             "truncated": len(notes) >= MAX_NOTIFICATIONS,
             "duration_s": _duration(detail),

@@ -182,6 +182,9 @@ def _segments(data: object) -> dict[str, Any]:
     return {}
 
 
-def pretty(payload: object) -> str:
-    """A stored payload as indented JSON, for the raw notifications."""
-    return json.dumps(payload, indent=2, ensure_ascii=False, sort_keys=True)
+def pretty(payload: object, *, limit: int) -> str:
+    """A stored payload as indented JSON, for the raw notifications, at most `limit` characters."""
+    text = json.dumps(payload, indent=2, ensure_ascii=False, sort_keys=True)
+    if len(text) <= limit:
+        return text
+    return text[:limit] + f"\n… cut at {limit:,} characters of {len(text):,}: the API has it whole"

@@ -364,3 +364,22 @@ def test_the_overview_shows_each_app_against_its_cap(console: TestClient) -> Non
     for window in ("24h", "7d", "30d"):
         assert console.get(f"/console?window={window}").status_code == 200
     assert console.get("/console?window=1y").status_code == 400
+
+
+def test_the_overview_says_when_notifications_wait_to_be_applied(console: TestClient) -> None:
+    login(console)
+    assert 'data-slot="webhook-health"' in console.get("/console").text
+    assert "none" in console.get("/console").text
+    post(console, deliver(101, {"name": "no agent id here"}))
+    page = console.get("/console").text
+    assert f"/v1/apps/{APP_ID}/notifications?status=unapplied" in page
+
+
+def test_a_huge_payload_is_shown_cut_and_the_page_stays_small(console: TestClient) -> None:
+    transcript = [{"role": "user", "content": "x" * 1000} for _ in range(300)]
+    post(console, deliver(101, payload("a1")))
+    post(console, deliver(103, payload("a1", contents=transcript)))
+    login(console)
+    page = console.get("/console/agents/a1").text
+    assert "the API has it whole" in page
+    assert len(page) < 800_000

@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 LOCAL := $(BIN)/python -m service.localdb run --data .data --
 SOURCES := service tests migrations benchmarks
 
-.PHONY: install run demo test chaos test-unit test-integration lint fmt bench migrate revision db-up db-down clean
+.PHONY: install run demo test chaos test-unit test-integration test-browser screenshots lint fmt bench migrate revision db-up db-down clean
 
 install: $(STAMP)
 
@@ -16,17 +16,21 @@ $(STAMP): pyproject.toml
 	touch $@
 
 # Migrate, then serve the webhook + read API and the worker on http://127.0.0.1:8000 until Ctrl-C.
-# Without DATABASE_URL an embedded PostgreSQL keeps its data in .data/postgres.
+# Without DATABASE_URL an embedded PostgreSQL keeps its data in .data/postgres. Once it is ready,
+# the console's address and the token to log in with are printed.
 run: install
-	$(LOCAL) sh -c '$(BIN)/convoai-ledger migrate && exec $(BIN)/convoai-ledger serve --with-worker'
+	$(BIN)/python -m service.localdb run --announce --data .data -- \
+		sh -c '$(BIN)/convoai-ledger migrate && exec $(BIN)/convoai-ledger serve --with-worker'
 
 # make run plus the Agora simulator on :8090: signed sessions flow in (PCU cap 20, so some joins are
 # refused), the worker fetches histories and turns from the simulator. Its own data in .data/demo.
-DEMO_ENV := PORT=8000 AGORA_APP_ID=demo-app AGORA_WEBHOOK_SECRETS=demo-ncs-secret \
+# Logs only errors, so that the console's address and token, printed once ready, stay in view (the
+# console shows what the log would: agents, PCU against the cap, refused joins).
+DEMO_ENV := PORT=8000 LOG_LEVEL=error AGORA_APP_ID=demo-app AGORA_WEBHOOK_SECRETS=demo-ncs-secret \
 	AGORA_CUSTOMER_ID=demo-customer AGORA_CUSTOMER_SECRET=demo-customer-secret \
 	AGORA_API_BASE_URL=http://127.0.0.1:8090/api/conversational-ai-agent HISTORY_GRACE_S=30
 demo: install
-	env $(DEMO_ENV) $(BIN)/python -m service.localdb run --data .data/demo -- sh -c '\
+	env $(DEMO_ENV) $(BIN)/python -m service.localdb run --announce --data .data/demo -- sh -c '\
 		$(BIN)/convoai-ledger migrate || exit 1; \
 		$(BIN)/convoai-ledger simulate --target http://127.0.0.1:8000 --port 8090 \
 			--agents 2000 --rate 1 --duration 25 --shuffle --duplicates 0.05 & sim=$$!; \
@@ -48,6 +52,14 @@ test-unit: install
 
 test-integration: install
 	$(BIN)/python -m pytest tests/integration tests/http
+
+# The console in headless Chromium (Debian's chromium; skipped with a notice when it is missing).
+test-browser: install
+	$(BIN)/python -m pytest -m browser
+
+# Retake docs/screenshots/ (the overview and an agent page) from the browser tests' demo data.
+screenshots: install
+	UPDATE_SCREENSHOTS=1 $(BIN)/python -m pytest -m browser
 
 # Speed and memory figures (never part of make test): every benchmarks/bench_*.py in turn.
 bench: install

@@ -26,10 +26,12 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from service import batcher, db, folder, worker
+from service import batcher, db, folder, stream, worker
 from service.config import Settings
+from service.console import routes as console_routes
 from service.errors import RequestRejected, ServiceError
 from service.routes import dashboard, docs, health, metrics, webhooks
+from service.routes import stream as stream_routes
 
 log = structlog.get_logger(__name__)
 
@@ -39,6 +41,7 @@ class State(TypedDict):
     engine: AsyncEngine
     batcher: batcher.Batcher
     draining: threading.Event
+    stream: stream.Hub
 
 
 def create_app(
@@ -70,11 +73,19 @@ def create_app(
                 group_commit = await stack.enter_async_context(_write_path(settings))
                 if with_worker:
                     await stack.enter_async_context(_background_worker(settings, active))
+                hub = stream.Hub(
+                    active,
+                    caps=lambda app_id: settings.pcu_limits(app_id).cap,
+                    max_subscribers=settings.stream_max_subscribers,
+                    draining=shutting_down,
+                )
+                stack.push_async_callback(hub.aclose)
                 yield {
                     "settings": settings,
                     "engine": active,
                     "batcher": group_commit,
                     "draining": shutting_down,
+                    "stream": hub,
                 }
         finally:
             if own:
@@ -84,6 +95,8 @@ def create_app(
         routes=[
             *webhooks.routes,
             *_within_database_timeout(dashboard.routes),
+            *stream_routes.routes,
+            *console_routes.routes,
             *health.routes,
             *metrics.routes,
             *docs.routes,
@@ -177,11 +190,13 @@ async def _client_disconnected(request: Request, error: Exception) -> Response:
 async def _service_error(request: Request, error: Exception) -> Response:
     assert isinstance(error, ServiceError)
     body: dict[str, object] = {"error": error.code}
+    headers: dict[str, str] = {}
     if isinstance(error, RequestRejected):
         if error.show_detail:
             body["detail"] = error.detail
         body.update(error.extra())
-    return JSONResponse(body, status_code=error.status_hint)
+        headers = error.headers()
+    return JSONResponse(body, status_code=error.status_hint, headers=headers)
 
 
 async def _http_error(request: Request, error: Exception) -> Response:

@@ -32,6 +32,10 @@ DEFAULT_PCU_WARN_FRACTION: Final = 0.8
 # A webhook waits at most this on PostgreSQL, then is answered 503: NCS gives up on an answer
 # after 10 seconds, and a 503 in time makes it retry.
 DEFAULT_DATABASE_TIMEOUT_S: Final = 5.0
+DEFAULT_STREAM_SUBSCRIBERS: Final = 100
+DEFAULT_STREAM_HEARTBEAT_S: Final = 10.0
+MAX_STREAM_HEARTBEAT_S: Final = 15.0
+MIN_SESSION_KEY_CHARS: Final = 32
 LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
 _APP_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _APP_FILE_KEYS: Final = frozenset(
@@ -90,6 +94,12 @@ class Settings:
     pcu_warn_fraction: float = DEFAULT_PCU_WARN_FRACTION
     # prometheus-client's multiprocess directory; `serve --workers N` sets it for its workers.
     metrics_multiprocess_dir: str | None = None
+    # Signs the console's session cookies; without it the console is off (service/console/).
+    console_session_key: Secret | None = None
+    # GET /v1/stream and the console's live parts (service/stream.py): streams per process, and
+    # the longest quiet time before a comment line (the contract promises one at least every 15 s).
+    stream_max_subscribers: int = DEFAULT_STREAM_SUBSCRIBERS
+    stream_heartbeat_s: float = DEFAULT_STREAM_HEARTBEAT_S
 
     def app(self, app_id: str) -> AppSettings | None:
         return self.apps.get(app_id)
@@ -151,7 +161,31 @@ def load(environ: Mapping[str, str]) -> Settings:
         history_poll_s=_float(env, "HISTORY_POLL_S", 2.0, positive=True),
         pcu_warn_fraction=_fraction(env, "PCU_WARN_FRACTION", DEFAULT_PCU_WARN_FRACTION),
         metrics_multiprocess_dir=env.get("PROMETHEUS_MULTIPROC_DIR"),
+        console_session_key=_session_key(env),
+        stream_max_subscribers=_int(
+            env, "STREAM_MAX_SUBSCRIBERS", DEFAULT_STREAM_SUBSCRIBERS, minimum=1, maximum=100_000
+        ),
+        stream_heartbeat_s=_heartbeat(env),
     )
+
+
+def _session_key(env: Mapping[str, str]) -> Secret | None:
+    key = env.get("CONSOLE_SESSION_KEY")
+    if key is None:
+        return None
+    if len(key.strip()) < MIN_SESSION_KEY_CHARS:
+        # Never echo the key.
+        raise ConfigError(
+            f"CONSOLE_SESSION_KEY must be at least {MIN_SESSION_KEY_CHARS} characters"
+        )
+    return Secret(key.strip())
+
+
+def _heartbeat(env: Mapping[str, str]) -> float:
+    value = _float(env, "STREAM_HEARTBEAT_S", DEFAULT_STREAM_HEARTBEAT_S, positive=True)
+    if value > MAX_STREAM_HEARTBEAT_S:
+        raise ConfigError(f"STREAM_HEARTBEAT_S must be at most {MAX_STREAM_HEARTBEAT_S:g} seconds")
+    return value
 
 
 def _app_from_env(env: Mapping[str, str]) -> AppSettings | None:

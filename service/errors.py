@@ -11,7 +11,8 @@
     │   ├── Unauthorized              401 unauthorized
     │   ├── NotFound                  404 not_found
     │   ├── AmbiguousAgent            409 ambiguous_agent (with the app_ids)
-    │   └── InvalidParameter          400 invalid_parameter
+    │   ├── InvalidParameter          400 invalid_parameter
+    │   └── StreamFull                503 too_many_subscribers (with Retry-After)
     └── Unavailable                   503 unavailable: a dependency (the database) is down
 
 `status_hint` is the HTTP status an edge should answer with; `code` is the stable string in the
@@ -56,6 +57,10 @@ class RequestRejected(ServiceError):
 
     def extra(self) -> dict[str, object]:
         """More members of the JSON answer, beside "error" (and "detail")."""
+        return {}
+
+    def headers(self) -> dict[str, str]:
+        """Headers of the answer besides the JSON content type."""
         return {}
 
 
@@ -122,6 +127,17 @@ class InvalidParameter(RequestRejected):
     status_hint = 400
     code = "invalid_parameter"
     show_detail = True
+
+
+class StreamFull(RequestRejected):
+    """This process streams to as many subscribers as it may; retry in a few seconds."""
+
+    status_hint = 503
+    code = "too_many_subscribers"
+    show_detail = True
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "5"}
 
 
 class Unavailable(ServiceError):

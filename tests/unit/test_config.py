@@ -183,3 +183,24 @@ def test_the_pcu_warning_fraction_is_configurable() -> None:
 def test_a_bad_pcu_warning_fraction_names_the_variable(raw: str) -> None:
     with pytest.raises(ConfigError, match="PCU_WARN_FRACTION"):
         config.load({"PCU_WARN_FRACTION": raw})
+
+
+def test_the_console_and_the_stream_have_working_defaults() -> None:
+    settings = config.load({})
+    assert settings.console_session_key is None  # the console is off until a key is set
+    assert (settings.stream_max_subscribers, settings.stream_heartbeat_s) == (100, 10.0)
+
+
+@pytest.mark.parametrize(
+    ("environ", "named"),
+    [
+        ({"CONSOLE_SESSION_KEY": "too-short"}, "CONSOLE_SESSION_KEY"),
+        ({"STREAM_HEARTBEAT_S": "16"}, "STREAM_HEARTBEAT_S"),
+        ({"STREAM_HEARTBEAT_S": "0"}, "STREAM_HEARTBEAT_S"),
+        ({"STREAM_MAX_SUBSCRIBERS": "0"}, "STREAM_MAX_SUBSCRIBERS"),
+    ],
+)
+def test_console_and_stream_settings_are_checked(environ: dict[str, str], named: str) -> None:
+    with pytest.raises(ConfigError, match=named) as raised:
+        config.load(environ)
+    assert "too-short" not in str(raised.value)  # a key is never echoed

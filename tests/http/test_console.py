@@ -1,0 +1,385 @@
+"""The console's pages over HTTP: sessions, CSRF, escaping, headers, filters and links.
+
+What moves (the stream in a browser, live updates) is tested in a real browser in
+tests/browser/; here every page is requested as a plain client would.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from starlette.testclient import TestClient
+
+from service import config
+from service.app import create_app
+from service.console import layout
+from tests.factories import (
+    APP_ID,
+    READ_TOKEN,
+    SECOND_APP,
+    SECOND_SECRET,
+    SECRET,
+    apps_file,
+    deliver,
+    payload,
+    post,
+)
+
+KEY = "console-session-key-for-the-tests-0123456789"
+HOSTILE = '<script>alert("x")</script>\'"><img src=x onerror=alert(1)>'
+CONSOLE_FILES = Path(__file__).parents[2] / "service" / "console"
+
+
+@pytest.fixture
+def console(make_settings: Callable[..., config.Settings]) -> Iterator[TestClient]:
+    with TestClient(create_app(make_settings(CONSOLE_SESSION_KEY=KEY))) as client:
+        yield client
+
+
+def csrf_of(html: str) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert found is not None, html
+    return found.group(1)
+
+
+def login(client: TestClient, token: str = READ_TOKEN, **extra: str) -> object:
+    form = client.get("/console/login")
+    data = {"token": token, "csrf": csrf_of(form.text), **extra}
+    return client.post(
+        "/console/login", data=data, headers={"Origin": "http://testserver"}, follow_redirects=False
+    )
+
+
+def test_without_a_session_every_page_leads_to_the_login_form(console: TestClient) -> None:
+    for path in (
+        "/console",
+        "/console/agents?state=RUNNING",
+        "/console/agents/a1",
+        "/console/errors",
+    ):
+        response = console.get(path, follow_redirects=False)
+        assert response.status_code == 303
+        assert response.headers["location"].startswith("/console/login?next=")
+    form = console.get("/console/login")
+    assert form.status_code == 200 and 'name="token"' in form.text
+    assert console.get("/console/fragments/agent-rows").status_code == 401
+    assert console.get("/console/stream").json() == {"error": "unauthorized"}
+
+
+def test_logging_in_sets_a_strict_http_only_cookie_that_holds_no_token(console: TestClient) -> None:
+    response = login(console, next="/console/agents?state=RUNNING")
+    assert response.status_code == 303  # type: ignore[attr-defined]
+    assert response.headers["location"] == "/console/agents?state=RUNNING"  # type: ignore[attr-defined]
+    cookie = next(
+        c
+        for c in response.headers.get_list("set-cookie")  # type: ignore[attr-defined]
+        if c.startswith("ledger_console=")
+    )
+    attributes = {part.strip().lower() for part in cookie.split(";")[1:]}
+    assert {"httponly", "samesite=strict", "path=/console"} <= attributes
+    assert "secure" not in attributes  # plain http
+    assert READ_TOKEN not in cookie
+    assert console.get("/console").status_code == 200
+
+
+def test_the_cookie_is_secure_when_the_request_came_over_https(console: TestClient) -> None:
+    form = console.get("/console/login")
+    response = console.post(
+        "/console/login",
+        data={"token": READ_TOKEN, "csrf": csrf_of(form.text)},
+        headers={"Origin": "https://testserver", "X-Forwarded-Proto": "https"},
+        follow_redirects=False,
+    )
+    assert "; secure" in response.headers["set-cookie"].lower()
+
+
+def test_a_wrong_token_is_refused_and_says_so(console: TestClient) -> None:
+    response = login(console, token="not-a-token")
+    assert response.status_code == 401  # type: ignore[attr-defined]
+    assert "That token is not accepted." in response.text  # type: ignore[attr-defined]
+    assert console.get("/console", follow_redirects=False).status_code == 303
+
+
+@pytest.mark.parametrize(
+    ("csrf", "origin"),
+    [
+        ("forged", "http://testserver"),  # not the form's token
+        (None, "http://evil.example"),  # the form's token, posted from another site
+    ],
+)
+def test_a_login_posted_without_our_form_is_refused(
+    console: TestClient, csrf: str | None, origin: str
+) -> None:
+    form = console.get("/console/login")
+    response = console.post(
+        "/console/login",
+        data={"token": READ_TOKEN, "csrf": csrf or csrf_of(form.text)},
+        headers={"Origin": origin},
+        follow_redirects=False,
+    )
+    assert response.status_code == 403
+    assert "ledger_console" not in response.headers.get("set-cookie", "")
+
+
+def test_after_logging_in_only_console_pages_are_a_destination(console: TestClient) -> None:
+    for target in ("https://evil.example/", "//evil.example/console", "/v1/agents", "/console\\@x"):
+        assert login(console, next=target).headers["location"] == "/console"  # type: ignore[attr-defined]
+
+
+def test_logging_out_needs_the_session_csrf_token_and_ends_the_session(console: TestClient) -> None:
+    login(console)
+    page = console.get("/console")
+    refused = console.post(
+        "/console/logout", data={"csrf": "forged"}, headers={"Origin": "http://testserver"}
+    )
+    assert refused.status_code == 403
+    assert console.get("/console", follow_redirects=False).status_code == 200
+    done = console.post(
+        "/console/logout",
+        data={"csrf": csrf_of(page.text)},
+        headers={"Origin": "http://testserver"},
+        follow_redirects=False,
+    )
+    assert (done.status_code, done.headers["location"]) == (303, "/console/login")
+    assert console.get("/console", follow_redirects=False).status_code == 303
+
+
+def test_a_tampered_cookie_is_no_session(console: TestClient) -> None:
+    login(console)
+    cookie = console.cookies.get("ledger_console")
+    assert cookie is not None
+    body, _, signature = cookie.partition(".")
+    console.cookies.clear()
+    console.cookies.set("ledger_console", body + "x." + signature)
+    assert console.get("/console", follow_redirects=False).status_code == 303
+
+
+def test_a_session_ends_when_its_token_is_removed_from_the_configuration(
+    make_settings: Callable[..., config.Settings],
+) -> None:
+    with TestClient(create_app(make_settings(CONSOLE_SESSION_KEY=KEY))) as before:
+        login(before)
+        cookie = before.cookies.get("ledger_console")
+    settings = make_settings(CONSOLE_SESSION_KEY=KEY, READ_API_TOKENS="another-token")
+    with TestClient(create_app(settings), cookies={"ledger_console": cookie or ""}) as after:
+        assert after.get("/console", follow_redirects=False).status_code == 303
+
+
+def test_without_a_session_key_the_console_says_it_is_off(client: TestClient) -> None:
+    response = client.get("/console")
+    assert response.status_code == 503
+    assert "CONSOLE_SESSION_KEY" in response.text
+
+
+def test_every_page_forbids_inline_scripts_and_anything_from_elsewhere(console: TestClient) -> None:
+    post(console, deliver(101, payload("a1")))
+    login(console)
+    for path in (
+        "/console/login",
+        "/console",
+        "/console/agents",
+        "/console/agents/a1",
+        "/console/errors",
+    ):
+        response = console.get(path)
+        assert response.status_code == 200, path
+        policy = response.headers["content-security-policy"]
+        assert policy == layout.CSP
+        assert "default-src 'self'" in policy and "script-src 'self'" in policy
+        assert "unsafe-inline" not in policy and "unsafe-eval" not in policy
+        assert response.headers["x-frame-options"] == "DENY"
+        # One script, ours; no inline script, no event handler attribute, nothing from elsewhere.
+        assert re.findall(r"<script[^>]*>", response.text) == [
+            f'<script src="/console/static/console.js?v={layout.__version__}" defer>'
+        ]
+        assert not re.search(r"\son[a-z]+=", response.text)
+        assert "http://" not in response.text and "https://" not in response.text
+
+
+def test_no_asset_of_the_console_comes_from_elsewhere() -> None:
+    for path in CONSOLE_FILES.rglob("*"):
+        if path.suffix in (".html", ".js", ".css", ".svg"):
+            text = path.read_text(encoding="utf-8")
+            found = re.findall(r"(?:https?:)?//[a-z0-9.-]+\.[a-z]{2,}", text)
+            assert found in ([], ["http://www.w3.org"]), (path, found)  # the SVG namespace
+
+
+def test_static_files_are_served_from_the_package(console: TestClient) -> None:
+    script = console.get("/console/static/console.js")
+    assert script.status_code == 200 and "EventSource" in script.text
+    assert console.get("/console/static/console.css").status_code == 200
+
+
+def test_untrusted_names_labels_and_transcripts_are_escaped_everywhere(console: TestClient) -> None:
+    start = 1_795_000_000
+    post(
+        console,
+        deliver(
+            101,
+            payload("a1", name=HOSTILE, channel=HOSTILE, start_ts=start, labels={HOSTILE: HOSTILE}),
+        ),
+    )
+    post(
+        console,
+        deliver(110, payload("a1", errors=[{"module": HOSTILE, "code": 1, "message": HOSTILE}])),
+    )
+    post(
+        console,
+        deliver(
+            103,
+            payload(
+                "a1",
+                contents=[
+                    {"role": "user", "content": HOSTILE},
+                    {"role": HOSTILE, "content": HOSTILE},
+                ],
+            ),
+        ),
+    )
+    login(console)
+    for path in ("/console", "/console/agents", "/console/agents/a1", "/console/errors"):
+        text = console.get(path).text
+        assert "<script>alert" not in text and "<img src=x" not in text, path
+        assert len(re.findall(r"<script", text)) == 1, path
+    agent = console.get("/console/agents/a1").text
+    assert (
+        agent.count("&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;&#39;&#34;&gt;&lt;img src=x")
+        >= 5
+    )
+
+
+def test_the_agents_list_takes_the_apis_filters_as_its_url(console: TestClient) -> None:
+    post(console, deliver(101, payload("a1", labels={"tenant": "acme"})))
+    post(console, deliver(101, payload("a2", labels={"tenant": "other"})))
+    login(console)
+    page = console.get("/console/agents?state=RUNNING&label.tenant=acme")
+    assert page.status_code == 200
+    assert 'data-agent-id="a1"' in page.text and 'data-agent-id="a2"' not in page.text
+    # What the filter form sends is redirected to the API's own parameters.
+    form = console.get(
+        "/console/agents?app_id=&state=running&channel=&label=tenant%3Dacme&since=2026-01-31T12:00&until=",
+        follow_redirects=False,
+    )
+    assert form.status_code == 303
+    assert form.headers["location"] == (
+        "/console/agents?state=RUNNING&label.tenant=acme&since=2026-01-31T12%3A00%3A00Z"
+    )
+    bad = console.get("/console/agents?state=sleeping")
+    assert bad.status_code == 400 and "state: one of IDLE" in bad.text
+
+
+def test_an_agent_page_tells_its_story(console: TestClient) -> None:
+    start = 1_795_000_000
+    post(console, deliver(101, payload("a1", start_ts=start)))
+    post(
+        console,
+        deliver(111, payload("a1", metrics=[{"turn_id": 1, "asr_ttlw": 300, "tts_ttfb": 90}])),
+    )
+    post(
+        console,
+        deliver(
+            110, payload("a1", errors=[{"module": "tts", "code": 429, "message": "rate limited"}])
+        ),
+    )
+    turns = [
+        {
+            "turn_id": 1,
+            "start": {"start_at": (start + 1) * 1000, "type": "voice_input"},
+            "end": {"end_at": (start + 4) * 1000, "type": "ok"},
+            "metrics": {
+                "e2e_latency_ms": 850,
+                "segmented_latency_ms": {"asr_ttlw": 300, "llm_ttft": 400, "tts_ttfb": 90},
+            },
+        }
+    ]
+    post(
+        console,
+        deliver(
+            102, payload("a1", start_ts=start, stop_ts=start + 10, status="STOPPED", message="OK")
+        ),
+    )
+    post(
+        console,
+        deliver(
+            103,
+            payload(
+                "a1",
+                contents=[
+                    {"role": "user", "content": "Is my order late?"},
+                    {"role": "assistant", "content": "It arrives today."},
+                ],
+            ),
+        ),
+    )
+    post(console, deliver(112, payload("a1", turns=turns)))
+    login(console)
+    page = console.get("/console/agents/a1").text
+    for expected in (
+        "IDLE → RUNNING",
+        "RUNNING → STOPPED",
+        "metrics, turn 1",
+        "error tts 429",
+        "transcript received",
+        "Is my order late?",
+        "It arrives today.",
+        "850 ms",
+        "10 s",  # the duration
+        "101 agent_joined",
+        "112 turns_finished",
+    ):
+        assert expected in page, expected
+
+
+def test_an_agent_id_in_several_apps_asks_which(
+    make_settings: Callable[..., config.Settings], tmp_path: Path
+) -> None:
+    settings = make_settings(
+        CONSOLE_SESSION_KEY=KEY,
+        AGORA_APP_ID="",
+        AGORA_WEBHOOK_SECRETS="",
+        LEDGER_APPS_FILE=apps_file(tmp_path, (APP_ID, SECRET), (SECOND_APP, SECOND_SECRET)),
+    )
+    with TestClient(create_app(settings)) as client:
+        post(client, deliver(101, payload("twin")))
+        post(client, deliver(101, payload("twin"), secret=SECOND_SECRET), app_id=SECOND_APP)
+        login(client)
+        page = client.get("/console/agents/twin")
+        assert page.status_code == 409
+        assert f"/console/agents/twin?app_id={SECOND_APP}" in page.text
+        assert client.get(f"/console/agents/twin?app_id={SECOND_APP}").status_code == 200
+        assert client.get("/console/agents/twin?app_id=nope").status_code == 404
+
+
+def test_the_overview_shows_each_app_against_its_cap(console: TestClient) -> None:
+    post(console, deliver(101, payload("a1")))
+    login(console)
+    page = console.get("/console")
+    assert page.status_code == 200
+    assert f'data-pcu-app="{APP_ID}"' in page.text
+    assert re.search(r"data-pcu-current>1<", page.text)
+    assert 'data-stream="/console/stream?after=' in page.text
+    for window in ("24h", "7d", "30d"):
+        assert console.get(f"/console?window={window}").status_code == 200
+    assert console.get("/console?window=1y").status_code == 400
+
+
+def test_the_overview_says_when_notifications_wait_to_be_applied(console: TestClient) -> None:
+    login(console)
+    assert 'data-slot="webhook-health"' in console.get("/console").text
+    assert "none" in console.get("/console").text
+    post(console, deliver(101, {"name": "no agent id here"}))
+    page = console.get("/console").text
+    assert f"/v1/apps/{APP_ID}/notifications?status=unapplied" in page
+
+
+def test_a_huge_payload_is_shown_cut_and_the_page_stays_small(console: TestClient) -> None:
+    transcript = [{"role": "user", "content": "x" * 1000} for _ in range(300)]
+    post(console, deliver(101, payload("a1")))
+    post(console, deliver(103, payload("a1", contents=transcript)))
+    login(console)
+    page = console.get("/console/agents/a1").text
+    assert "the API has it whole" in page
+    assert len(page) < 800_000

@@ -32,7 +32,15 @@ DEFAULT_PCU_WARN_FRACTION: Final = 0.8
 LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
 _APP_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _APP_FILE_KEYS: Final = frozenset(
-    {"app_id", "webhook_secrets", "customer_id", "customer_secret", "app_certificate", "pcu_cap"}
+    {
+        "app_id",
+        "webhook_secrets",
+        "customer_id",
+        "customer_secret",
+        "app_certificate",
+        "pcu_cap",
+        "read_tokens",
+    }
 )
 
 LogFormat = Literal["json", "console"]
@@ -48,6 +56,8 @@ class AppSettings:
     customer_secret: Secret | None = None
     app_certificate: Secret | None = None
     pcu_cap: int = DEFAULT_PCU_CAP
+    # Bearer tokens that read this app only (`service.access`); from the apps file.
+    read_tokens: tuple[Secret, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -85,6 +95,10 @@ class Settings:
     pcu_warn_fraction: float = DEFAULT_PCU_WARN_FRACTION
     # prometheus-client's multiprocess directory; `serve --workers N` sets it for its workers.
     metrics_multiprocess_dir: str | None = None
+    # Operations (CONTRACT §8): admin tokens, transcript retention, the metrics port.
+    admin_api_tokens: tuple[Secret, ...] = ()
+    history_retention_days: int = 0
+    metrics_port: int | None = None
 
     def app(self, app_id: str) -> AppSettings | None:
         return self.apps.get(app_id)
@@ -143,7 +157,20 @@ def load(environ: Mapping[str, str]) -> Settings:
         history_poll_s=_float(env, "HISTORY_POLL_S", 2.0, positive=True),
         pcu_warn_fraction=_fraction(env, "PCU_WARN_FRACTION", DEFAULT_PCU_WARN_FRACTION),
         metrics_multiprocess_dir=env.get("PROMETHEUS_MULTIPROC_DIR"),
+        # Operations (CONTRACT §8)
+        admin_api_tokens=tuple(Secret(t) for t in _csv(env.get("ADMIN_API_TOKENS", ""))),
+        history_retention_days=_int(env, "HISTORY_RETENTION_DAYS", 0, minimum=0),
+        metrics_port=_metrics_port(env),
     )
+
+
+def _metrics_port(env: Mapping[str, str]) -> int | None:
+    if "METRICS_PORT" not in env:
+        return None
+    port = _int(env, "METRICS_PORT", 0, minimum=1, maximum=65535)
+    if port == _int(env, "PORT", 8000, minimum=1, maximum=65535):
+        raise ConfigError(f"METRICS_PORT must differ from PORT, both are {port}")
+    return port
 
 
 def _app_from_env(env: Mapping[str, str]) -> AppSettings | None:
@@ -214,6 +241,11 @@ def _app_from_table(entry: dict[str, object], *, where: str) -> AppSettings:
         strings[key] = value
     if (strings["customer_id"] is None) != (strings["customer_secret"] is None):
         raise ConfigError(f"{where}: customer_id and customer_secret go together")
+    tokens = entry.get("read_tokens", [])
+    if isinstance(tokens, str):
+        tokens = _csv(tokens)
+    if not isinstance(tokens, list) or not all(isinstance(t, str) and t.strip() for t in tokens):
+        raise ConfigError(f"{where}: read_tokens must be a list of non-empty strings")
     return AppSettings(
         app_id=app_id,
         webhook_secrets=tuple(Secret(s) for s in secrets),
@@ -221,6 +253,7 @@ def _app_from_table(entry: dict[str, object], *, where: str) -> AppSettings:
         customer_secret=_secret(strings["customer_secret"]),
         app_certificate=_secret(strings["app_certificate"]),
         pcu_cap=cap,
+        read_tokens=tuple(Secret(t.strip()) for t in tokens),
     )
 
 

@@ -113,6 +113,12 @@ webhook_secrets = "s2"
         ({"AGORA_APP_ID": "has space"}, "AGORA_APP_ID"),
         ({"AGORA_APP_ID": "a", "AGORA_CUSTOMER_ID": "c"}, "AGORA_CUSTOMER_SECRET"),
         ({"LEDGER_APPS_FILE": "/nonexistent/apps.toml"}, "LEDGER_APPS_FILE"),
+        ({"HISTORY_RETENTION_DAYS": "-1"}, "HISTORY_RETENTION_DAYS"),
+        ({"HISTORY_RETENTION_DAYS": "a month"}, "HISTORY_RETENTION_DAYS"),
+        ({"METRICS_PORT": "0"}, "METRICS_PORT"),
+        ({"METRICS_PORT": "nine"}, "METRICS_PORT"),
+        ({"METRICS_PORT": "8000"}, "METRICS_PORT must differ from PORT"),
+        ({"METRICS_PORT": "9100", "PORT": "9100"}, "METRICS_PORT must differ from PORT"),
     ],
 )
 def test_bad_values_fail_naming_the_variable(env: dict[str, str], names: str) -> None:
@@ -130,6 +136,8 @@ def test_bad_values_fail_naming_the_variable(env: dict[str, str], names: str) ->
         ("[[apps]]\napp_id = 'a'\ncolour = 'red'", "unknown key 'colour'"),
         ("[[apps]]\napp_id = 'a'\ncustomer_id = 'c'", "customer_id and customer_secret"),
         ("[[apps]]\napp_id = 'a'\n[[apps]]\napp_id = 'a'", "configured twice"),
+        ("[[apps]]\napp_id = 'a'\nread_tokens = [1]", "read_tokens"),
+        ("[[apps]]\napp_id = 'a'\nread_tokens = ['']", "read_tokens"),
     ],
 )
 def test_bad_apps_files_fail_naming_the_entry(tmp_path: Path, content: str, message: str) -> None:
@@ -161,3 +169,32 @@ def test_the_pcu_warning_fraction_is_configurable() -> None:
 def test_a_bad_pcu_warning_fraction_names_the_variable(raw: str) -> None:
     with pytest.raises(ConfigError, match="PCU_WARN_FRACTION"):
         config.load({"PCU_WARN_FRACTION": raw})
+
+
+def test_operations_settings_default_to_keep_everything_and_one_port() -> None:
+    settings = config.load({})
+    assert settings.admin_api_tokens == ()
+    assert settings.history_retention_days == 0
+    assert settings.metrics_port is None
+
+
+def test_operations_settings_are_read_from_the_environment(tmp_path: Path) -> None:
+    apps_file = tmp_path / "apps.toml"
+    apps_file.write_text(
+        "[[apps]]\napp_id = 'a1'\nwebhook_secrets = ['s']\nread_tokens = ['r1', 'r2']\n"
+        "[[apps]]\napp_id = 'a2'\nwebhook_secrets = ['s']\nread_tokens = 'r3, r4'\n"
+    )
+    settings = config.load(
+        {
+            "LEDGER_APPS_FILE": str(apps_file),
+            "ADMIN_API_TOKENS": "adm1, adm2",
+            "HISTORY_RETENTION_DAYS": "90",
+            "METRICS_PORT": "9100",
+        }
+    )
+    assert [str(t) for t in settings.apps["a1"].read_tokens] == ["r1", "r2"]
+    assert [str(t) for t in settings.apps["a2"].read_tokens] == ["r3", "r4"]
+    assert [str(t) for t in settings.admin_api_tokens] == ["adm1", "adm2"]
+    assert (settings.history_retention_days, settings.metrics_port) == (90, 9100)
+    for hidden in ("r1", "r3", "adm1"):
+        assert f"'{hidden}'" not in repr(settings)

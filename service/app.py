@@ -3,6 +3,8 @@
 `create_app(settings)` builds everything in one `Starlette(...)` call. The lifespan creates the
 database engine and yields it as typed state; handlers reach it as `request.state.engine`.
 `draining` is set by the SIGTERM handler (`service/shutdown.py`) so that `/readyz` fails.
+With `METRICS_PORT` set, `/metrics` is not routed here: the lifespan serves it on that port
+(`service/monitoring.py`).
 Every error is answered as JSON: `ServiceError`s with their contract body, anything else as a
 logged 500 (or 503 when the database is what failed).
 """
@@ -24,10 +26,10 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from service import db, worker
+from service import db, monitoring, worker
 from service.config import Settings
 from service.errors import RequestRejected, ServiceError
-from service.routes import dashboard, docs, health, metrics, webhooks
+from service.routes import dashboard, docs, erasures, health, metrics, webhooks
 
 log = structlog.get_logger(__name__)
 
@@ -58,6 +60,14 @@ def create_app(
         active = engine if engine is not None else db.create_engine(settings.sqlalchemy_url)
         try:
             async with contextlib.AsyncExitStack() as stack:
+                if settings.metrics_port is not None:
+                    await stack.enter_async_context(
+                        monitoring.serving(
+                            monitoring.web_app(settings, active),
+                            host=settings.host,
+                            port=settings.metrics_port,
+                        )
+                    )
                 if with_worker:
                     await stack.enter_async_context(_background_worker(settings, active))
                 yield {"settings": settings, "engine": active, "draining": shutting_down}
@@ -69,8 +79,9 @@ def create_app(
         routes=[
             *webhooks.routes,
             *dashboard.routes,
+            *erasures.routes,
             *health.routes,
-            *metrics.routes,
+            *(metrics.routes if settings.metrics_port is None else []),
             *docs.routes,
         ],
         exception_handlers={

@@ -7,7 +7,7 @@
     simulate ...                          the Agora simulator against a running service
 
 Every command loads the configuration first and fails with a message naming the variable at
-fault (exit code 2), then configures logging.
+fault (exit code 2), then configures logging. `convoai-ledger --version` prints the version.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import structlog
 import uvicorn
 from starlette.applications import Starlette
 
+import service
 from service import app, config, logs, reconcile, schema, shutdown, worker
 from service.errors import ConfigError
 from service.simulator import command
@@ -50,6 +51,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="convoai-ledger", description="Agora ConvoAI webhook ledger"
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"convoai-ledger {service.__version__}"
     )
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="serve the webhook endpoint and the read API")

@@ -123,8 +123,11 @@ async def agent_key(
     With `app_id` (the query parameter): that app, 404 if the token does not see it. Without: the
     one app, among those the token sees, that holds the id; 404 if none, 409 `ambiguous_agent`
     (naming only apps the token sees) if several. Whether the agent exists in the named app is
-    left to the caller's query.
+    left to the caller's query. An id PostgreSQL cannot hold (a NUL, an unpaired surrogate) names
+    no stored agent: 404 without a query.
     """
+    if not _storable(agent_id):
+        raise NotFound()
     if app_id is not None:
         return grant.require_app(app_id), agent_id
     apps = await queries.agent_apps(conn, agent_id, app_ids=grant.apps)
@@ -152,6 +155,16 @@ def _entries(settings: Settings) -> Iterator[_Entry]:
                 app_id=app_id,
                 admin=False,
             )
+
+
+def _storable(text: str) -> bool:
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _digest(token: str) -> bytes:

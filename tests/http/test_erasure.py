@@ -322,6 +322,8 @@ def test_an_agent_id_in_two_apps_needs_its_app_id(client: TestClient) -> None:
     "path",
     [
         "/v1/agents/never-seen/history",
+        "/v1/agents/nul%00id/history",
+        "/v1/agents/surrogate%ED%A0%80/history",
         f"/v1/agents/never-seen/history?app_id={APP_ID}",
         "/v1/agents/forget-me/history?app_id=no-such-app",
     ],

@@ -3,6 +3,8 @@
 `create_app(settings)` builds everything in one `Starlette(...)` call. The lifespan creates the
 database engine and yields it as typed state; handlers reach it as `request.state.engine`.
 `draining` is set by the SIGTERM handler (`service/shutdown.py`) so that `/readyz` fails.
+With `METRICS_PORT` set, `/metrics` is not routed here: the lifespan serves it on that port
+(`service/monitoring.py`).
 Every error is answered as JSON: `ServiceError`s with their contract body, anything else as a
 logged 500 (or 503 when the database is what failed, or did not answer within
 `DATABASE_TIMEOUT_S`: the webhook and every read API handler are bounded by `db.within`).
@@ -26,11 +28,11 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from service import batcher, db, folder, stream, worker
+from service import batcher, db, folder, monitoring, stream, worker
 from service.config import Settings
 from service.console import routes as console_routes
 from service.errors import RequestRejected, ServiceError
-from service.routes import dashboard, docs, health, metrics, webhooks
+from service.routes import dashboard, docs, erasures, health, metrics, webhooks
 from service.routes import stream as stream_routes
 
 log = structlog.get_logger(__name__)
@@ -71,6 +73,14 @@ def create_app(
         try:
             async with contextlib.AsyncExitStack() as stack:
                 group_commit = await stack.enter_async_context(_write_path(settings))
+                if settings.metrics_port is not None:
+                    await stack.enter_async_context(
+                        monitoring.serving(
+                            monitoring.web_app(settings, active),
+                            host=settings.host,
+                            port=settings.metrics_port,
+                        )
+                    )
                 if with_worker:
                     await stack.enter_async_context(_background_worker(settings, active))
                 hub = stream.Hub(
@@ -95,10 +105,11 @@ def create_app(
         routes=[
             *webhooks.routes,
             *_within_database_timeout(dashboard.routes),
+            *erasures.routes,
             *stream_routes.routes,
             *console_routes.routes,
             *health.routes,
-            *metrics.routes,
+            *(metrics.routes if settings.metrics_port is None else []),
             *docs.routes,
         ],
         exception_handlers={

@@ -10,6 +10,7 @@
 Every command loads the configuration first and fails with a message naming the variable at
 fault (exit code 2), then configures logging. Commands that need the database connect to it once
 before anything else and, when it cannot be reached, say why in one line (exit code 1).
+`convoai-ledger --version` prints the version.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import structlog
 import uvicorn
 from starlette.applications import Starlette
 
+import service
 from service import (
     app,
     config,
@@ -77,6 +79,9 @@ def _require_database(settings: config.Settings) -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="convoai-ledger", description="Agora ConvoAI webhook ledger"
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"convoai-ledger {service.__version__}"
     )
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="serve the webhook endpoint and the read API")

@@ -39,7 +39,15 @@ MIN_SESSION_KEY_CHARS: Final = 32
 LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
 _APP_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _APP_FILE_KEYS: Final = frozenset(
-    {"app_id", "webhook_secrets", "customer_id", "customer_secret", "app_certificate", "pcu_cap"}
+    {
+        "app_id",
+        "webhook_secrets",
+        "customer_id",
+        "customer_secret",
+        "app_certificate",
+        "pcu_cap",
+        "read_tokens",
+    }
 )
 
 LogFormat = Literal["json", "console"]
@@ -55,6 +63,8 @@ class AppSettings:
     customer_secret: Secret | None = None
     app_certificate: Secret | None = None
     pcu_cap: int = DEFAULT_PCU_CAP
+    # Bearer tokens that read this app only (`service.access`); from the apps file.
+    read_tokens: tuple[Secret, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -100,6 +110,10 @@ class Settings:
     # the longest quiet time before a comment line (the contract promises one at least every 15 s).
     stream_max_subscribers: int = DEFAULT_STREAM_SUBSCRIBERS
     stream_heartbeat_s: float = DEFAULT_STREAM_HEARTBEAT_S
+    # Operations (CONTRACT §8): admin tokens, transcript retention, the metrics port.
+    admin_api_tokens: tuple[Secret, ...] = ()
+    history_retention_days: int = 0
+    metrics_port: int | None = None
 
     def app(self, app_id: str) -> AppSettings | None:
         return self.apps.get(app_id)
@@ -166,6 +180,10 @@ def load(environ: Mapping[str, str]) -> Settings:
             env, "STREAM_MAX_SUBSCRIBERS", DEFAULT_STREAM_SUBSCRIBERS, minimum=1, maximum=100_000
         ),
         stream_heartbeat_s=_heartbeat(env),
+        # Operations (CONTRACT §8)
+        admin_api_tokens=tuple(Secret(t) for t in _csv(env.get("ADMIN_API_TOKENS", ""))),
+        history_retention_days=_int(env, "HISTORY_RETENTION_DAYS", 0, minimum=0),
+        metrics_port=_metrics_port(env),
     )
 
 
@@ -186,6 +204,15 @@ def _heartbeat(env: Mapping[str, str]) -> float:
     if value > MAX_STREAM_HEARTBEAT_S:
         raise ConfigError(f"STREAM_HEARTBEAT_S must be at most {MAX_STREAM_HEARTBEAT_S:g} seconds")
     return value
+
+
+def _metrics_port(env: Mapping[str, str]) -> int | None:
+    if "METRICS_PORT" not in env:
+        return None
+    port = _int(env, "METRICS_PORT", 0, minimum=1, maximum=65535)
+    if port == _int(env, "PORT", 8000, minimum=1, maximum=65535):
+        raise ConfigError(f"METRICS_PORT must differ from PORT, both are {port}")
+    return port
 
 
 def _app_from_env(env: Mapping[str, str]) -> AppSettings | None:
@@ -262,6 +289,11 @@ def _app_from_table(entry: dict[str, object], *, where: str) -> AppSettings:
         strings[key] = value
     if (strings["customer_id"] is None) != (strings["customer_secret"] is None):
         raise ConfigError(f"{where}: customer_id and customer_secret go together")
+    tokens = entry.get("read_tokens", [])
+    if isinstance(tokens, str):
+        tokens = _csv(tokens)
+    if not isinstance(tokens, list) or not all(isinstance(t, str) and t.strip() for t in tokens):
+        raise ConfigError(f"{where}: read_tokens must be a list of non-empty strings")
     return AppSettings(
         app_id=app_id,
         webhook_secrets=tuple(Secret(s) for s in secrets),
@@ -269,6 +301,7 @@ def _app_from_table(entry: dict[str, object], *, where: str) -> AppSettings:
         customer_secret=_secret(strings["customer_secret"]),
         app_certificate=_secret(strings["app_certificate"]),
         pcu_cap=cap,
+        read_tokens=tuple(Secret(t.strip()) for t in tokens),
     )
 
 

@@ -9,6 +9,7 @@
     │   ├── InvalidSignature          401 invalid_signature
     │   ├── MalformedEvent            400 invalid_notification
     │   ├── Unauthorized              401 unauthorized
+    │   ├── Forbidden                 403 forbidden (a valid token that may not do this)
     │   ├── NotFound                  404 not_found
     │   ├── AmbiguousAgent            409 ambiguous_agent (with the app_ids)
     │   ├── InvalidParameter          400 invalid_parameter
@@ -98,6 +99,13 @@ class Unauthorized(RequestRejected):
 
     status_hint = 401
     code = "unauthorized"
+
+
+class Forbidden(RequestRejected):
+    """This token may not do this (erasure needs an admin token)."""
+
+    status_hint = 403
+    code = "forbidden"
 
 
 class NotFound(RequestRejected):

@@ -61,7 +61,11 @@ _READ_ERRORS: Final = {
     ),
     "401": _answer("Missing or wrong bearer token.", "Error"),
 }
-_NOT_FOUND: Final = {"404": _answer("No such agent or app (an id with a NUL is none).", "Error")}
+_NOT_FOUND: Final = {
+    "404": _answer(
+        "No such agent or app, or one this token may not see (an id with a NUL is none).", "Error"
+    )
+}
 _PAGE: Final = [
     _param(
         "limit",
@@ -172,6 +176,60 @@ def _stream() -> dict[str, Any]:
                     "with Retry-After), or it is shutting down, or the database is unavailable.",
                     "Error",
                 ),
+            },
+        }
+    }
+
+
+_ADMIN_ERRORS: Final = {
+    "401": _answer("Missing or wrong bearer token.", "Error"),
+    "403": _answer(
+        "A read token (not one of ADMIN_API_TOKENS); answered before anything is looked up.",
+        "Error",
+    ),
+    **_NOT_FOUND,
+}
+
+
+def _erase_history() -> dict[str, Any]:
+    return {
+        "summary": "Erase the agent's transcript, turns and the transcript in its raw 103",
+        "description": "Admin tokens only. Deletes `history.contents`, the agent's turns, "
+        "`payload.contents` of its stored 103s and `payload.turns` of its 112s; the history then "
+        "answers `status` `erased`, and stays so (a later 103 or fetch brings nothing back). "
+        "Idempotent. Logged with the agent id and the token's place, never the token.",
+        "security": [{"bearer": []}],
+        "parameters": [_AGENT_ID, _WHICH_APP],
+        "responses": {
+            "204": {"description": "Erased (or already erased)."},
+            "400": _answer("A query parameter is invalid.", "InvalidParameter"),
+            **_ADMIN_ERRORS,
+            **_AMBIGUOUS,
+        },
+    }
+
+
+def _erase_by_label() -> dict[str, Any]:
+    return {
+        "post": {
+            "summary": "Erase the histories of every agent of the app whose labels hold a pair",
+            "description": "Admin tokens only. As `DELETE /v1/agents/{agent_id}/history` for "
+            "each agent of the app whose `labels` hold `KEY` = `VALUE`.",
+            "security": [{"bearer": []}],
+            "parameters": [_APP_ID],
+            "requestBody": {
+                "required": True,
+                "content": {JSON: {"schema": _ref("ErasureRequest")}},
+            },
+            "responses": {
+                "200": _answer(
+                    "How many agents hold the label (their histories are all erased now).",
+                    "ErasureCount",
+                ),
+                "400": _answer('The body is not {"label": {KEY: VALUE}}.', "InvalidParameter"),
+                **_ADMIN_ERRORS,
+                "413": _answer("Body over 16 KiB.", "Error"),
+                "503": _answer("Some of these agents stayed locked by writes; retry.", "Error"),
             },
         }
     }
@@ -362,6 +420,21 @@ _SCHEMAS: Final[dict[str, Any]] = {
             "at": {**_TIME, "description": "When the count was read."},
         }
     ),
+    "ErasureRequest": {
+        **_object(
+            {
+                "label": {
+                    "type": "object",
+                    "minProperties": 1,
+                    "maxProperties": 1,
+                    "additionalProperties": {"type": "string", "minLength": 1},
+                    "description": "Exactly one label KEY and its VALUE.",
+                }
+            }
+        ),
+        "additionalProperties": False,
+    },
+    "ErasureCount": _object({"agents": {"type": "integer", "minimum": 0}}),
     "Health": _object({"status": {"const": "ok"}}),
     "Ready": _object(
         {
@@ -405,7 +478,9 @@ DOCUMENT: Final[dict[str, Any]] = {
         "title": "convoai-ledger",
         "version": "1",
         "description": "Agora Conversational AI webhooks into a lifecycle ledger: agents, PCU "
-        "against the cap, histories. Times are RFC 3339 UTC strings.",
+        "against the cap, histories. Times are RFC 3339 UTC strings. A token from an app's "
+        "`read_tokens` sees that app only: every other app is answered as if it did not exist "
+        "(404, left out of lists). Erasure needs one of `ADMIN_API_TOKENS`.",
     },
     "components": {
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
@@ -427,13 +502,17 @@ DOCUMENT: Final[dict[str, Any]] = {
             params=[_AGENT_ID],
             agent=True,
         ),
-        "/v1/agents/{agent_id}/history": _read(
-            "The agent's session history (transcript and turns)",
-            "The history.",
-            "History",
-            params=[_AGENT_ID],
-            agent=True,
-        ),
+        "/v1/agents/{agent_id}/history": {
+            **_read(
+                "The agent's session history (transcript and turns)",
+                "The history.",
+                "History",
+                params=[_AGENT_ID],
+                agent=True,
+            ),
+            "delete": _erase_history(),
+        },
+        "/v1/apps/{app_id}/erasures": _erase_by_label(),
         "/v1/agents/{agent_id}/events": _read(
             "The agent's stored notifications in event order",
             "A page of notifications.",

@@ -4,6 +4,8 @@ Postgres holds the invariants: `(app_id, notice_id)` is unique (dedupe), an agen
 `(app_id, agent_id)` in every table (two apps may use the same `agent_id` and never share a row),
 states and sources are CHECKed, transitions are append-only (a trigger created by the first
 revision refuses UPDATE and DELETE), and every agent has at most one history and one history job.
+An erased or expired history holds no transcript, and triggers (revision 458d73fa6583, see
+`service/erasure.py`) keep anything written later from bringing its transcript or turns back.
 """
 
 from __future__ import annotations
@@ -270,6 +272,10 @@ history: Final = Table(
         "status IN ('pending', 'complete', 'unavailable', 'erased', 'expired')", name="status"
     ),
     CheckConstraint("source IS NULL OR source IN ('webhook', 'api')", name="source"),
+    CheckConstraint(
+        "status NOT IN ('erased', 'expired') OR (contents = '[]'::jsonb AND source IS NULL)",
+        name="erased_empty",
+    ),
 )
 
 # One durable job per stopped agent, enqueued in the transaction that records the stop.

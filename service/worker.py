@@ -8,8 +8,12 @@
 - wakes on `pg_notify` from the webhook transaction that enqueued a job, and otherwise polls every
   `HISTORY_POLL_S` (which also picks up jobs whose lease expired under a dead worker);
 - extends the lease of the jobs in flight every third of `HISTORY_LEASE_S` (heartbeat);
-- runs each `Duty` at start and then every `interval_s`: notification retention, and
-  reconciliation against Agora every `RECONCILE_INTERVAL_S` (`reconcile.run`, all apps).
+- runs each `Duty` at start and then every `interval_s`: notification retention, history
+  retention (`HISTORY_RETENTION_DAYS`, `erasure.expire`), and reconciliation against Agora every
+  `RECONCILE_INTERVAL_S` (`reconcile.run`, all apps);
+- beats a `monitoring.Pulse` at every round, which `/healthz` reads: `convoai-ledger worker` serves
+  `/metrics`, `/healthz` and `/readyz` on `METRICS_PORT`, or on `PORT` when it is unset
+  (`service/monitoring.py`).
 
 At start it warns once per configured app without REST credentials, for which reconciliation and
 history fetching are off (`rest_credentials_missing`, and `ledger_agora_credentials_missing`);
@@ -28,13 +32,22 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final
-from wsgiref.simple_server import WSGIServer
 
-import prometheus_client
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service import agora, credentials, db, history, jobs, metrics, reconcile, retention
+from service import (
+    agora,
+    credentials,
+    db,
+    erasure,
+    history,
+    jobs,
+    metrics,
+    monitoring,
+    reconcile,
+    retention,
+)
 from service.config import Settings
 
 log = structlog.get_logger(__name__)
@@ -63,12 +76,23 @@ def duties(deps: history.Deps) -> list[Duty]:
             deps.engine, retention_days=settings.notification_retention_days, now=datetime.now(UTC)
         )
 
+    async def expire() -> int:
+        return await erasure.expire(
+            deps.engine, retention_days=settings.history_retention_days, now=datetime.now(UTC)
+        )
+
     async def reconcile_apps() -> list[reconcile.Summary]:
         return await reconcile.run(deps)
 
     keep_forever = settings.notification_retention_days == 0
+    keep_histories = settings.history_retention_days == 0
     return [
         Duty(name="retention", interval_s=0 if keep_forever else retention.INTERVAL_S, run=prune),
+        Duty(
+            name="history_retention",
+            interval_s=0 if keep_histories else erasure.INTERVAL_S,
+            run=expire,
+        ),
         Duty(name="reconcile", interval_s=settings.reconcile_interval_s, run=reconcile_apps),
     ]
 
@@ -100,29 +124,15 @@ async def main(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    exporter = _export_metrics(settings)
-    try:
-        async with open_deps(settings) as deps:
-            await run(deps, stop=stop, duties=duties(deps))
-    finally:
-        if exporter is not None:
-            exporter.shutdown()
+    pulse = monitoring.Pulse()
+    # Its own counters only (Agora calls, histories, reconciliation): the database gauges are the
+    # web tier's. A port already in use (two workers on one host) costs the listener, not the loop.
+    port = settings.metrics_port if settings.metrics_port is not None else settings.port
+    async with open_deps(settings) as deps:
+        listener = monitoring.worker_app(settings, deps.engine, pulse)
+        async with monitoring.serving(listener, host=settings.host, port=port):
+            await run(deps, stop=stop, duties=duties(deps), pulse=pulse)
     return 0
-
-
-def _export_metrics(settings: Settings) -> WSGIServer | None:
-    """Serve this process's counters (Agora calls, histories, reconciliation) on HOST:PORT.
-
-    The web tier's `/metrics` has the database gauges; the worker only has its own counters.
-    A port already in use (two workers on one host) costs the metrics, not the worker.
-    """
-    try:
-        server, _ = prometheus_client.start_http_server(settings.port, addr=settings.host)
-    except OSError as error:
-        log.warning("metrics_port_unavailable", port=settings.port, error=error.strerror)
-        return None
-    log.info("metrics_serving", host=settings.host, port=settings.port)
-    return server
 
 
 async def run(
@@ -131,8 +141,12 @@ async def run(
     stop: asyncio.Event,
     duties: Sequence[Duty] = (),
     shutdown_grace_s: float = SHUTDOWN_GRACE_S,
+    pulse: monitoring.Pulse | None = None,
 ) -> None:
-    """The worker loop; returns once `stop` is set and the jobs in flight are settled."""
+    """The worker loop; returns once `stop` is set and the jobs in flight are settled.
+
+    `pulse` is beaten at every round of the loop (for the worker's `/healthz`).
+    """
     settings = deps.settings
     log.info(
         "worker_started",
@@ -149,7 +163,7 @@ async def run(
         *(asyncio.create_task(_periodic(duty)) for duty in duties if duty.interval_s > 0),
     ]
     try:
-        await _process(deps, in_flight, wake=wake, stop=stop)
+        await _process(deps, in_flight, wake=wake, stop=stop, pulse=pulse or monitoring.Pulse())
     finally:
         await _drain(deps, in_flight, grace_s=shutdown_grace_s)
         for task in helpers:
@@ -178,9 +192,11 @@ async def _process(
     *,
     wake: asyncio.Event,
     stop: asyncio.Event,
+    pulse: monitoring.Pulse,
 ) -> None:
     limit = deps.settings.history_concurrency
     while not stop.is_set():
+        pulse.beat()
         wake.clear()
         while len(in_flight) < limit and not stop.is_set():
             job = await _claim(deps)

@@ -161,3 +161,29 @@ async def until(check: Callable[[], object], timeout: float = 10.0) -> None:
 
 def reader_headers(token: str = READ_TOKEN) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+ADMIN_TOKEN = "admin-token-one"
+SCOPED_TOKEN = "scoped-reader-one"  # reads APP_ID only
+SECOND_SCOPED_TOKEN = "scoped-reader-two"  # reads SECOND_APP only
+
+
+def scoped_environment(
+    database_url: str | None, directory: Path, **overrides: str
+) -> dict[str, str]:
+    """APP_ID and SECOND_APP from an apps file, each with its own scoped read token, plus the
+    global READ_TOKEN and ADMIN_TOKEN."""
+    path = directory / "scoped-apps.toml"
+    path.write_text(
+        f"[[apps]]\napp_id = '{APP_ID}'\nwebhook_secrets = ['{SECRET}']\n"
+        f"read_tokens = ['{SCOPED_TOKEN}']\n"
+        f"[[apps]]\napp_id = '{SECOND_APP}'\nwebhook_secrets = ['{SECOND_SECRET}']\n"
+        f"read_tokens = ['{SECOND_SCOPED_TOKEN}']\n"
+    )
+    scoped = {
+        "AGORA_APP_ID": "",
+        "AGORA_WEBHOOK_SECRETS": "",
+        "LEDGER_APPS_FILE": str(path),
+        "ADMIN_API_TOKENS": ADMIN_TOKEN,
+    }
+    return environment(database_url, **{**scoped, **overrides})

@@ -1,15 +1,15 @@
 """GET /v1/...: the read API for dashboards, behind a bearer token. Handlers call `queries`.
 
-Every handler checks the token first, then reads its query parameters strictly: an unknown
-parameter or a bad value is a 400 `invalid_parameter` whose detail names the parameter. Numbers
-are ASCII digits within bounds, times RFC 3339 representable in UTC, and text that PostgreSQL
-cannot hold (a NUL, an unpaired surrogate) can match nothing: in a filter it is a 400, in a path
-id a 404, as no stored agent or app has it.
+Every handler checks the token first (`access.require`: which apps it may see), then reads its
+query parameters strictly: an unknown parameter or a bad value is a 400 `invalid_parameter` whose
+detail names the parameter. An app the token may not see is answered as one that does not exist.
+Numbers are ASCII digits within bounds, times RFC 3339 representable in UTC, and text that
+PostgreSQL cannot hold (a NUL, an unpaired surrogate) can match nothing: in a filter it is a 400,
+in a path id a 404, as no stored agent or app has it.
 """
 
 from __future__ import annotations
 
-import hmac
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Final
@@ -20,9 +20,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from service import concurrency, lifecycle, queries
-from service.config import Settings
-from service.errors import AmbiguousAgent, InvalidParameter, NotFound, Unauthorized
+from service import access, concurrency, lifecycle, queries
+from service.errors import InvalidParameter, NotFound
 
 DEFAULT_LIMIT: Final = 50
 MAX_LIMIT: Final = 500
@@ -45,29 +44,13 @@ _RFC3339: Final = re.compile(
 _EARLIEST: Final = datetime.min.replace(tzinfo=UTC)
 
 
-def require_reader(request: Request) -> None:
-    """Raise `Unauthorized` unless the request carries one of `READ_API_TOKENS` as a bearer token."""
-    scheme, _, presented = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not presented.strip():
-        raise Unauthorized()
-    candidate = presented.strip().encode("utf-8", "replace")
-    matched = False
-    for token in request.state.settings.read_api_tokens:
-        # No early exit: timing does not tell which token (or how much of one) matched.
-        matched |= hmac.compare_digest(str(token).encode("utf-8"), candidate)
-    if not matched:
-        raise Unauthorized()
-
-
 async def list_agents(request: Request) -> Response:
-    require_reader(request)
+    grant = access.require(request)
     params = request.query_params
     _only(params, {"app_id", "state", "channel", "since", "until", "limit", "cursor"}, labels=True)
     app_id = _one(params, "app_id")
     where = queries.AgentFilter(
-        app_ids=[_known_app(request.state.settings, app_id)]
-        if app_id is not None
-        else sorted(request.state.settings.apps),
+        app_ids=[grant.require_app(app_id)] if app_id is not None else grant.apps,
         states=[_state(value) for value in params.getlist("state")],
         channel=_text(params, "channel"),
         labels=_labels(params),
@@ -82,10 +65,10 @@ async def list_agents(request: Request) -> Response:
 
 
 async def get_agent(request: Request) -> Response:
-    require_reader(request)
+    grant = access.require(request)
     _only(request.query_params, {"app_id"})
     async with request.state.engine.connect() as conn:
-        app_id, agent_id = await _agent_key(request, conn)
+        app_id, agent_id = await _agent_key(request, conn, grant)
         found = await queries.agent_detail(conn, app_id, agent_id)
     if found is None:
         raise NotFound()
@@ -93,10 +76,10 @@ async def get_agent(request: Request) -> Response:
 
 
 async def get_history(request: Request) -> Response:
-    require_reader(request)
+    grant = access.require(request)
     _only(request.query_params, {"app_id"})
     async with request.state.engine.connect() as conn:
-        app_id, agent_id = await _agent_key(request, conn)
+        app_id, agent_id = await _agent_key(request, conn, grant)
         found = await queries.agent_history(conn, app_id, agent_id)
     if found is None:
         raise NotFound()
@@ -104,11 +87,11 @@ async def get_history(request: Request) -> Response:
 
 
 async def agent_events(request: Request) -> Response:
-    require_reader(request)
+    grant = access.require(request)
     params = request.query_params
     _only(params, {"app_id", "limit", "cursor"})
     async with request.state.engine.connect() as conn:
-        app_id, agent_id = await _agent_key(request, conn)
+        app_id, agent_id = await _agent_key(request, conn, grant)
         found = await queries.agent_events(
             conn, app_id, agent_id, limit=_limit(params), cursor=_one(params, "cursor")
         )
@@ -118,8 +101,8 @@ async def agent_events(request: Request) -> Response:
 
 
 async def unapplied_notifications(request: Request) -> Response:
-    require_reader(request)
-    app_id = _known_app(request.state.settings, request.path_params["app_id"])
+    grant = access.require(request)
+    app_id = grant.require_app(request.path_params["app_id"])
     params = request.query_params
     _only(params, {"status", "limit", "cursor"})
     status = _one(params, "status") or "unapplied"
@@ -132,27 +115,22 @@ async def unapplied_notifications(request: Request) -> Response:
     return JSONResponse(page)
 
 
-async def _agent_key(request: Request, conn: AsyncConnection) -> tuple[str, str]:
-    """`(app_id, agent_id)` of the agent a path names: `app_id` from the query when given, else
-    the one app (among those configured) that holds the id; 409 when several do."""
-    agent_id = request.path_params["agent_id"]
-    if not queries.storable(agent_id):
-        raise NotFound()
-    settings: Settings = request.state.settings
-    app_id = _one(request.query_params, "app_id")
-    if app_id is not None:
-        return _known_app(settings, app_id), agent_id
-    apps = await queries.agent_apps(conn, agent_id, app_ids=sorted(settings.apps))
-    if not apps:
-        raise NotFound()
-    if len(apps) > 1:
-        raise AmbiguousAgent(apps)
-    return apps[0], agent_id
+async def _agent_key(
+    request: Request, conn: AsyncConnection, grant: access.Grant
+) -> tuple[str, str]:
+    """`(app_id, agent_id)` of the agent a path names, among the apps the token sees
+    (`access.agent_key`): `app_id` from the query when given; 409 when several apps hold it."""
+    return await access.agent_key(
+        conn,
+        grant,
+        agent_id=request.path_params["agent_id"],
+        app_id=_one(request.query_params, "app_id"),
+    )
 
 
 async def app_pcu(request: Request) -> Response:
-    require_reader(request)
-    app_id = _known_app(request.state.settings, request.path_params["app_id"])
+    grant = access.require(request)
+    app_id = grant.require_app(request.path_params["app_id"])
     params = request.query_params
     _only(params, {"window"})
     window = _one(params, "window") or DEFAULT_WINDOW
@@ -170,8 +148,8 @@ async def app_pcu(request: Request) -> Response:
 
 
 async def app_pcu_series(request: Request) -> Response:
-    require_reader(request)
-    app_id = _known_app(request.state.settings, request.path_params["app_id"])
+    grant = access.require(request)
+    app_id = grant.require_app(request.path_params["app_id"])
     params = request.query_params
     _only(params, {"from", "to", "step"})
     end = _time(params, "to") or datetime.now(UTC)
@@ -189,12 +167,6 @@ async def app_pcu_series(request: Request) -> Response:
     async with concurrency.snapshot(request.state.engine) as conn:
         series = await queries.pcu_series(conn, app_id=app_id, start=start, end=end, step_s=step)
     return JSONResponse(series)
-
-
-def _known_app(settings: Settings, app_id: str) -> str:
-    if settings.app(app_id) is None:
-        raise NotFound()
-    return app_id
 
 
 def _only(params: QueryParams, allowed: set[str], *, labels: bool = False) -> None:

@@ -9,6 +9,7 @@ against `crd_schemas`. Rendering is `tests/deploy/kustomize.py`, checked against
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -219,7 +220,10 @@ def test_web_serves_with_probes_and_drains_within_its_grace_period(build: str) -
     pod = one(resources, "Deployment", "web")["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert container["args"] == ["serve"]
-    assert container["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
+    assert container["ports"] == [
+        {"name": "http", "containerPort": 8000, "protocol": "TCP"},
+        {"name": "metrics", "containerPort": 9100, "protocol": "TCP"},
+    ]
     probes = {
         probe: (container[probe]["httpGet"]["path"], container[probe]["httpGet"]["port"])
         for probe in ("startupProbe", "readinessProbe", "livenessProbe")
@@ -230,7 +234,7 @@ def test_web_serves_with_probes_and_drains_within_its_grace_period(build: str) -
         "livenessProbe": ("/healthz", "http"),
     }
     settings = config.load(one(resources, "ConfigMap", "convoai-ledger")["data"])
-    assert (settings.host, settings.port) == ("0.0.0.0", 8000)
+    assert (settings.host, settings.port, settings.metrics_port) == ("0.0.0.0", 8000, 9100)
     drain = settings.shutdown_drain_s + settings.shutdown_timeout_s
     assert pod["terminationGracePeriodSeconds"] > drain + 5
 
@@ -267,12 +271,67 @@ def test_worker_and_migrate_run_their_commands_from_the_same_image(build: str) -
 
 
 @pytest.mark.parametrize("build", BUILDS)
+def test_worker_probes_its_loop_and_database_on_its_metrics_port(build: str) -> None:
+    resources = rendered(build)
+    (container,) = one(resources, "Deployment", "worker")["spec"]["template"]["spec"]["containers"]
+    settings = config.load(one(resources, "ConfigMap", "convoai-ledger")["data"])
+    assert container["ports"] == [
+        {"name": "metrics", "containerPort": settings.metrics_port, "protocol": "TCP"}
+    ]
+    probes = {
+        probe: (container[probe]["httpGet"]["path"], container[probe]["httpGet"]["port"])
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe")
+    }
+    assert probes == {
+        "startupProbe": ("/healthz", "metrics"),
+        "readinessProbe": ("/readyz", "metrics"),
+        "livenessProbe": ("/healthz", "metrics"),
+    }
+    # /healthz fails after a minute without a loop round: the probe must not restart sooner.
+    liveness = container["livenessProbe"]
+    assert liveness["periodSeconds"] * liveness["failureThreshold"] >= 30
+
+
+@pytest.mark.parametrize("build", BUILDS)
 def test_the_migration_job_runs_once_before_the_rollout(build: str) -> None:
     job = one(rendered(build), "Job", "migrate")
-    assert job["metadata"]["annotations"]["argocd.argoproj.io/hook"] == "PreSync"
+    assert job["metadata"]["annotations"]["argocd.argoproj.io/hook"] == "Sync"
     assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
     assert 0 < job["spec"]["backoffLimit"] <= 5
     assert job["spec"]["activeDeadlineSeconds"] > 0
+
+
+def wave(resource: Resource) -> int:
+    annotations = resource["metadata"].get("annotations", {})
+    return int(annotations.get("argocd.argoproj.io/sync-wave", "0"))
+
+
+@pytest.mark.parametrize("build", BUILDS)
+def test_argo_cd_creates_what_the_migration_needs_before_it_and_rolls_out_after_it(
+    build: str,
+) -> None:
+    """A first sync creates everything: hooks of the Sync phase run in wave order with the other
+    resources, and each wave waits for the one before to be healthy (a Job: complete). The
+    Secret is created beforehand by the operator (README, "Argo CD")."""
+    resources = rendered(build)
+    job = one(resources, "Job", "migrate")
+    assert "PreSync" not in job["metadata"]["annotations"]["argocd.argoproj.io/hook"]
+    pod = job["spec"]["template"]["spec"]
+    needs = [("ServiceAccount", pod["serviceAccountName"])] + [
+        ("ConfigMap", source["configMapRef"]["name"])
+        for source in pod["containers"][0]["envFrom"]
+        if "configMapRef" in source
+    ]
+    needs += [
+        ("NetworkPolicy", r["metadata"]["name"]) for r in resources if r["kind"] == "NetworkPolicy"
+    ]
+    for kind, name in needs:
+        assert wave(one(resources, kind, name)) < wave(job), (kind, name)
+    for workload, _ in pod_templates(resources):
+        if workload is not job:
+            assert wave(workload) > wave(job), workload["metadata"]["name"]
+    for namespace in (r for r in resources if r["kind"] == "Namespace"):
+        assert wave(namespace) < min(wave(one(resources, kind, name)) for kind, name in needs)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -361,8 +420,8 @@ def test_network_policies_let_in_only_the_web_port_and_out_only_dns_postgres_and
             for port in rule["ports"]
         }
 
-    assert allowed("ingress", "web") == {(8000, "TCP")}
-    assert allowed("ingress", "worker") == {(8000, "TCP")}  # its /metrics
+    assert allowed("ingress", "web") == {(8000, "TCP"), (9100, "TCP")}
+    assert allowed("ingress", "worker") == {(9100, "TCP")}  # its /metrics and probes
     assert allowed("ingress", "migrate") == set()
     dns_postgres = {(53, "UDP"), (53, "TCP"), (5432, "TCP")}
     assert allowed("egress", "web") == dns_postgres
@@ -390,12 +449,127 @@ def test_prod_scrapes_web_and_worker_metrics_through_its_service_monitor() -> No
         for endpoint in monitor["endpoints"]
         if endpoint["port"] in {p["name"] for p in s["spec"]["ports"]}
     }
-    assert scraped == {("web", "/metrics"), ("worker-metrics", "/metrics")}
-    worker_service = one(resources, "Service", "worker-metrics")["spec"]
-    assert pods_selected(resources, worker_service["selector"]) == {"worker"}
+    assert scraped == {("web-metrics", "/metrics"), ("worker-metrics", "/metrics")}
+    for name, pods in (("web-metrics", {"web"}), ("worker-metrics", {"worker"})):
+        service = one(resources, "Service", name)["spec"]
+        assert pods_selected(resources, service["selector"]) == pods
+        assert [p["targetPort"] for p in service["ports"]] == ["metrics"]
+    # The Service the Ingress routes to carries no metrics port.
+    assert [p["name"] for p in one(resources, "Service", "web")["spec"]["ports"]] == ["http"]
     assert one(resources, "PrometheusRule", "convoai-ledger")["spec"]["groups"]
 
 
 def test_the_monitoring_component_is_optional() -> None:
     kinds = {r["kind"] for r in rendered("base") + rendered("overlays/dev")}
     assert not kinds & {"ServiceMonitor", "PrometheusRule"}
+
+
+# --- exposure -----------------------------------------------------------------------------------
+
+
+def test_the_public_ingress_routes_only_webhooks_and_the_internal_one_no_metrics() -> None:
+    resources = rendered("overlays/prod")
+    ingresses = {r["metadata"]["name"]: r for r in resources if r["kind"] == "Ingress"}
+    assert set(ingresses) == {"web-public", "web-internal"}
+
+    def routes(name: str) -> set[tuple[str, str, str]]:
+        return {
+            (
+                path["path"],
+                path["backend"]["service"]["name"],
+                path["backend"]["service"]["port"]["name"],
+            )
+            for rule in ingresses[name]["spec"]["rules"]
+            for path in rule["http"]["paths"]
+        }
+
+    assert routes("web-public") == {("/v1/webhooks", "web", "http")}
+    internal = routes("web-internal")
+    assert {path for path, _, _ in internal} >= {"/v1", "/console"}
+    assert not any(path.startswith("/metrics") for path, _, _ in internal)
+    assert {(service, port) for _, service, port in internal} == {("web", "http")}
+    public, private = (
+        ingresses[n]["spec"]["ingressClassName"] for n in ("web-public", "web-internal")
+    )
+    assert public != private
+    annotations = ingresses["web-public"]["metadata"]["annotations"]
+    prefix = "nginx.ingress.kubernetes.io/"
+    assert annotations[prefix + "proxy-body-size"] == "2m"  # over the service's own 1 MiB limit
+    for timeout in ("proxy-read-timeout", "proxy-send-timeout"):
+        assert 10 < int(annotations[prefix + timeout]) <= 30  # past NCS's 10 s, not forever
+    assert annotations[prefix + "force-ssl-redirect"] == "true"
+    assert all(ingress["spec"]["tls"] for ingress in ingresses.values())
+
+
+def test_the_ingress_component_is_optional() -> None:
+    kinds = {r["kind"] for r in rendered("base") + rendered("overlays/dev")}
+    assert "Ingress" not in kinds
+
+
+def with_apps_file(tmp_path: Path) -> list[Resource]:
+    """The base with components/apps-file, as an overlay using it would render (relative paths:
+    kustomize refuses absolute ones); checked against `kubectl kustomize` where installed."""
+    root = Path(os.path.relpath(KUBERNETES, tmp_path))
+    (tmp_path / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [str(root / "base")],
+                "components": [str(root / "components" / "apps-file")],
+            }
+        )
+    )
+    resources = kustomize.build(tmp_path)
+    if shutil.which("kubectl") is not None:
+        output = subprocess.run(
+            ["kubectl", "kustomize", str(tmp_path)],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        ).stdout
+        assert [r for r in yaml.safe_load_all(output) if r] == sorted_like(resources, output)
+    return resources
+
+
+def sorted_like(resources: list[Resource], output: str) -> list[Resource]:
+    """`resources` in the order kubectl printed them (it sorts by kind)."""
+    order = [(r["kind"], r["metadata"]["name"]) for r in yaml.safe_load_all(output) if r]
+    return sorted(resources, key=lambda r: order.index((r["kind"], r["metadata"]["name"])))
+
+
+def test_the_apps_file_component_mounts_it_from_a_secret_in_every_pod(tmp_path: Path) -> None:
+    resources = with_apps_file(tmp_path)
+    for resource in resources:
+        validate(resource)
+    templates = list(pod_templates(resources))
+    assert {w["metadata"]["name"] for w, _ in templates} == {"web", "worker", "migrate"}
+    for workload, template in templates:
+        pod, where = template["spec"], workload["metadata"]["name"]
+        (volume,) = [v for v in pod["volumes"] if v["name"] == "apps-file"]
+        assert volume["secret"] == {"secretName": "convoai-ledger-apps", "defaultMode": 0o440}
+        assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"], where
+        (container,) = pod["containers"]
+        (mount,) = [m for m in container["volumeMounts"] if m["name"] == "apps-file"]
+        assert mount["readOnly"] is True
+        (variable,) = container["env"]
+        assert variable["name"] == "LEDGER_APPS_FILE"
+        assert variable["value"] == f"{mount['mountPath']}/apps.toml"
+
+
+def test_the_apps_secret_example_is_a_valid_apps_file_of_placeholders(tmp_path: Path) -> None:
+    (secret,) = kustomize.load_documents(
+        KUBERNETES / "components/apps-file/apps-secret.example.yaml"
+    )
+    assert secret["metadata"]["name"] == "convoai-ledger-apps"
+    (content,) = secret["stringData"].values()
+    apps_file = tmp_path / "apps.toml"
+    apps_file.write_text(content)
+    data = one(rendered("overlays/prod"), "ConfigMap", "convoai-ledger")["data"]
+    settings = config.load({**data, "LEDGER_APPS_FILE": str(apps_file)})
+    assert len(settings.apps) == 2
+    for app in settings.apps.values():
+        assert "REPLACE_ME" in app.app_id
+        assert [str(s) for s in app.webhook_secrets] and [str(t) for t in app.read_tokens]
+        assert all("REPLACE_ME" in str(t) for t in (*app.webhook_secrets, *app.read_tokens))

@@ -3,12 +3,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
 from service import config
 from service.app import create_app
 from tests.factories import APP_ID, Sql, deliver, payload, poll, post
+from tests.processes import free_port
 
 
 def samples(client: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -142,3 +144,21 @@ def test_every_agreed_metric_is_exposed(client: TestClient) -> None:
         "ledger_reconcile_pass_duration_seconds",
         "ledger_reconcile_errors",
     } <= names
+
+
+def test_with_a_metrics_port_metrics_are_served_there_and_not_on_the_main_port(
+    make_settings: Callable[..., config.Settings],
+) -> None:
+    metrics_port = free_port()
+    with TestClient(create_app(make_settings(METRICS_PORT=str(metrics_port)))) as client:
+        post(client, deliver(101, payload("m1", start_ts=int(time.time()) - 5)))
+        on_main_port = client.get("/metrics")
+        scraped = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5)
+        webhook_on_metrics_port = httpx.post(
+            f"http://127.0.0.1:{metrics_port}/v1/webhooks/agora/{APP_ID}", content=b"{}", timeout=5
+        )
+    assert (on_main_port.status_code, on_main_port.json()) == (404, {"error": "not_found"})
+    assert scraped.status_code == 200
+    assert f'ledger_pcu_current{{app_id="{APP_ID}"}} 1.0' in scraped.text
+    assert "ledger_notifications_total" in scraped.text
+    assert webhook_on_metrics_port.status_code == 404  # only /metrics is served there

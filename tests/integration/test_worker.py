@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 from starlette.testclient import TestClient
 
-from service import config, worker
+from service import config, db, monitoring, worker
 from service.simulator import server
 from tests.factories import APP_ID, Sql, deliver, environment, payload, poll, post, until
 from tests.processes import ServiceProcess, free_port
@@ -90,7 +90,8 @@ def test_the_worker_prunes_notifications_past_the_retention_age(
     async def scenario() -> None:
         stop = asyncio.Event()
         async with worker.open_deps(settings) as deps:
-            assert [d.name for d in worker.duties(deps)] == ["retention", "reconcile"]
+            names = [d.name for d in worker.duties(deps)]
+            assert names == ["retention", "history_retention", "reconcile"]
             task = asyncio.create_task(worker.run(deps, stop=stop, duties=worker.duties(deps)))
             await until(lambda: sql.count("notification") == 1)
             stop.set()
@@ -99,6 +100,87 @@ def test_the_worker_prunes_notifications_past_the_retention_age(
     asyncio.run(scenario())
     assert sql.rows("SELECT agent_id FROM notification") == [{"agent_id": "recent"}]
     assert sql.count("agent") == 2
+
+
+def test_the_worker_expires_histories_past_the_retention_age_at_start(
+    client: TestClient, sql: Sql, make_settings: Callable[..., config.Settings]
+) -> None:
+    for agent_id in ("recent", "old"):
+        post(client, deliver(101, payload(agent_id, start_ts=1751400000)))
+        post(client, deliver(102, payload(agent_id, start_ts=1751400000, stop_ts=1751400060)))
+        post(client, deliver(103, payload(agent_id, contents=[{"role": "user", "content": "w"}])))
+    sql.execute("UPDATE agent SET stopped_at = now() - interval '8 days' WHERE agent_id = 'old'")
+    sql.execute("UPDATE agent SET stopped_at = now() - interval '6 days' WHERE agent_id = 'recent'")
+    settings = make_settings(HISTORY_RETENTION_DAYS="7", HISTORY_POLL_S="0.05")
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        async with worker.open_deps(settings) as deps:
+            task = asyncio.create_task(worker.run(deps, stop=stop, duties=worker.duties(deps)))
+            await until(
+                lambda: sql.value("SELECT status FROM history WHERE agent_id = 'old'") == "expired"
+            )
+            stop.set()
+            await asyncio.wait_for(task, timeout=10)
+
+    asyncio.run(scenario())
+    assert sql.value("SELECT status FROM history WHERE agent_id = 'recent'") == "complete"
+
+
+def test_a_worker_serves_metrics_and_probes_on_the_metrics_port_only(
+    database_url: str, tmp_path: Path
+) -> None:
+    port, metrics_port = free_port(), free_port()
+    env = environment(database_url, PORT=str(port), METRICS_PORT=str(metrics_port))
+    process = ServiceProcess(["worker"], env, tmp_path / "w.log")
+    base = f"http://127.0.0.1:{metrics_port}"
+    try:
+        poll(lambda: answers(f"{base}/healthz") == 200, timeout=20)
+        health = httpx.get(f"{base}/healthz", timeout=5).json()
+        ready = httpx.get(f"{base}/readyz", timeout=5)
+        scraped = httpx.get(f"{base}/metrics", timeout=5)
+        on_port = answers(f"http://127.0.0.1:{port}/metrics")
+    finally:
+        code = process.terminate()
+    assert health["status"] == "ok" and health["loop_age_s"] < 60
+    assert (ready.status_code, ready.json()) == (200, {"ok": ["database"], "failing": {}})
+    assert "# TYPE ledger_agora_requests_total counter" in scraped.text
+    assert on_port is None  # nothing listens on PORT
+    assert code == 0, process.output()
+
+
+def answers(url: str) -> int | None:
+    try:
+        return httpx.get(url, timeout=1).status_code
+    except httpx.HTTPError:
+        return None
+
+
+def test_worker_healthz_fails_once_the_loop_has_not_gone_round_for_a_minute(
+    make_settings: Callable[..., config.Settings],
+) -> None:
+    settings = make_settings()
+    pulse = monitoring.Pulse()
+    engine = db.create_engine(settings.sqlalchemy_url)
+    with TestClient(monitoring.worker_app(settings, engine, pulse)) as client:
+        assert client.get("/healthz").status_code == 200
+        pulse.at -= 61
+        response = client.get("/healthz")
+        assert response.status_code == 503 and response.json()["status"] == "stuck"
+        pulse.beat()
+        assert client.get("/healthz").status_code == 200
+
+
+def test_worker_readyz_fails_while_the_database_is_unreachable(
+    make_settings: Callable[..., config.Settings],
+) -> None:
+    settings = make_settings()
+    engine = db.create_engine("postgresql+psycopg://nobody@127.0.0.1:9/none")
+    with TestClient(monitoring.worker_app(settings, engine, monitoring.Pulse())) as client:
+        response = client.get("/readyz")
+        assert response.status_code == 503
+        assert list(response.json()["failing"]) == ["database"]
+        assert client.get("/healthz").status_code == 200  # an outage is not a reason to restart
 
 
 def test_a_worker_process_serves_its_own_metrics_and_stops_on_sigterm(

@@ -1,4 +1,5 @@
-"""Fuzzing every endpoint of /openapi.json with schemathesis, with a read token and without.
+"""Fuzzing every endpoint of /openapi.json with schemathesis, with a read token, an admin token
+(which may erase) and without.
 
 The operations come from the document the service serves (checked equal to `openapi.DOCUMENT`);
 requests go over real HTTP to a `serve` process on a database holding a few agents, so that
@@ -33,7 +34,15 @@ from schemathesis import checks
 from schemathesis.specs.openapi import checks as openapi_checks
 
 from service import openapi
-from tests.factories import APP_ID, READ_TOKEN, deliver, environment, payload, reader_headers
+from tests.factories import (
+    ADMIN_TOKEN,
+    APP_ID,
+    READ_TOKEN,
+    deliver,
+    environment,
+    payload,
+    reader_headers,
+)
 from tests.processes import ServiceProcess, serving
 
 pytestmark = pytest.mark.slow
@@ -85,7 +94,7 @@ def server(
     create_database: Callable[[], str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServiceProcess]:
     log_dir: Path = tmp_path_factory.mktemp("api-fuzz")
-    env = environment(create_database(), SHUTDOWN_DRAIN_S="0")
+    env = environment(create_database(), SHUTDOWN_DRAIN_S="0", ADMIN_API_TOKENS=ADMIN_TOKEN)
     with serving(env, log_dir) as (process,):
         seed(process.url)
         yield process
@@ -103,7 +112,7 @@ def test_the_fuzzed_document_is_the_one_served(server: ServiceProcess) -> None:
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
-@pytest.mark.parametrize("token", ["valid", "none"])
+@pytest.mark.parametrize("token", ["valid", "admin", "none"])
 def test_no_answer_is_a_server_error_or_breaks_the_schema(
     case: Any, server: ServiceProcess, token: str, seeded: bool, agent: str
 ) -> None:
@@ -114,13 +123,13 @@ def test_no_answer_is_a_server_error_or_breaks_the_schema(
             case.path_parameters["app_id"] = APP_ID
     # The token replaces any Authorization header the fuzzer made up; "none" sends none at all.
     case.headers = {k: v for k, v in (case.headers or {}).items() if k.lower() != "authorization"}
-    if token == "valid":
-        case.headers.update(reader_headers())
+    if token in ("valid", "admin"):
+        case.headers.update(reader_headers(ADMIN_TOKEN if token == "admin" else READ_TOKEN))
     response = case.call(base_url=server.url, timeout=10)
     case.validate_response(response, checks=CHECKS)
     if token == "none" and case.path.startswith("/v1/") and case.method == "GET":
         assert response.status_code == 401, response.text
-    assert READ_TOKEN not in response.text
+    assert READ_TOKEN not in response.text and ADMIN_TOKEN not in response.text
 
 
 # ---- Junk in every parameter of every GET route ----------------------------------------------

@@ -121,6 +121,12 @@ webhook_secrets = "s2"
         ({"DATABASE_TIMEOUT_S": "0"}, "DATABASE_TIMEOUT_S"),
         ({"DATABASE_TIMEOUT_S": "soon"}, "DATABASE_TIMEOUT_S"),
         ({"LEDGER_APPS_FILE": "/nonexistent/apps.toml"}, "LEDGER_APPS_FILE"),
+        ({"HISTORY_RETENTION_DAYS": "-1"}, "HISTORY_RETENTION_DAYS"),
+        ({"HISTORY_RETENTION_DAYS": "a month"}, "HISTORY_RETENTION_DAYS"),
+        ({"METRICS_PORT": "0"}, "METRICS_PORT"),
+        ({"METRICS_PORT": "nine"}, "METRICS_PORT"),
+        ({"METRICS_PORT": "8000"}, "METRICS_PORT must differ from PORT"),
+        ({"METRICS_PORT": "9100", "PORT": "9100"}, "METRICS_PORT must differ from PORT"),
     ],
 )
 def test_bad_values_fail_naming_the_variable(env: dict[str, str], names: str) -> None:
@@ -150,6 +156,8 @@ def test_bad_values_fail_naming_the_variable(env: dict[str, str], names: str) ->
             r"\[\[apps\]\] #2 \(app_id 'b'\): webhook_secrets is required",
         ),
         ("[[apps]]\napp_id = 'a'\nwebhook_secrets = []", "#1 .*webhook_secrets is required"),
+        ("[[apps]]\napp_id = 'a'\nwebhook_secrets = ['s']\nread_tokens = [1]", "read_tokens"),
+        ("[[apps]]\napp_id = 'a'\nwebhook_secrets = ['s']\nread_tokens = ['']", "read_tokens"),
     ],
 )
 def test_bad_apps_files_fail_naming_the_entry(tmp_path: Path, content: str, message: str) -> None:
@@ -204,3 +212,32 @@ def test_console_and_stream_settings_are_checked(environ: dict[str, str], named:
     with pytest.raises(ConfigError, match=named) as raised:
         config.load(environ)
     assert "too-short" not in str(raised.value)  # a key is never echoed
+
+
+def test_operations_settings_default_to_keep_everything_and_one_port() -> None:
+    settings = config.load({})
+    assert settings.admin_api_tokens == ()
+    assert settings.history_retention_days == 0
+    assert settings.metrics_port is None
+
+
+def test_operations_settings_are_read_from_the_environment(tmp_path: Path) -> None:
+    apps_file = tmp_path / "apps.toml"
+    apps_file.write_text(
+        "[[apps]]\napp_id = 'a1'\nwebhook_secrets = ['s']\nread_tokens = ['r1', 'r2']\n"
+        "[[apps]]\napp_id = 'a2'\nwebhook_secrets = ['s']\nread_tokens = 'r3, r4'\n"
+    )
+    settings = config.load(
+        {
+            "LEDGER_APPS_FILE": str(apps_file),
+            "ADMIN_API_TOKENS": "adm1, adm2",
+            "HISTORY_RETENTION_DAYS": "90",
+            "METRICS_PORT": "9100",
+        }
+    )
+    assert [str(t) for t in settings.apps["a1"].read_tokens] == ["r1", "r2"]
+    assert [str(t) for t in settings.apps["a2"].read_tokens] == ["r3", "r4"]
+    assert [str(t) for t in settings.admin_api_tokens] == ["adm1", "adm2"]
+    assert (settings.history_retention_days, settings.metrics_port) == (90, 9100)
+    for hidden in ("r1", "r3", "adm1"):
+        assert f"'{hidden}'" not in repr(settings)

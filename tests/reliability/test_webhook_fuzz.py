@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import sys
 import math
 import os
 import uuid
@@ -212,8 +213,16 @@ def meaningful(data: st.DataObject, payload: dict[str, Any]) -> None:
 
 def exact_json(text: str | bytes) -> Any:
     """A JSON document with every number a Decimal. jsonb keeps numbers as `numeric`, so 1e308
-    comes back as 100…0: the same number, which floats and ints would not compare equal."""
-    return json.loads(text, parse_float=Decimal, parse_int=Decimal)
+    comes back as 100…0: the same number, which floats and ints would not compare equal.
+
+    The service decodes on a fresh stack; deep in hypothesis and pytest this one may need more
+    room for a body nested almost as deep as Python's limit allows."""
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(limit + 2000)
+    try:
+        return json.loads(text, parse_float=Decimal, parse_int=Decimal)
+    finally:
+        sys.setrecursionlimit(limit)
 
 
 def paths(document: Any, prefix: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:

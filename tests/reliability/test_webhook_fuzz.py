@@ -23,9 +23,9 @@ from __future__ import annotations
 import copy
 import itertools
 import json
-import sys
 import math
 import os
+import sys
 import uuid
 from collections import Counter
 from collections.abc import Iterator

@@ -207,6 +207,8 @@ def _uvicorn_options(settings: config.Settings) -> dict[str, Any]:
         # uvicorn has no option for; nothing here speaks WebSocket.
         "http": connections.BoundedHttpToolsProtocol,
         "ws": "none",
+        # Nothing here reads the client's address: no X-Forwarded-* parsing per request.
+        "proxy_headers": False,
         "timeout_keep_alive": connections.KEEP_ALIVE_S,
     }
 

@@ -4,6 +4,10 @@
 per line on stdout (`LOG_FORMAT=json`) or a console rendering for people (`console`). Context such
 as `agent_id` and `notice_id` is bound per request or job with `structlog.contextvars`.
 Never log a secret, a token or a raw body: log ids.
+
+Our own events go straight from structlog to stdout (a level below `LOG_LEVEL` costs nothing, and
+a line skips the stdlib's records and handlers: every webhook writes one); the stdlib's (uvicorn,
+alembic) are routed through the same processors and renderer, so both read alike.
 """
 
 from __future__ import annotations
@@ -47,10 +51,11 @@ def configure(*, level: str = "info", fmt: str = "json") -> None:
             structlog.processors.ExceptionRenderer(ExceptionDictTransformer(show_locals=False))
         )
         renderer = structlog.processors.JSONRenderer()
+    numeric = logging.getLevelNamesMapping()[level.upper()]
     structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
+        processors=[*shared, renderer],
+        logger_factory=_NamedLogger,
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
         cache_logger_on_first_use=True,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
@@ -61,7 +66,6 @@ def configure(*, level: str = "info", fmt: str = "json") -> None:
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    numeric = logging.getLevelNamesMapping()[level.upper()]
     root.setLevel(numeric)
     for name in _QUIET:
         logging.getLogger(name).setLevel(numeric if numeric <= logging.DEBUG else logging.WARNING)
@@ -72,6 +76,15 @@ def configure(*, level: str = "info", fmt: str = "json") -> None:
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+
+
+class _NamedLogger(structlog.WriteLogger):
+    """structlog's stdout writer, carrying the name a module asked for (`get_logger(__name__)`)
+    for `add_logger_name`."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(sys.stdout)
+        self.name = str(args[0]) if args else ""
 
 
 def _console_traceback() -> structlog.typing.ExceptionRenderer:

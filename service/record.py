@@ -95,22 +95,23 @@ def apply(row: AgentRow, obs: Observation) -> Decision:
     """The row after `obs`, and the transitions it causes (see the module's rules)."""
     started_at = _earliest(row.started_at, obs.started_at)
     steps, refused = _plan(row, obs, started_at=started_at)
-    after = dataclasses.replace(row, started_at=started_at, **_facts(row, obs))
-    after = _ended(after, obs, steps, started_at=started_at)
+    values = _facts(row, obs)
+    values["started_at"] = started_at
+    values.update(_ended(row, obs, steps, started_at=started_at))
+    state_at = values.get("state_at", row.state_at)
     late = lifecycle.late_start(
-        after.state,
-        state_at=after.state_at,
-        active_from=after.active_from,
+        values.get("state", row.state),
+        state_at=state_at,
+        active_from=values.get("active_from", row.active_from),
         started_at=started_at
         if started_at is not None
         else (obs.at if obs.kind == lifecycle.Kind.JOINED else None),
     )
     if late is not None:
         steps.append(late)
-        after = dataclasses.replace(
-            after, active_from=late.at, active_until=max(after.state_at or late.at, late.at)
-        )
-    return Decision(row=after, steps=tuple(steps), refused=refused)
+        values["active_from"] = late.at
+        values["active_until"] = max(state_at or late.at, late.at)
+    return Decision(row=dataclasses.replace(row, **values), steps=tuple(steps), refused=refused)
 
 
 def _plan(
@@ -150,7 +151,7 @@ def _facts(row: AgentRow, obs: Observation) -> dict[str, Any]:
 
 def _ended(
     row: AgentRow, obs: Observation, steps: list[lifecycle.Step], *, started_at: datetime | None
-) -> AgentRow:
+) -> dict[str, Any]:
     """State, end and PCU interval after `steps`. The slot starts when the agent first became
     active, and no later than the earliest start Agora reports."""
     values: dict[str, Any] = {}
@@ -168,7 +169,7 @@ def _ended(
         active_from = started_at
     if active_from is not None and active_until is not None:
         active_until = max(active_until, active_from)
-    return dataclasses.replace(row, active_from=active_from, active_until=active_until, **values)
+    return {**values, "active_from": active_from, "active_until": active_until}
 
 
 def _earliest_value(

@@ -2,7 +2,7 @@
 
 The checks run in the contract's order (unknown app, too large, bad signature, invalid), each
 before anything is stored. The database gets `DATABASE_TIMEOUT_S` to store and apply it, else the
-answer is 503 (`db.within`), before NCS's own 10 seconds are up. One log line per delivery records
+answer is 503, before NCS's own 10 seconds are up. One log line per delivery records
 the outcome and duration.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
 from datetime import UTC, datetime
 from typing import Final
 
@@ -18,9 +19,15 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from service import db, events, ingest, metrics, signatures
+from service import events, ingest, metrics, signatures
 from service.config import AppSettings, Settings
-from service.errors import PayloadTooLarge, RequestRejected, ServiceError, UnknownApp
+from service.errors import (
+    PayloadTooLarge,
+    RequestRejected,
+    ServiceError,
+    Unavailable,
+    UnknownApp,
+)
 
 MAX_BODY_BYTES: Final = 1024 * 1024
 # Bodies from this size on are parsed off the event loop (a typical notification is under 2 KiB).
@@ -48,9 +55,7 @@ async def receive(request: Request) -> Response:
         )
         settings = request.state.settings
         delivery = ingest.Delivery(app_id=app.app_id, note=note, received_at=received_at)
-        result = await db.within(
-            request.state.batcher.submit(delivery), timeout_s=settings.database_timeout_s
-        )
+        result = await _within(request.state.batcher.submit(delivery), settings)
         outcome, status, reason = result.status, 200, ""
         return JSONResponse({"status": result.status})
     except ClientDisconnect:
@@ -75,6 +80,20 @@ async def receive(request: Request) -> Response:
             reason=reason or None,
             duration_ms=round(seconds * 1000, 2),
         )
+
+
+async def _within(submitted: Awaitable[ingest.Outcome], settings: Settings) -> ingest.Outcome:
+    """The group commit's answer, or 503 once `DATABASE_TIMEOUT_S` has passed. Only a future is
+    awaited here (the writer's connection is not ours to cancel), so a plain timeout does; a
+    group nobody waits for any more is rolled back by its writer."""
+    try:
+        async with asyncio.timeout(settings.database_timeout_s):
+            return await submitted
+    except TimeoutError:
+        log.warning("database_timed_out", timeout_s=settings.database_timeout_s)
+        raise Unavailable(
+            f"database did not answer within {settings.database_timeout_s:g} s"
+        ) from None
 
 
 async def _parse(body: bytes, received_at: datetime) -> events.Notification:

@@ -36,7 +36,7 @@ from service.errors import Unavailable
 
 log = structlog.get_logger(__name__)
 
-WRITERS: Final = 3
+WRITERS: Final = 2
 MAX_GROUP: Final = 256
 
 
@@ -110,7 +110,9 @@ class Batcher:
         for attempt in (1, 2):
             fresh = conn is None
             try:
-                conn = conn or await db.connect(self._url)
+                conn = conn or await db.connect(
+                    self._url, options=db.KEYED_PLANS, name="convoai-ledger-writer"
+                )
                 outcomes = await _together(conn, group)
                 break
             except Exception as error:

@@ -164,13 +164,22 @@ RAW_ERRORS: Final = (psycopg.Error, OSError)
 LISTEN_ERRORS: Final = RAW_ERRORS
 
 
-async def connect(url: str) -> psycopg.AsyncConnection[Any]:
+# For the write path's statements, which all look rows up by key among a group's few: joins by
+# index lookups, whatever the planner guesses of a young table or of a JSON array's size (a hash
+# join over a seq scan of every agent would grow with the table).
+KEYED_PLANS: Final = "-c enable_seqscan=off -c enable_hashjoin=off -c enable_mergejoin=off"
+
+
+async def connect(
+    url: str, *, options: str = "", name: str = "convoai-ledger"
+) -> psycopg.AsyncConnection[Any]:
     """A psycopg connection of our own (the write path's, a folder's), outside SQLAlchemy's pool;
-    TCP keepalives notice a server that went away."""
+    TCP keepalives notice a server that went away. `options` are server settings (`-c k=v`)."""
     return await psycopg.AsyncConnection.connect(
         libpq_url(url),
         connect_timeout=CONNECT_TIMEOUT_S,
-        application_name="convoai-ledger",
+        application_name=name,
+        options=options,
         keepalives=1,
         keepalives_idle=10,
         keepalives_interval=5,

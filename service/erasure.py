@@ -14,11 +14,14 @@ What stays: the agent (name, channel, labels, states, times), its transitions, e
 call states, and every other notification. PCU, usage and error figures are unchanged.
 
 An erased history stays erased; so does an expired one (it may still become `erased` when asked).
-Triggers (migration 458d73fa6583) hold this in the database, whoever writes later: a 103 or 112
-delivered again is stored without its transcript or turns, a turn is not inserted, and a
-transcript stored by a 103 or fetched from Agora changes nothing. Each transaction here first
-takes the history rows `FOR UPDATE`, which those triggers wait for (their `FOR KEY SHARE`), so a
-write racing an erasure is either stripped by the trigger or seen and deleted here.
+The database holds this whoever writes later (migration 458d73fa6583): a transcript stored by a
+103 or fetched from Agora changes nothing (a trigger on `history`), a turn inserted for such an
+agent is deleted again by the statement that inserted it (a statement trigger on `agent_turn`),
+and the write path strips the transcript or turns from a 103 or 112 it stores for such an agent
+(`repositories`). Each transaction here first takes the agents' rows `FOR UPDATE`, as the write
+path and the history worker take them before they write about an agent: a write racing an
+erasure either waits for it and then finds the history erased, or holds it back until the write
+commits, so the erasure's deletes see what it wrote.
 
 Erasure by label and retention go in batches of `BATCH_SIZE` agents, each its own transaction,
 taking their rows `SKIP LOCKED` so they never wait while holding other rows (no deadlock with a
@@ -160,7 +163,9 @@ def _logged(*, app_id: str, agent_ids: list[str], erased: Erased, who: str) -> N
 
 
 _LOCK_ONE: Final = text(
-    "SELECT status FROM history WHERE app_id = :app_id AND agent_id = :agent_id FOR UPDATE"
+    "SELECT h.status FROM agent AS a"
+    " JOIN history AS h ON h.app_id = a.app_id AND h.agent_id = a.agent_id"
+    " WHERE a.app_id = :app_id AND a.agent_id = :agent_id FOR UPDATE OF a, h"
 )
 
 _TARGET: Final = (
@@ -224,9 +229,9 @@ _LABEL_BATCH: Final = text(
     SELECT h.app_id, h.agent_id FROM agent AS a
     JOIN history AS h ON h.app_id = a.app_id AND h.agent_id = a.agent_id
     WHERE {_LABEL_MATCH} AND h.status <> 'erased'
-    ORDER BY h.agent_id
+    ORDER BY a.app_id, a.agent_id
     LIMIT :limit
-    FOR UPDATE OF h SKIP LOCKED
+    FOR UPDATE OF a, h SKIP LOCKED
     """
 )
 
@@ -250,8 +255,8 @@ _EXPIRED_BATCH: Final = text(
       AND (a.stopped_at < :cutoff
            OR (a.stopped_at IS NULL AND a.state = 'IDLE'
                AND coalesce(a.last_event_at, a.first_seen_at) < :cutoff))
-    ORDER BY h.app_id, h.agent_id
+    ORDER BY a.app_id, a.agent_id
     LIMIT :limit
-    FOR UPDATE OF h SKIP LOCKED
+    FOR UPDATE OF a, h SKIP LOCKED
     """
 )

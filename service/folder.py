@@ -88,7 +88,9 @@ class Folder:
 
     async def _connection(self) -> psycopg.AsyncConnection[Any]:
         if self._conn is None or self._conn.closed:
-            self._conn = await db.connect(self._settings.sqlalchemy_url)
+            self._conn = await db.connect(
+                self._settings.sqlalchemy_url, name="convoai-ledger-folder"
+            )
         return self._conn
 
     async def _close(self) -> None:

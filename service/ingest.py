@@ -82,6 +82,8 @@ class Plan:
     transcripts: dict[Key, list[dict[str, Any]]] = field(default_factory=dict)  # from 103s
     jobs: set[Key] = field(default_factory=set)
     unapplied: list[tuple[str, str, str]] = field(default_factory=list)  # app, notice, problem
+    # 103s and 112s stored: (app_id, noticeId, agent_id), stripped if the history is erased.
+    transcript_notices: list[tuple[str, str, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.before = dict(self.rows)
@@ -165,6 +167,8 @@ def _decide(plan: Plan, delivery: Delivery, event: events.Event, key: Key) -> Ou
         received_at=delivery.received_at,
     )
     effects.apply(plan)
+    if isinstance(event, events.AgentHistory | events.TurnsFinished):
+        plan.transcript_notices.append((key[0], note.notice_id, key[1]))
     out_of_order = row.last_event_at is not None and at < row.last_event_at
     return Outcome(
         status="accepted", agent_id=event.agent_id, out_of_order=out_of_order, applied=applied

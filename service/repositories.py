@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -80,6 +81,57 @@ _LOCK: Final = f"""
     FOR UPDATE"""
 
 
+_TYPES: Final = {
+    "name": "text", "name_at": "timestamptz", "channel": "text", "channel_at": "timestamptz",
+    "labels": "jsonb", "label_versions": "jsonb", "state": "text", "state_at": "timestamptz",
+    "started_at": "timestamptz", "stopped_at": "timestamptz", "stop_status": "text",
+    "stop_message": "text", "active_from": "timestamptz", "active_until": "timestamptz",
+    "warning": "text", "warning_at": "timestamptz", "last_event_at": "timestamptz",
+}  # fmt: skip
+_NULLS: Final = ", ".join(f"NULL::{_TYPES[c]} AS {c}" for c in record.COLUMNS[2:])
+
+# The read floor in one statement: the new notifications stored (kind 'n', with app_id and
+# notice_id), the unknown agents created (kind 'c') and the known ones locked (kind 'l'). Append
+# runs its branches in order, so a group inserts its notifications, then its agents, then locks
+# rows, each in key order: the same order as every other group, so none waits on another in a
+# cycle. A key another group is inserting makes ours wait and then do nothing; that agent is then
+# neither created nor visible to this statement's snapshot, and `lock_agents` takes it after.
+_STORE_AND_LOCK: Final = f"""
+    WITH stored AS (
+        INSERT INTO notification (app_id, notice_id, product_id, event_type, agent_id, outcome,
+                                  problem, event_at, notify_ms, received_at, body, raw)
+        SELECT a, n, p, t, g, o, q, e, m, r, b::jsonb, decode(x, 'base64')
+        FROM json_to_recordset(%(notes)s::json)
+            AS n(a text, n text, p int, t int, g text, o text, q text, e timestamptz, m bigint,
+                 r timestamptz, b text, x text)
+        ON CONFLICT (app_id, notice_id) DO NOTHING
+        RETURNING app_id, notice_id
+    ),
+    wanted AS (
+        SELECT k->>0 AS app_id, k->>1 AS agent_id FROM json_array_elements(%(keys)s::json) AS k
+    ),
+    created AS (
+        INSERT INTO agent (app_id, agent_id, state)
+        SELECT app_id, agent_id, 'IDLE' FROM wanted ORDER BY 1, 2
+        ON CONFLICT (app_id, agent_id) DO NOTHING
+        RETURNING {_NAMES}
+    ),
+    history_row AS (
+        INSERT INTO history (app_id, agent_id) SELECT app_id, agent_id FROM created
+        ON CONFLICT (app_id, agent_id) DO NOTHING
+    )
+    SELECT 'n' AS kind, app_id, notice_id AS agent_id, {_NULLS} FROM stored
+    UNION ALL
+    SELECT 'c', {_NAMES} FROM created
+    UNION ALL
+    SELECT 'l', locked.* FROM (
+        SELECT {_NAMES} FROM agent
+        WHERE (app_id, agent_id) IN (SELECT app_id, agent_id FROM wanted)
+        ORDER BY app_id, agent_id
+        FOR UPDATE
+    ) AS locked"""
+
+
 def outcome_of(note: events.Notification) -> Outcome:
     """How a delivery is stored: `ignored` (not for us), `unapplied` (no usable agent) or
     `accepted`."""
@@ -121,13 +173,28 @@ def _json(value: Any) -> str:
 async def store_and_lock(
     conn: Raw, deliveries: Sequence[Delivery], keys: Sequence[Key]
 ) -> tuple[set[tuple[str, str]], dict[Key, AgentRow]]:
-    """Store the deliveries (unique noticeIds) and create and lock the agents `keys` (sorted),
-    in one round trip. Answers the (app_id, noticeId) stored now and the locked rows."""
-    async with conn.pipeline():
-        stored = await conn.execute(_STORE, [_notifications(deliveries)])
-        rows = await _create_and_lock(conn, keys) if keys else None
-        found = {(app, notice) for app, notice in await stored.fetchall()}
-    return found, await _rows(rows)
+    """Store the deliveries (unique noticeIds) and create and lock the agents `keys` (sorted):
+    one statement, one round trip (two when another group created one of the agents at the same
+    moment). Answers the (app_id, noticeId) stored now and the locked rows."""
+    params = {"notes": _notifications(deliveries), "keys": _json(keys)}
+    cursor = conn.cursor(row_factory=dict_row)
+    await cursor.execute(_STORE_AND_LOCK, params)
+    stored: set[tuple[str, str]] = set()
+    rows: dict[Key, AgentRow] = {}
+    for row in await cursor.fetchall():
+        if row.pop("kind") == "n":
+            stored.add((row["app_id"], row["agent_id"]))
+        else:
+            found = _agent_row(row)
+            rows[found.key] = found
+    missing = [key for key in keys if key not in rows]
+    if missing:
+        rows |= await lock_agents(conn, missing)
+    return stored, rows
+
+
+def _agent_row(row: dict[str, Any]) -> AgentRow:
+    return AgentRow(**{**row, "state": lifecycle.State(row["state"])})
 
 
 async def lock_agents(conn: Raw, keys: Sequence[Key]) -> dict[Key, AgentRow]:
@@ -152,7 +219,7 @@ async def _rows(cursor: psycopg.AsyncCursor[Any] | None) -> dict[Key, AgentRow]:
         return {}
     out: dict[Key, AgentRow] = {}
     for row in await cursor.fetchall():
-        found = AgentRow(**{**row, "state": lifecycle.State(row["state"])})
+        found = _agent_row(row)
         out[found.key] = found
     return out
 
@@ -169,12 +236,13 @@ async def keep_unapplied(
     return bool(await (await conn.execute(_STORE, [rows])).fetchall())
 
 
-# The write floor: the whole group in ONE statement, a CTE per table, each fed one JSON array
-# (empty when the group has nothing for it): one fixed text, so prepared once per connection.
-# Every row it touches belongs to an agent the group holds locked, so it never waits on another
-# group. Workers are woken once if a history job is new or due now (a 103 arrived).
-_WRITE: Final = f"""
-    WITH agents AS (
+# The write floor: the whole group in ONE statement, a CTE per table it writes to, each fed one
+# JSON array. Only the tables a group writes to are in its statement (a data-modifying CTE opens
+# its table and indexes even for no rows); the few combinations that occur are each prepared once
+# per connection. Every row it touches belongs to an agent the group holds locked, so it never
+# waits on another group. Workers are woken once if a history job is new or due now (a 103).
+_PARTS: Final = {
+    "agents": """
         UPDATE agent AS a SET
             name = u.name, name_at = u.name_at, channel = u.channel,
             channel_at = u.channel_at, labels = u.labels, label_versions = u.label_versions,
@@ -190,76 +258,61 @@ _WRITE: Final = f"""
                  stop_status text, stop_message text, active_from timestamptz,
                  active_until timestamptz, warning text, warning_at timestamptz,
                  last_event_at timestamptz)
-        WHERE a.app_id = u.app_id AND a.agent_id = u.agent_id
-    ),
-    transitions AS (
+        WHERE a.app_id = u.app_id AND a.agent_id = u.agent_id""",
+    "transitions": """
         INSERT INTO agent_transition (app_id, agent_id, from_state, to_state, cause, source,
                                       notice_id, inferred, event_at, received_at)
         SELECT t->>0, t->>1, t->>2, t->>3, t->>4, t->>5, t->>6, (t->>7)::bool,
                (t->>8)::timestamptz, (t->>9)::timestamptz
-        FROM jsonb_array_elements(%(transitions)s::jsonb) AS t
-    ),
-    errors AS (
+        FROM jsonb_array_elements(%(transitions)s::jsonb) AS t""",
+    "errors": """
         INSERT INTO agent_error (app_id, agent_id, notice_id, position, module, code, message,
                                  turn_id, event_at, received_at)
         SELECT e->>0, e->>1, e->>2, (e->>3)::int, e->>4, (e->>5)::bigint, e->>6, e->>7,
                (e->>8)::timestamptz, (e->>9)::timestamptz
         FROM jsonb_array_elements(%(errors)s::jsonb) AS e
-        ON CONFLICT DO NOTHING
-    ),
-    metrics AS (
+        ON CONFLICT DO NOTHING""",
+    "metrics": """
         INSERT INTO agent_metric (app_id, agent_id, notice_id, position, turn_id, asr_ttlw,
                                   llm_ttfb, llm_ttfs, tts_ttfb, figures, event_at)
         SELECT m->>0, m->>1, m->>2, (m->>3)::int, m->>4, (m->5->>'asr_ttlw')::int,
                (m->5->>'llm_ttfb')::int, (m->5->>'llm_ttfs')::int,
                (m->5->>'tts_ttfb')::int, m->5, (m->>6)::timestamptz
         FROM jsonb_array_elements(%(metrics)s::jsonb) AS m
-        ON CONFLICT DO NOTHING
-    ),
-    turns AS (
-        {{turns}}
-    ),
-    call_states AS (
+        ON CONFLICT DO NOTHING""",
+    "call_states": """
         INSERT INTO call_state (app_id, agent_id, notice_id, direction, state, reported_at,
                                 received_at)
         SELECT c->>0, c->>1, c->>2, c->>3, c->>4, (c->>5)::timestamptz, (c->>6)::timestamptz
         FROM jsonb_array_elements(%(call_states)s::jsonb) AS c
-        ON CONFLICT DO NOTHING
-    ),
-    transcripts AS (
+        ON CONFLICT DO NOTHING""",
+    "transcripts": """
         UPDATE history AS h
         SET status = 'complete', source = 'webhook', contents = u->2,
             reason = NULL, transcript_at = now(), updated_at = now()
         FROM jsonb_array_elements(%(transcripts)s::jsonb) AS u
         WHERE h.app_id = u->>0 AND h.agent_id = u->>1
-        RETURNING h.app_id, h.agent_id
-    ),
-    due AS (
+        RETURNING h.app_id, h.agent_id""",
+    "due": """
         UPDATE history_job AS j SET due_at = now()
         FROM transcripts AS w
         WHERE j.app_id = w.app_id AND j.agent_id = w.agent_id
           AND j.status = 'queued' AND j.due_at > now()
-        RETURNING j.agent_id
-    ),
-    jobs AS (
+        RETURNING j.agent_id""",
+    "jobs": """
         INSERT INTO history_job (app_id, agent_id)
         SELECT k->>0, k->>1 FROM jsonb_array_elements(%(jobs)s::jsonb) AS k
         ON CONFLICT (app_id, agent_id) DO NOTHING
-        RETURNING agent_id
-    ),
-    pcu AS (
+        RETURNING agent_id""",
+    "pcu": """
         INSERT INTO pcu_change (app_id, at, delta, live)
         SELECT c->>0, (c->>1)::timestamptz, (c->>2)::int, (c->>3)::int
-        FROM jsonb_array_elements(%(pcu)s::jsonb) AS c
-    ),
-    unapplied AS (
+        FROM jsonb_array_elements(%(pcu)s::jsonb) AS c""",
+    "unapplied": """
         UPDATE notification AS n SET outcome = 'unapplied', problem = u->>2
         FROM jsonb_array_elements(%(unapplied)s::jsonb) AS u
-        WHERE n.app_id = u->>0 AND n.notice_id = u->>1
-    )
-    SELECT pg_notify('{jobs.CHANNEL}', '')
-    WHERE EXISTS (SELECT FROM due) OR EXISTS (SELECT FROM jobs)"""
-
+        WHERE n.app_id = u->>0 AND n.notice_id = u->>1""",
+}
 # `agent_turn` rows from one JSON array of `turn_rows()`; a turn already stored is kept.
 TURNS: Final = """
     INSERT INTO agent_turn (app_id, agent_id, turn_id, start_at, end_at, start_type, end_type,
@@ -268,25 +321,48 @@ TURNS: Final = """
            (t->>7)::int, t->8, t->>9
     FROM jsonb_array_elements(%(turns)s::jsonb) AS t
     ON CONFLICT DO NOTHING"""
-_WRITE_SQL: Final = _WRITE.replace("{turns}", TURNS.strip())
+_PARTS["turns"] = TURNS
+# A 103's transcript or a 112's turns stored in this group for an agent whose history was erased
+# (or expired) go again: the agent's row is ours now, so no erasure is under way.
+_PARTS["stripped"] = """
+        UPDATE notification AS n
+        SET body = n.body #- CASE n.event_type WHEN 103 THEN '{payload,contents}'::text[]
+                                                ELSE '{payload,turns}'::text[] END,
+            raw = NULL
+        FROM jsonb_array_elements(%(stripped)s::jsonb) AS s
+        JOIN history AS h ON h.app_id = s->>0 AND h.agent_id = s->>2
+        WHERE n.app_id = s->>0 AND n.notice_id = s->>1 AND h.status IN ('erased', 'expired')"""
+# What each part needs in the statement besides itself.
+_NEEDS: Final = {"due": "transcripts"}
+
+
+@functools.cache
+def write_statement(parts: frozenset[str]) -> str:
+    """The write statement for a group that writes to `parts` (see `_PARTS`)."""
+    names = [name for name in _PARTS if name in parts or _NEEDS.get(name) in parts]
+    ctes = ",\n".join(f"    {name} AS (\n{_PARTS[name].strip(chr(10))}\n    )" for name in names)
+    woken = [f"EXISTS (SELECT FROM {name})" for name in ("due", "jobs") if name in names]
+    final = (
+        f"SELECT pg_notify('{jobs.CHANNEL}', '') WHERE {' OR '.join(woken)}"
+        if woken
+        else "SELECT 1"
+    )
+    return f"WITH\n{ctes}\n{final}"
 
 
 async def write(conn: Raw, plan: Plan, *, commit: bool = False) -> None:
     """Write everything `plan` decided in one statement; with `commit`, the transaction's COMMIT
     goes in the same round trip."""
     params = _write_params(plan)
-    if params is None:
-        if commit:
-            await conn.execute("COMMIT")
-        return
     async with conn.pipeline():
-        await conn.execute(_WRITE_SQL, params)
+        if params:
+            await conn.execute(write_statement(frozenset(params)), params)
         if commit:
             await conn.execute("COMMIT")
 
 
-def _write_params(plan: Plan) -> dict[str, str] | None:
-    """`_WRITE`'s JSON arrays, or None when the plan writes nothing."""
+def _write_params(plan: Plan) -> dict[str, str]:
+    """The JSON array of each table `plan` writes to (see `_PARTS`)."""
     rows: dict[str, Sequence[Any]] = {
         "agents": [_agent(row) for row in plan.changed()],
         "transitions": plan.transitions,
@@ -298,10 +374,9 @@ def _write_params(plan: Plan) -> dict[str, str] | None:
         "jobs": sorted(plan.jobs),
         "pcu": [(app, _iso(at), d, live) for app, at, d, live in plan.pcu_changes()],
         "unapplied": plan.unapplied,
+        "stripped": plan.transcript_notices,
     }
-    if not any(rows.values()):
-        return None
-    return {name: _json(values) for name, values in rows.items()}
+    return {name: _json(values) for name, values in rows.items() if values}
 
 
 def _agent(row: AgentRow) -> dict[str, Any]:

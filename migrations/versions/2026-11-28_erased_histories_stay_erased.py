@@ -8,15 +8,14 @@ late, the history worker's fetch from Agora, `reapply`):
 - `history`: a CHECK that an erased or expired history's `contents` is empty and its `source`
   null; a trigger that skips any update taking it back to another status (a transcript stored
   later changes nothing; the row answers `erased` or `expired` for good).
-- `agent_turn`: a trigger that skips inserting a turn for an agent whose history is erased or
-  expired.
-- `notification`: a trigger that stores a 103 or 112 for such an agent without its `contents` or
-  `turns` (and without `raw`, the exact bytes).
+- `agent_turn`: a statement trigger that deletes again the turns a statement inserted for an
+  agent whose history is erased or expired (one join per statement, not a lookup per row: a 112
+  or an Agora fetch may carry thousands of turns).
 
-The two insert triggers take `FOR KEY SHARE` on the history row, which conflicts only with the
-`FOR UPDATE` an erasure takes first: a write racing an erasure either waits for it and then sees
-the history erased, or holds the erasure back until it commits, so the erasure's own deletes see
-its rows. Ordinary updates of the history (`FOR NO KEY UPDATE`) never wait for these locks.
+The write path strips a 103's transcript and a 112's turns it stores for such an agent itself,
+after taking the agent's row. Writers and erasures take the agent's row `FOR UPDATE` (the history
+worker `FOR KEY SHARE`) before they write about an agent, so they take turns: what a write does
+for an agent is either seen and deleted by an erasure, or done after it and stripped.
 
 Revision ID: 458d73fa6583
 Revises: 5d2e7c41a9b3
@@ -54,47 +53,19 @@ CREATE TRIGGER history_stays_erased
     BEFORE UPDATE ON history
     FOR EACH ROW EXECUTE FUNCTION history_stays_erased();
 
-CREATE FUNCTION history_is_erased(p_app_id text, p_agent_id text) RETURNS boolean
-LANGUAGE plpgsql AS $$
-DECLARE
-    gone boolean;
-BEGIN
-    SELECT status IN {GONE} INTO gone FROM history
-        WHERE app_id = p_app_id AND agent_id = p_agent_id
-        FOR KEY SHARE;
-    RETURN coalesce(gone, false);
-END;
-$$;
-
 CREATE FUNCTION agent_turn_not_for_erased() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF history_is_erased(NEW.app_id, NEW.agent_id) THEN
-        RETURN NULL;
-    END IF;
-    RETURN NEW;
+    DELETE FROM agent_turn AS t
+    USING inserted AS i, history AS h
+    WHERE t.app_id = i.app_id AND t.agent_id = i.agent_id AND t.turn_id = i.turn_id
+      AND h.app_id = i.app_id AND h.agent_id = i.agent_id AND h.status IN {GONE};
+    RETURN NULL;
 END;
 $$;
 CREATE TRIGGER agent_turn_not_for_erased
-    BEFORE INSERT ON agent_turn
-    FOR EACH ROW EXECUTE FUNCTION agent_turn_not_for_erased();
-
-CREATE FUNCTION notification_without_erased_transcript() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF history_is_erased(NEW.app_id, NEW.agent_id) THEN
-        NEW.body := NEW.body #- CASE NEW.event_type
-            WHEN 103 THEN '{{payload,contents}}'::text[]
-            ELSE '{{payload,turns}}'::text[]
-        END;
-        NEW.raw := NULL;
-    END IF;
-    RETURN NEW;
-END;
-$$;
-CREATE TRIGGER notification_without_erased_transcript
-    BEFORE INSERT ON notification
-    FOR EACH ROW
-    WHEN (NEW.event_type IN (103, 112) AND NEW.agent_id IS NOT NULL)
-    EXECUTE FUNCTION notification_without_erased_transcript();
+    AFTER INSERT ON agent_turn
+    REFERENCING NEW TABLE AS inserted
+    FOR EACH STATEMENT EXECUTE FUNCTION agent_turn_not_for_erased();
 """
 
 
@@ -109,11 +80,8 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.execute(
-        "DROP TRIGGER notification_without_erased_transcript ON notification;"
-        " DROP FUNCTION notification_without_erased_transcript();"
-        " DROP TRIGGER agent_turn_not_for_erased ON agent_turn;"
+        "DROP TRIGGER agent_turn_not_for_erased ON agent_turn;"
         " DROP FUNCTION agent_turn_not_for_erased();"
-        " DROP FUNCTION history_is_erased(text, text);"
         " DROP TRIGGER history_stays_erased ON history;"
         " DROP FUNCTION history_stays_erased();"
     )

@@ -221,7 +221,9 @@ def test_a_103_arriving_during_an_erasure_waits_for_it_and_is_stored_without_its
     session(client, "racing")
     with psycopg.connect(sql.url) as erasing:  # an erasure half done: rows locked, not committed
         erasing.execute(
-            "SELECT 1 FROM history WHERE app_id = %s AND agent_id = 'racing' FOR UPDATE", [APP_ID]
+            "SELECT 1 FROM agent AS a JOIN history AS h USING (app_id, agent_id)"
+            " WHERE a.app_id = %s AND a.agent_id = 'racing' FOR UPDATE OF a, h",
+            [APP_ID],
         )
         erasing.execute(
             "UPDATE history SET status = 'erased', contents = '[]', source = NULL"
@@ -249,6 +251,10 @@ def test_an_erasure_waits_for_a_103_in_flight_and_then_deletes_its_transcript(
 ) -> None:
     session(client, "racing")
     with psycopg.connect(sql.url) as writing:  # a 103 stored, its transaction not committed yet
+        # As the write path does: the agent's row first, then what it writes about it.
+        writing.execute(
+            "SELECT 1 FROM agent WHERE app_id = %s AND agent_id = 'racing' FOR UPDATE", [APP_ID]
+        )
         writing.execute(
             "INSERT INTO notification (app_id, notice_id, product_id, event_type, agent_id,"
             " outcome, body) VALUES (%s, 'in-flight', 17, 103, 'racing', 'accepted',"

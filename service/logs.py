@@ -12,10 +12,12 @@ alembic) are routed through the same processors and renderer, so both read alike
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
-from typing import Final
+from typing import Any, Final
 
+import orjson
 import structlog
 from structlog.tracebacks import ExceptionDictTransformer
 from structlog.typing import Processor
@@ -52,9 +54,11 @@ def configure(*, level: str = "info", fmt: str = "json") -> None:
         )
         renderer = structlog.processors.JSONRenderer()
     numeric = logging.getLevelNamesMapping()[level.upper()]
+    # Our own lines: orjson renders to bytes, straight to stdout's buffer.
+    own = structlog.processors.JSONRenderer(serializer=_orjson) if fmt == "json" else renderer
     structlog.configure(
-        processors=[*shared, renderer],
-        logger_factory=_NamedLogger,
+        processors=[*shared, own],
+        logger_factory=_NamedBytesLogger if fmt == "json" else _NamedLogger,
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         cache_logger_on_first_use=True,
     )
@@ -85,6 +89,23 @@ class _NamedLogger(structlog.WriteLogger):
     def __init__(self, *args: object) -> None:
         super().__init__(sys.stdout)
         self.name = str(args[0]) if args else ""
+
+
+class _NamedBytesLogger(structlog.BytesLogger):
+    """As `_NamedLogger`, for bytes rendered by orjson."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(sys.stdout.buffer)
+        self.name = str(args[0]) if args else ""
+
+
+def _orjson(value: Any, **_: Any) -> bytes:
+    """orjson for structlog; an unknown type as its text, and the stdlib's encoder for what
+    orjson refuses outright (an integer past 64 bits)."""
+    try:
+        return orjson.dumps(value, default=str)
+    except TypeError:
+        return json.dumps(value, default=str).encode()
 
 
 def _console_traceback() -> structlog.typing.ExceptionRenderer:

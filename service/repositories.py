@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final, Literal
 
+import orjson
 import psycopg
 from psycopg.rows import dict_row
 from sqlalchemy import RowMapping, and_, cast, func, literal, or_, select, tuple_, update
@@ -167,7 +168,13 @@ def _notifications(
 
 
 def _json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False)
+    """JSON text for a statement parameter: orjson (several times faster than the stdlib's on
+    these rows), or the stdlib's for what orjson refuses (an integer past 64 bits, kept as sent
+    in free-form data)."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        return json.dumps(value, ensure_ascii=False)
 
 
 async def store_and_lock(

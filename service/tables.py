@@ -149,7 +149,7 @@ agent: Final = Table(
     Index(None, "app_id", "started_at"),
     Index(None, "agent_id"),  # GET /v1/agents/{agent_id} without app_id
     Index(None, "channel"),  # GET /v1/agents?channel=
-    # PCU: edges by time (rollup upkeep, partial minutes) and "who was active at t" (GiST).
+    # PCU: edges by time (live pieces of reads) and "who was active at t" (GiST).
     Index(None, "app_id", "active_from", postgresql_where=text("active_from IS NOT NULL")),
     Index(None, "app_id", "active_until", postgresql_where=text("active_until IS NOT NULL")),
     Index(

@@ -158,6 +158,16 @@ agent: Final = Table(
         postgresql_using="gist",
         postgresql_where=text("active_from IS NOT NULL"),
     ),
+    # Insight: agents still holding a slot (usage adds them to the rollup of closed intervals),
+    # stop times (`stopped_since`/`stopped_until`, FAILED per bucket) and names.
+    Index(
+        "ix_agent_open_interval",
+        "app_id",
+        "active_from",
+        postgresql_where=text("active_from IS NOT NULL AND active_until IS NULL"),
+    ),
+    Index(None, "app_id", "stopped_at", postgresql_where=text("stopped_at IS NOT NULL")),
+    Index(None, "app_id", "name", postgresql_where=text("name IS NOT NULL")),
 )
 
 # GET /v1/agents lists newest first by this key (the start time, else when first seen), with
@@ -207,6 +217,8 @@ agent_error: Final = Table(
     _timestamp("event_at"),
     _timestamp("received_at", nullable=False, default_now=True),
     UniqueConstraint("app_id", "agent_id", "notice_id", "position"),
+    # GET /v1/errors (newest first, per app) and the per-app error summary over a range.
+    Index("ix_agent_error_app_id_event_at", "app_id", text("event_at DESC"), text("id DESC")),
 )
 
 agent_metric: Final = Table(
@@ -236,10 +248,22 @@ agent_turn: Final = Table(
     Column("start_type", Text),
     Column("end_type", Text),
     Column("e2e_latency_ms", Integer),
+    # The stages of `segmented_latency_ms` (ms), from a 112's object or a `/turns` list alike.
+    Column("asr_ttlw", Integer),
+    Column("llm_ttft", Integer),
+    Column("tts_ttfb", Integer),
     Column("data", JSONB, nullable=False),
     Column("source", Text, nullable=False),
     PrimaryKeyConstraint("app_id", "agent_id", "turn_id"),
     CheckConstraint("source IN ('webhook', 'api')", name="source"),
+    # GET /v1/apps/{app_id}/latency: the turns ending in a range, figures read from the index.
+    Index(
+        None,
+        "app_id",
+        "end_at",
+        postgresql_include=["e2e_latency_ms", "asr_ttlw", "llm_ttft", "tts_ttfb", "agent_id"],
+        postgresql_where=text("end_at IS NOT NULL"),
+    ),
 )
 
 call_state: Final = Table(
@@ -370,4 +394,55 @@ pcu_alarm: Final = Table(
     Column("current", Integer, nullable=False, server_default=text("0")),
     _timestamp("changed_at", nullable=False, default_now=True),
     CheckConstraint("level IN ('normal', 'warning', 'cap')", name="level"),
+)
+
+
+# Insight rollups (`service.usage`, `service.latency`), folded off the request path like PCU's:
+# the write path records which (app, hour) a transaction changed for usage (an agent's active
+# interval, its labels or its FAILED stop) or for latency (a turn stored or deleted), the folders
+# recompute those hours from the agents and turns and delete the marks they saw. Reads take the
+# rollup for hours without marks and compute the others from the agents and turns themselves, so
+# an answer is always what the rows say.
+insight_change: Final = Table(
+    "insight_change",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("app_id", Text, nullable=False),
+    Column("kind", Text, nullable=False),
+    _timestamp("hour", nullable=False),
+    CheckConstraint("kind IN ('usage', 'latency')", name="kind"),
+    Index(None, "app_id", "kind", "hour"),
+)
+
+# Usage per app, hour and label set: `agent_us` the overlap (µs) of the agents' CLOSED active
+# intervals with the hour (agents still active are added at read time), `sessions` the agents
+# whose interval starts in it, `failed` the agents that became FAILED with their stop in it.
+usage_hour: Final = Table(
+    "usage_hour",
+    metadata,
+    Column("app_id", Text, nullable=False),
+    _timestamp("hour", nullable=False),
+    Column("labels", JSONB, nullable=False),
+    Column("agent_us", BigInteger, nullable=False),
+    Column("sessions", Integer, nullable=False),
+    Column("failed", Integer, nullable=False),
+    PrimaryKeyConstraint("app_id", "hour", "labels"),
+)
+
+# Turn latency per app and UTC-aligned bucket (`width` 3600 or 86400 s, `at` its start): the
+# turns ending in it and nearest-rank percentiles: `e2e` [p50, p90, p99, max], each stage
+# [p50, p90] (NULL where no turn reported it).
+latency_bucket: Final = Table(
+    "latency_bucket",
+    metadata,
+    Column("app_id", Text, nullable=False),
+    Column("width", Integer, nullable=False),
+    _timestamp("at", nullable=False),
+    Column("turns", Integer, nullable=False),
+    Column("e2e", ARRAY(Integer), nullable=False),
+    Column("asr_ttlw", ARRAY(Integer), nullable=False),
+    Column("llm_ttft", ARRAY(Integer), nullable=False),
+    Column("tts_ttfb", ARRAY(Integer), nullable=False),
+    PrimaryKeyConstraint("app_id", "width", "at"),
+    CheckConstraint("width IN (3600, 86400)", name="width"),
 )

@@ -327,7 +327,7 @@ class AgoraClient:
 
     def _observe(self, endpoint: Endpoint, status: str, seconds: float) -> None:
         """One finished HTTP exchange (`status` is the code, or "error" without an answer)."""
-        metrics.agora_request(endpoint, status, seconds)
+        metrics.agora_request(self.app_id, endpoint, status, seconds)
 
 
 class _Attempts:

@@ -211,7 +211,7 @@ async def _settle(deps: Deps, job: jobs.Job, *, history_call: jobs.CallOutcome) 
         ):
             raise LeaseLost
     log.info("history_settled", outcome=settled, attempt=job.attempts)
-    metrics.history_completed(settled)
+    metrics.history_completed(job.app_id, settled)
     return settled
 
 

@@ -22,7 +22,7 @@ stored `unapplied` from the start (`reapply` takes them up again). After the cal
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
 
@@ -54,10 +54,12 @@ class Delivery:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Applied:
-    """The transitions one notification or observation recorded."""
+    """What one notification or observation recorded, as `count()` reports it."""
 
     app_id: str
     steps: tuple[lifecycle.Step, ...] = ()
+    errors: tuple[tuple[str | None, int | None], ...] = ()  # (module, code) of a 110's errors
+    slot_seconds: float | None = None  # the agent's slot closed here, after this long
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -167,6 +169,9 @@ def _decide(plan: Plan, delivery: Delivery, event: events.Event, key: Key) -> Ou
         received_at=delivery.received_at,
     )
     effects.apply(plan)
+    if isinstance(event, events.AgentError):
+        errors = tuple((e.module, e.code) for e in event.errors)
+        applied = replace(applied, errors=errors)
     if isinstance(event, events.AgentHistory | events.TurnsFinished):
         plan.transcript_notices.append((key[0], note.notice_id, key[1]))
     out_of_order = row.last_event_at is not None and at < row.last_event_at
@@ -186,7 +191,8 @@ def plan_observation(
 ) -> Applied:
     """Decide `obs` against the agent's row in `plan` (locked by the caller): its new row, the
     transitions to record and, on a stop, the history job."""
-    decision = record.apply(plan.rows[key], obs)
+    before = plan.rows[key]
+    decision = record.apply(before, obs)
     if decision.refused is not None:
         log.warning("transition_refused", agent_id=key[1], kind=obs.kind, detail=decision.refused)
     plan.rows[key] = decision.row
@@ -206,7 +212,24 @@ def plan_observation(
         )
         if lifecycle.is_terminal(step.to_state):
             plan.jobs.add(key)
-    return Applied(app_id=key[0], steps=decision.steps)
+    return Applied(
+        app_id=key[0], steps=decision.steps, slot_seconds=_closed_slot(before, decision.row)
+    )
+
+
+def _closed_slot(before: AgentRow, after: AgentRow) -> float | None:
+    """The length of the agent's slot if it closed with this decision (once per agent: a
+    terminal agent's slot stays closed; later corrections of its ends are not counted)."""
+    if _slot(before) is not None:
+        return None
+    return _slot(after)
+
+
+def _slot(row: AgentRow) -> float | None:
+    start, end = row.interval
+    if not lifecycle.is_terminal(row.state) or start is None or end is None:
+        return None
+    return (end - start).total_seconds()
 
 
 def observation(event: events.Event, at: datetime, *, notice_id: str) -> Observation:
@@ -310,9 +333,15 @@ def report(outcomes: Sequence[Outcome], deliveries: Sequence[Delivery]) -> None:
 
 
 def count(applied: Applied, *, source: repositories.Source) -> None:
-    """Count and log committed transitions (after the commit)."""
+    """Count and log committed transitions, ended sessions and new errors (after the commit)."""
+    for module, code in applied.errors:
+        metrics.agent_error(applied.app_id, module, code)
+    if applied.slot_seconds is not None:
+        metrics.agent_seconds(applied.app_id, applied.slot_seconds)
     for step in applied.steps:
         metrics.transition(applied.app_id, step.to_state.value, source)
+        if lifecycle.is_terminal(step.to_state) and not lifecycle.is_terminal(step.from_state):
+            metrics.session_ended(applied.app_id, step.to_state.value.lower())
         log.info(
             "transition_applied",
             from_state=step.from_state.value,

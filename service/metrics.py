@@ -12,11 +12,15 @@ are written to files there, and `render()` sums them all. With one worker the pr
 registry is rendered. Each replica (pod) is its own scrape target; Prometheus sums across them.
 
 `app_id` labels only ever carry a configured App ID (`UNKNOWN_APP` otherwise) and `event_type`
-only a known event code (`OTHER_EVENT` otherwise), so no caller can blow up cardinality.
+only a known event code (`OTHER_EVENT` otherwise), so no caller can blow up cardinality. The
+`module` and `code` of agent errors come from Agora's payloads: a value that is not a short plain
+token counts as `other`, and each process keeps at most `MAX_ERROR_PAIRS` distinct (module, code)
+pairs per app, counting any further pair as (`other`, `other`).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from typing import Final
 
@@ -34,9 +38,12 @@ from prometheus_client.registry import Collector
 
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 UNKNOWN_APP: Final = "unknown"
-OTHER_EVENT: Final = "other"
+OTHER: Final = "other"
+OTHER_EVENT: Final = OTHER
 KNOWN_EVENTS: Final = frozenset({101, 102, 103, 104, 110, 111, 112, 201, 202})
 HISTORY_STATUSES: Final = ("queued", "running", "done")
+MAX_ERROR_PAIRS: Final = 50  # distinct (module, code) label pairs per app and process
+_PLAIN_LABEL: Final = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 _LATENCY_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -47,8 +54,8 @@ NOTIFICATIONS: Final = Counter(
 )
 INGEST_DURATION: Final = Histogram(
     "ledger_ingest_duration_seconds",
-    "Webhook handling time, by outcome.",
-    ["outcome"],
+    "Webhook handling time, by app and outcome.",
+    ["app_id", "outcome"],
     buckets=_LATENCY_BUCKETS,
 )
 OUT_OF_ORDER: Final = Counter(
@@ -69,17 +76,17 @@ THRESHOLD_CROSSINGS: Final = Counter(
 HISTORY_COMPLETED: Final = Counter(
     "ledger_history_completed",
     "Histories settled by the worker.",
-    ["outcome"],
+    ["app_id", "outcome"],
 )
 AGORA_REQUESTS: Final = Counter(
     "ledger_agora_requests",
-    "Agora REST calls by endpoint and HTTP status (`error` for transport failures).",
-    ["endpoint", "status"],
+    "Agora REST calls by app, endpoint and HTTP status (`error` for transport failures).",
+    ["app_id", "endpoint", "status"],
 )
 AGORA_DURATION: Final = Histogram(
     "ledger_agora_request_duration_seconds",
     "Agora REST call time.",
-    ["endpoint"],
+    ["app_id", "endpoint"],
     buckets=_LATENCY_BUCKETS,
 )
 RECONCILE_REPAIRS: Final = Counter(
@@ -90,11 +97,27 @@ RECONCILE_REPAIRS: Final = Counter(
 RECONCILE_DURATION: Final = Histogram(
     "ledger_reconcile_pass_duration_seconds",
     "Reconciliation pass time.",
+    ["app_id"],
     buckets=(0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0),
 )
 RECONCILE_ERRORS: Final = Counter(
     "ledger_reconcile_errors",
     "Reconciliation passes cut short by Agora errors.",
+    ["app_id"],
+)
+AGENT_ERRORS: Final = Counter(
+    "ledger_agent_errors",
+    "Agent errors (110) recorded, by module and code (bounded: see the module's docstring).",
+    ["app_id", "module", "code"],
+)
+SESSIONS_ENDED: Final = Counter(
+    "ledger_sessions_ended",
+    "Agents that reached a terminal state, by outcome (stopped|failed); counted once each.",
+    ["app_id", "outcome"],
+)
+AGENT_SECONDS: Final = Counter(
+    "ledger_agent_seconds",
+    "Seconds agents held a PCU slot, counted when each session's slot first closes.",
     ["app_id"],
 )
 
@@ -129,7 +152,7 @@ def notification(
 ) -> None:
     """One webhook delivery: `outcome` accepted|duplicate|ignored|rejected|unavailable."""
     NOTIFICATIONS.labels(app_id, event_label(event_type), outcome, reason).inc()
-    INGEST_DURATION.labels(outcome).observe(seconds)
+    INGEST_DURATION.labels(app_id, outcome).observe(seconds)
 
 
 def group_committed(size: int) -> None:
@@ -154,16 +177,53 @@ def threshold_crossed(app_id: str, threshold: str) -> None:
     THRESHOLD_CROSSINGS.labels(app_id, threshold).inc()
 
 
-def history_completed(outcome: str) -> None:
+def agent_error(app_id: str, module: str | None, code: int | None) -> None:
+    """One agent error newly recorded (after the commit; never for a redelivery)."""
+    AGENT_ERRORS.labels(app_id, *_error_pair(app_id, module, code)).inc()
+
+
+def session_ended(app_id: str, outcome: str) -> None:
+    """An agent reached a terminal state for the first time; `outcome` stopped|failed."""
+    SESSIONS_ENDED.labels(app_id, outcome).inc()
+
+
+def agent_seconds(app_id: str, seconds: float) -> None:
+    """A session's PCU slot closed after `seconds`."""
+    AGENT_SECONDS.labels(app_id).inc(max(0.0, seconds))
+
+
+_error_pairs: dict[str, set[tuple[str, str]]] = {}
+
+
+def _error_pair(app_id: str, module: str | None, code: int | None) -> tuple[str, str]:
+    """The bounded (module, code) labels for one error: absent values are "", odd ones
+    `other`, and past `MAX_ERROR_PAIRS` distinct pairs for the app the pair is (other, other)."""
+    pair = (_plain(module), _plain(None if code is None else str(code)))
+    seen = _error_pairs.setdefault(app_id, set())
+    if pair in seen:
+        return pair
+    if len(seen) >= MAX_ERROR_PAIRS:
+        return (OTHER, OTHER)
+    seen.add(pair)
+    return pair
+
+
+def _plain(value: str | None) -> str:
+    if value is None:
+        return ""
+    return value if _PLAIN_LABEL.fullmatch(value) else OTHER
+
+
+def history_completed(app_id: str, outcome: str) -> None:
     """A history settled by the worker; `outcome` complete|unavailable."""
-    HISTORY_COMPLETED.labels(outcome).inc()
+    HISTORY_COMPLETED.labels(app_id, outcome).inc()
 
 
-def agora_request(endpoint: str, status: int | str, seconds: float) -> None:
-    """One Agora REST call; `endpoint` join|leave|query|list|history|turns, `status` the HTTP
-    code or "error" for a transport failure."""
-    AGORA_REQUESTS.labels(endpoint, str(status)).inc()
-    AGORA_DURATION.labels(endpoint).observe(seconds)
+def agora_request(app_id: str, endpoint: str, status: int | str, seconds: float) -> None:
+    """One Agora REST call for a configured app; `endpoint` join|leave|query|list|history|turns,
+    `status` the HTTP code or "error" for a transport failure."""
+    AGORA_REQUESTS.labels(app_id, endpoint, str(status)).inc()
+    AGORA_DURATION.labels(app_id, endpoint).observe(seconds)
 
 
 def reconcile_repair(app_id: str, kind: str, count: int = 1) -> None:
@@ -176,8 +236,8 @@ def credentials_missing(app_id: str, missing: bool) -> None:
     AGORA_CREDENTIALS_MISSING.labels(app_id).set(1 if missing else 0)
 
 
-def reconcile_pass(seconds: float) -> None:
-    RECONCILE_DURATION.observe(seconds)
+def reconcile_pass(app_id: str, seconds: float) -> None:
+    RECONCILE_DURATION.labels(app_id).observe(seconds)
 
 
 def reconcile_error(app_id: str) -> None:

@@ -136,7 +136,7 @@ class Summary:
 def report(summary: Summary) -> None:
     """Log and count a finished pass (`ledger_reconcile_*`)."""
     if summary.outcome != "skipped":
-        metrics.reconcile_pass(summary.duration_s)
+        metrics.reconcile_pass(summary.app_id, summary.duration_s)
         for kind in REPAIRS:
             metrics.reconcile_repair(summary.app_id, kind, summary.repairs[kind])
     if summary.cut_short_by_agora:

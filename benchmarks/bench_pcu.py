@@ -20,10 +20,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import io
 import os
 import random
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -40,7 +38,6 @@ sys.path.insert(0, str(ROOT))
 from benchmarks import common  # noqa: E402
 from service import concurrency, db, pcu, rollup  # noqa: E402
 from tests.factories import Delivery, deliver, payload, reader_headers  # noqa: E402
-from tests.processes import free_port  # noqa: E402
 
 APP = "bench-app"
 SECRET = "bench-secret"
@@ -112,9 +109,8 @@ def copy_sessions(
         "agent_id, app_id, name, channel, state, state_at, started_at, stopped_at,"
         " stop_status, active_from, active_until, last_event_at, first_seen_at"
     )
-    with conn.cursor().copy(f"COPY agent ({columns}) FROM STDIN") as copy:
-        buffer = io.StringIO()
-        null = "\\N"
+    null = common.NULL
+    with common.copy_into(conn, "agent", columns, fresh=True) as rows:
         for i, (begin, end) in enumerate(sessions(count, now=now)):
             first = begin.isoformat()
             if end is None:
@@ -127,12 +123,7 @@ def copy_sessions(
                     end.isoformat(),
                 )
             row = (f"agent-{i:07d}", APP, f"n{i}", f"chan-{i % 5000}", state, at, first)
-            row += (stopped, stop_status, first, stopped, at, first)
-            buffer.write("\t".join(row) + "\n")
-            if buffer.tell() > 1 << 20:
-                copy.write(buffer.getvalue())
-                buffer = io.StringIO()
-        copy.write(buffer.getvalue())
+            rows.write((*row, stopped, stop_status, first, stopped, at, first))
 
 
 def check_against_sweep(conn: psycopg.Connection[tuple[object, ...]], *, now: datetime) -> str:
@@ -149,7 +140,7 @@ def check_against_sweep(conn: psycopg.Connection[tuple[object, ...]], *, now: da
     expected = sweep(edges, start=start, end=end, step=step)
 
     async def rollup_series() -> list[tuple[int, int]]:
-        engine = db.create_engine(url_of(conn))
+        engine = db.create_engine(common.sqlalchemy_url(conn))
         try:
             async with engine.connect() as aconn:
                 points = await concurrency.series(
@@ -163,11 +154,6 @@ def check_against_sweep(conn: psycopg.Connection[tuple[object, ...]], *, now: da
     if got != expected:
         raise SystemExit("the rollup's series differs from the brute-force sweep")
     return f"30 d hourly series equals the brute-force sweep over {len(edges):,} edges: yes"
-
-
-def url_of(conn: psycopg.Connection[tuple[object, ...]]) -> str:
-    info = conn.info
-    return f"postgresql+psycopg://{info.user}@{info.host}:{info.port}/{info.dbname}"
 
 
 def sweep(
@@ -199,65 +185,23 @@ def sweep(
     return out
 
 
-@contextlib.contextmanager
-def service(url: str) -> Iterator[str]:
-    port = free_port()
-    env = {
-        "PATH": os.environ.get("PATH", ""),
-        "DATABASE_URL": url,
-        "AGORA_APP_ID": APP,
-        "AGORA_WEBHOOK_SECRETS": SECRET,
-        "READ_API_TOKENS": TOKEN,
-        "PCU_CAP": "20",
-        "PORT": str(port),
-        "LOG_LEVEL": "error",
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "service", "serve"],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+def service(url: str) -> contextlib.AbstractContextManager[str]:
+    return common.serve(
+        {
+            "DATABASE_URL": url,
+            "AGORA_APP_ID": APP,
+            "AGORA_WEBHOOK_SECRETS": SECRET,
+            "READ_API_TOKENS": TOKEN,
+            "PCU_CAP": "20",
+        }
     )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise SystemExit("the service did not become ready")
-            time.sleep(0.1)
-        yield base
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-
-
-def percentiles(samples: list[float]) -> str:
-    p50, p95 = common.percentile(samples, 0.5), common.percentile(samples, 0.95)
-    return f"p50 {p50:6.1f} ms  p95 {p95:6.1f} ms  max {max(samples):6.1f} ms"
-
-
-def timed(client: httpx.Client, path: str, requests: int) -> list[float]:
-    for _ in range(20):  # warm-up: connections, plans, caches
-        client.get(path)
-    out = []
-    for _ in range(requests):
-        started = time.perf_counter()
-        response = client.get(path)
-        out.append((time.perf_counter() - started) * 1000)
-        if response.status_code != 200:
-            raise SystemExit(f"{path} answered {response.status_code}: {response.text}")
-    return out
 
 
 def measure(base: str, *, now: datetime, requests: int) -> list[str]:
     hour = now.replace(minute=0, second=0)
-    aligned = f"from={rfc(hour - timedelta(days=DAYS))}&to={rfc(hour)}&step=3600"
+    aligned = f"from={common.rfc(hour - timedelta(days=DAYS))}&to={common.rfc(hour)}&step=3600"
     odd = now - timedelta(seconds=17)
-    unaligned = f"from={rfc(odd - timedelta(days=DAYS))}&to={rfc(odd)}&step=3600"
+    unaligned = f"from={common.rfc(odd - timedelta(days=DAYS))}&to={common.rfc(odd)}&step=3600"
     cases: list[tuple[str, str]] = [
         ("pcu (24h window)", f"/v1/apps/{APP}/pcu"),
         ("pcu (30d window)", f"/v1/apps/{APP}/pcu?window=30d"),
@@ -267,7 +211,7 @@ def measure(base: str, *, now: datetime, requests: int) -> list[str]:
     lines = []
     with httpx.Client(base_url=base, headers=reader_headers(TOKEN), timeout=30) as client:
         for label, path in cases:
-            lines.append(f"{label:<42} {percentiles(timed(client, path, requests))}")
+            lines.append(f"{label:<42} {common.percentiles(common.timed(client, path, requests))}")
     return lines
 
 
@@ -285,13 +229,13 @@ def ingest_contention(base: str) -> list[str]:
         ("edges spread over 30 d", spread),
     ):
         rate, latencies = send_all(base, sessions_of(agents))
-        lines.append(f"ingest, {label}: {rate:,.0f} webhooks/s, {percentiles(latencies)}")
+        lines.append(f"ingest, {label}: {rate:,.0f} webhooks/s, {common.percentiles(latencies)}")
     # The same path without PCU upkeep (110 errors change no interval): the baseline.
     error = [{"module": "llm", "code": 1, "message": "m"}]
     errors = [deliver(110, payload(a, errors=error), secret=SECRET) for a, _, _ in spread * 2]
     rate, latencies = send_all(base, [errors])
     lines.append(
-        f"ingest, 110 errors (no PCU upkeep): {rate:,.0f} webhooks/s, {percentiles(latencies)}"
+        f"ingest, 110 errors (no PCU upkeep): {rate:,.0f} webhooks/s, {common.percentiles(latencies)}"
     )
     return lines
 
@@ -329,10 +273,6 @@ def send_all(base: str, waves: list[list[Delivery]]) -> tuple[float, list[float]
                 list(pool.map(send, wave))
         elapsed = time.perf_counter() - began
     return sum(len(wave) for wave in waves) / elapsed, latencies
-
-
-def rfc(value: datetime) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def report(lines: list[str], *, sessions: int) -> None:

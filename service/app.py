@@ -77,7 +77,10 @@ def create_app(
                 tally = webhook_counts.Tally(known=settings.apps)
                 await stack.enter_async_context(
                     webhook_counts.flushing(
-                        tally, active, interval_s=settings.webhook_counts_flush_s
+                        tally,
+                        active,
+                        interval_s=settings.webhook_counts_flush_s,
+                        timeout_s=settings.database_timeout_s,
                     )
                 )
                 group_commit = await stack.enter_async_context(_write_path(settings))

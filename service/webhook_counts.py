@@ -29,6 +29,7 @@ import structlog
 from sqlalchemy import delete, func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from service import db
 from service.tables import webhook_count
 
 log = structlog.get_logger(__name__)
@@ -105,10 +106,15 @@ async def prune(conn: AsyncConnection, *, now: datetime) -> int:
 
 
 @contextlib.asynccontextmanager
-async def flushing(tally: Tally, engine: AsyncEngine, *, interval_s: float) -> AsyncIterator[None]:
-    """Flush `tally` every `interval_s` while the block runs, and once more when it ends."""
+async def flushing(
+    tally: Tally, engine: AsyncEngine, *, interval_s: float, timeout_s: float = 5.0
+) -> AsyncIterator[None]:
+    """Flush `tally` every `interval_s` while the block runs, and once more when it ends; a flush
+    the database has not taken within `timeout_s` is given up (and its counts kept)."""
     stop = asyncio.Event()
-    task = asyncio.create_task(_run(tally, engine, interval_s=interval_s, stop=stop))
+    task = asyncio.create_task(
+        _run(tally, engine, interval_s=interval_s, timeout_s=timeout_s, stop=stop)
+    )
     try:
         yield
     finally:
@@ -117,25 +123,34 @@ async def flushing(tally: Tally, engine: AsyncEngine, *, interval_s: float) -> A
 
 
 async def _run(
-    tally: Tally, engine: AsyncEngine, *, interval_s: float, stop: asyncio.Event
+    tally: Tally, engine: AsyncEngine, *, interval_s: float, timeout_s: float, stop: asyncio.Event
 ) -> None:
     pruned_at: datetime | None = None
-    while not stop.is_set():
+    while True:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=interval_s)
         now = datetime.now(UTC)
         prune_now = pruned_at is None or now - pruned_at >= PRUNE_EVERY
-        if await _flush_once(tally, engine, now=now, prune_too=prune_now) and prune_now:
+        stored = await _flush_once(tally, engine, now=now, prune_too=prune_now, timeout_s=timeout_s)
+        if stored and prune_now:
             pruned_at = now
+        if stop.is_set():  # that was the last flush
+            return
 
 
-async def _flush_once(tally: Tally, engine: AsyncEngine, *, now: datetime, prune_too: bool) -> bool:
+async def _flush_once(
+    tally: Tally, engine: AsyncEngine, *, now: datetime, prune_too: bool, timeout_s: float
+) -> bool:
     counts = tally.take()
-    try:
+
+    async def store() -> None:
         async with engine.begin() as conn:
             await flush(conn, counts)
             if prune_too:
                 await prune(conn, now=now)
+
+    try:
+        await db.within(store(), timeout_s=timeout_s)
     except Exception as error:  # never fatal: the counts wait for the next flush
         tally.give_back(counts, now=now)
         log.warning("webhook_counts_flush_failed", error=type(error).__name__, keys=len(counts))

@@ -1,4 +1,5 @@
-"""The console's pages, one view each, over the read-side queries the API uses (no SQL here).
+"""The console's pages, one view each, over the read-side queries the API uses (no SQL here;
+errors and turn latency come from the interim `insight` module for now).
 
 Every page reads the stream's head position first and hands it to the page's script, which
 subscribes from there (`/console/stream?after=…`): whatever changes after the page's data was

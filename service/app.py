@@ -28,7 +28,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from service import batcher, db, folder, monitoring, stream, worker
+from service import batcher, db, folder, monitoring, stream, webhook_counts, worker
 from service.config import Settings
 from service.console import routes as console_routes
 from service.errors import RequestRejected, ServiceError
@@ -44,6 +44,7 @@ class State(TypedDict):
     batcher: batcher.Batcher
     draining: threading.Event
     stream: stream.Hub
+    tally: webhook_counts.Tally
 
 
 def create_app(
@@ -72,6 +73,16 @@ def create_app(
         )
         try:
             async with contextlib.AsyncExitStack() as stack:
+                # Entered first, left last: the final flush counts every webhook answered.
+                tally = webhook_counts.Tally(known=settings.apps)
+                await stack.enter_async_context(
+                    webhook_counts.flushing(
+                        tally,
+                        active,
+                        interval_s=settings.webhook_counts_flush_s,
+                        timeout_s=settings.database_timeout_s,
+                    )
+                )
                 group_commit = await stack.enter_async_context(_write_path(settings))
                 if settings.metrics_port is not None:
                     await stack.enter_async_context(
@@ -96,6 +107,7 @@ def create_app(
                     "batcher": group_commit,
                     "draining": shutting_down,
                     "stream": hub,
+                    "tally": tally,
                 }
         finally:
             if own:

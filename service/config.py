@@ -34,6 +34,7 @@ DEFAULT_PCU_WARN_FRACTION: Final = 0.8
 DEFAULT_DATABASE_TIMEOUT_S: Final = 5.0
 DEFAULT_STREAM_SUBSCRIBERS: Final = 100
 DEFAULT_STREAM_HEARTBEAT_S: Final = 10.0
+DEFAULT_WEBHOOK_COUNTS_FLUSH_S: Final = 10.0
 MAX_STREAM_HEARTBEAT_S: Final = 15.0
 MIN_SESSION_KEY_CHARS: Final = 32
 LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
@@ -114,6 +115,8 @@ class Settings:
     admin_api_tokens: tuple[Secret, ...] = ()
     history_retention_days: int = 0
     metrics_port: int | None = None
+    # How often a serving process adds its webhook counts to the database (service/webhook_counts).
+    webhook_counts_flush_s: float = DEFAULT_WEBHOOK_COUNTS_FLUSH_S
 
     def app(self, app_id: str) -> AppSettings | None:
         return self.apps.get(app_id)
@@ -184,6 +187,9 @@ def load(environ: Mapping[str, str]) -> Settings:
         admin_api_tokens=tuple(Secret(t) for t in _csv(env.get("ADMIN_API_TOKENS", ""))),
         history_retention_days=_int(env, "HISTORY_RETENTION_DAYS", 0, minimum=0),
         metrics_port=_metrics_port(env),
+        webhook_counts_flush_s=_float(
+            env, "WEBHOOK_COUNTS_FLUSH_S", DEFAULT_WEBHOOK_COUNTS_FLUSH_S, positive=True
+        ),
     )
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from sqlalchemy import (
     ColumnElement,
@@ -291,3 +291,27 @@ async def oldest_due_seconds(conn: AsyncConnection) -> float:
         ).where(history_job.c.status != "done", history_job.c.due_at <= func.now())
     )
     return max(0.0, float(age or 0))
+
+
+async def backlog(conn: AsyncConnection, *, app_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Per app: unfinished jobs `queued` and `running`, and `oldest_due_s`, the age of the oldest
+    due one (0 when none is due). Reads only unfinished jobs (a partial index holds them)."""
+    oldest_due = func.min(history_job.c.due_at).filter(history_job.c.due_at <= func.now())
+    rows = await conn.execute(
+        select(
+            history_job.c.app_id,
+            func.count().filter(history_job.c.status == "queued"),
+            func.count().filter(history_job.c.status == "running"),
+            func.extract("epoch", func.now() - oldest_due),
+        )
+        .where(history_job.c.status != "done", history_job.c.app_id.in_(list(app_ids)))
+        .group_by(history_job.c.app_id)
+    )
+    found = {a: {"queued": 0, "running": 0, "oldest_due_s": 0.0} for a in app_ids}
+    for app_id, queued, running, age in rows:
+        found[app_id] = {
+            "queued": int(queued),
+            "running": int(running),
+            "oldest_due_s": max(0.0, float(age or 0)),
+        }
+    return found

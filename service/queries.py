@@ -48,6 +48,7 @@ class AgentFilter:
 _EARLIEST_US: Final = pcu.to_us(datetime.min.replace(tzinfo=UTC))
 _LATEST_US: Final = pcu.to_us(datetime.max.replace(tzinfo=UTC))
 _BIGINT: Final = 2**63
+HISTORY_STATUSES: Final = ("pending", "complete", "unavailable", "erased", "expired")
 
 
 def storable(value: str) -> bool:
@@ -199,9 +200,7 @@ async def list_agents(
     key = agent_listed_at.label("listed_at")
     stmt = select(agent, key).where(*_agent_conditions(where))
     if cursor is not None:
-        at, app_id, agent_id = _decode_cursor(
-            cursor, kinds=(_cursor_at, _cursor_text, _cursor_text)
-        )
+        at, app_id, agent_id = decode_cursor(cursor, kinds=(cursor_at, _cursor_text, _cursor_text))
         stmt = stmt.where(
             tuple_(agent_listed_at, agent.c.app_id, agent.c.agent_id) < (at, app_id, agent_id)
         )
@@ -213,7 +212,7 @@ async def list_agents(
     last = page[-1] if more else None
     return {
         "items": [agent_summary(row) for row in page],
-        "next_cursor": _encode_cursor(
+        "next_cursor": encode_cursor(
             [pcu.to_us(last["listed_at"]), last["app_id"], last["agent_id"]]
         )
         if last is not None
@@ -249,7 +248,7 @@ async def agent_events(
         _one_agent(notification, app_id, agent_id)
     )
     if cursor is not None:
-        after_at, after_id = _decode_cursor(cursor, kinds=(_cursor_at, _cursor_id))
+        after_at, after_id = decode_cursor(cursor, kinds=(cursor_at, cursor_id))
         stmt = stmt.where(tuple_(at, notification.c.id) > (after_at, after_id))
     stmt = stmt.order_by(at, notification.c.id).limit(limit + 1)
     rows = (await conn.execute(stmt)).mappings().all()
@@ -257,7 +256,7 @@ async def agent_events(
     last = page[-1] if more else None
     return {
         "items": [_event(row) for row in page],
-        "next_cursor": _encode_cursor([pcu.to_us(last["sort_at"]), last["id"]])
+        "next_cursor": encode_cursor([pcu.to_us(last["sort_at"]), last["id"]])
         if last is not None
         else None,
     }
@@ -284,7 +283,7 @@ async def unapplied(
         notification.c.app_id == app_id, notification.c.outcome == "unapplied"
     )
     if cursor is not None:
-        before_at, before_id = _decode_cursor(cursor, kinds=(_cursor_at, _cursor_id))
+        before_at, before_id = decode_cursor(cursor, kinds=(cursor_at, cursor_id))
         stmt = stmt.where(
             tuple_(notification.c.received_at, notification.c.id) < (before_at, before_id)
         )
@@ -303,10 +302,50 @@ async def unapplied(
             }
             for row in page
         ],
-        "next_cursor": _encode_cursor([pcu.to_us(last["received_at"]), last["id"]])
+        "next_cursor": encode_cursor([pcu.to_us(last["received_at"]), last["id"]])
         if last is not None
         else None,
     }
+
+
+async def unapplied_count(
+    conn: AsyncConnection, *, app_ids: Sequence[str], upto: int
+) -> dict[str, int]:
+    """Per app, its stored notifications not yet applied, counted up to `upto` (enough to say
+    "1000 or more" without counting a large backlog row by row)."""
+    found = {}
+    for app_id in app_ids:
+        n = await conn.scalar(
+            select(func.count()).select_from(
+                select(notification.c.id)
+                .where(notification.c.app_id == app_id, notification.c.outcome == "unapplied")
+                .limit(upto)
+                .subquery()
+            )
+        )
+        found[app_id] = int(n or 0)
+    return found
+
+
+async def history_statuses(
+    conn: AsyncConnection, *, app_ids: Sequence[str], since: datetime
+) -> dict[str, dict[str, int]]:
+    """Per app, the histories of the agents stopped since `since`, by status (zeros included)."""
+    rows = await conn.execute(
+        select(history.c.app_id, history.c.status, func.count())
+        .select_from(
+            agent.join(
+                history,
+                and_(history.c.app_id == agent.c.app_id, history.c.agent_id == agent.c.agent_id),
+            )
+        )
+        .where(agent.c.app_id.in_(list(app_ids)), agent.c.stopped_at >= since)
+        .group_by(history.c.app_id, history.c.status)
+    )
+    found = {a: dict.fromkeys(HISTORY_STATUSES, 0) for a in app_ids}
+    for app_id, status, n in rows:
+        found[app_id][status] = int(n)
+    return found
 
 
 async def pcu_status(
@@ -350,12 +389,12 @@ async def pcu_series(
     }
 
 
-def _encode_cursor(key: list[Any]) -> str:
+def encode_cursor(key: list[Any]) -> str:
     return base64.urlsafe_b64encode(json.dumps(key).encode()).decode().rstrip("=")
 
 
-def _decode_cursor(cursor: str, *, kinds: tuple[Callable[[Any], Any], ...]) -> tuple[Any, ...]:
-    """The sort key a cursor holds, each member read by its kind (`_cursor_at`, ...).
+def decode_cursor(cursor: str, *, kinds: tuple[Callable[[Any], Any], ...]) -> tuple[Any, ...]:
+    """The sort key a cursor holds, each member read by its kind (`cursor_at`, ...).
 
     Anything else (not base64, not JSON, other members, values no row can have) is a 400.
     """
@@ -369,14 +408,14 @@ def _decode_cursor(cursor: str, *, kinds: tuple[Callable[[Any], Any], ...]) -> t
         raise InvalidParameter("cursor: not a cursor this API gave out") from None
 
 
-def _cursor_at(value: Any) -> datetime:
+def cursor_at(value: Any) -> datetime:
     """A time in µs since the epoch, within the years a datetime holds."""
     if type(value) is not int or not _EARLIEST_US <= value <= _LATEST_US:
         raise TypeError(value)
     return pcu.from_us(value)
 
 
-def _cursor_id(value: Any) -> int:
+def cursor_id(value: Any) -> int:
     """A row id: a bigint."""
     if type(value) is not int or not -_BIGINT <= value < _BIGINT:
         raise TypeError(value)

@@ -54,6 +54,9 @@ _CALL_OUTCOMES = (
 # accepted: stored and applied; ignored: stored, not for us (another product, a test callback);
 # unapplied: stored, but it could not be applied (`problem` says why; `reapply` retries).
 NOTIFICATION_OUTCOMES = ("accepted", "ignored", "unapplied")
+# How a webhook delivery was answered (`webhook_count`): the stored outcomes above, a repeat, a
+# refusal (401, 400, 404, 413, or a client gone mid-body), 503, or an unexpected failure.
+WEBHOOK_OUTCOMES = (*NOTIFICATION_OUTCOMES, "duplicate", "rejected", "unavailable", "error")
 
 
 def _agent_key() -> tuple[Column[object], Column[object], ForeignKeyConstraint]:
@@ -445,4 +448,26 @@ latency_bucket: Final = Table(
     Column("tts_ttfb", ARRAY(Integer), nullable=False),
     PrimaryKeyConstraint("app_id", "width", "at"),
     CheckConstraint("width IN (3600, 86400)", name="width"),
+)
+
+
+# Webhook deliveries per app, minute received, answer and reason (`service.webhook_counts`):
+# every serving process counts in memory and adds its counts here every few seconds, so
+# duplicates and refusals, which store nothing else, are counted too, and the webhook path
+# itself never writes here. `app_id` is the App ID the path named (one that is not configured
+# only for `unknown_app`; '' when the path named none or no plain one); `reason` the error code
+# of a refusal, else ''.
+webhook_count: Final = Table(
+    "webhook_count",
+    metadata,
+    Column("app_id", Text, nullable=False),
+    _timestamp("minute", nullable=False),
+    Column("outcome", Text, nullable=False),
+    Column("reason", Text, nullable=False, server_default=""),
+    Column("count", BigInteger, nullable=False),
+    PrimaryKeyConstraint("app_id", "minute", "outcome", "reason"),
+    CheckConstraint(
+        "outcome IN (" + ", ".join(f"'{o}'" for o in WEBHOOK_OUTCOMES) + ")", name="outcome"
+    ),
+    Index(None, "minute"),  # pruning
 )

@@ -3,7 +3,10 @@
 routes.py     the URL table
 auth.py       login, logout, and who is asking (the session behind a request)
 sessions.py   signed session cookies and CSRF tokens (pure)
-pages.py      one view per page, calling `queries`, `concurrency`, `jobs`, `stream`
+pages.py      one view per page, calling `queries`, `concurrency`, `jobs`, `stream`,
+              `webhook_counts`, and `insight`
+insight.py    INTERIM: top errors, turn latency and errors across agents, until the shared
+              insight functions replace them
 filters.py    the agents list's query parameters (the API's filters)
 charts.py     the PCU chart and the turn latency bars as SVG geometry (pure)
 timeline.py   one agent's story merged from what the ledger holds (pure)

@@ -1,4 +1,5 @@
-"""The console's pages, one view each, over the read-side queries the API uses (no SQL here).
+"""The console's pages, one view each, over the read-side queries the API uses (no SQL here;
+errors and turn latency come from the interim `insight` module for now).
 
 Every page reads the stream's head position first and hands it to the page's script, which
 subscribes from there (`/console/stream?after=…`): whatever changes after the page's data was
@@ -15,9 +16,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from service import events, jobs, lifecycle, queries, stream
+from service import events, jobs, lifecycle, queries, stream, webhook_counts
 from service.config import Settings
-from service.console import auth, charts, filters, layout, timeline
+from service.console import auth, charts, filters, insight, layout, timeline
 from service.errors import InvalidParameter, NotFound, Unauthorized
 from service.routes import stream as stream_routes
 
@@ -31,7 +32,21 @@ LIVE_ROWS: Final = 10
 MAX_NOTIFICATIONS: Final = 300
 NOTIFICATION_PAGE: Final = 100
 MAX_PAYLOAD_CHARS: Final = 64 * 1024
-ERRORS_OF_AGENTS: Final = 50
+# The overview's figures over the last day (webhooks, errors, latency, stopped histories).
+DAY: Final = timedelta(days=1)
+TOP_ERRORS: Final = 5
+# Notifications waiting to be applied are counted up to this ("1000 or more").
+UNAPPLIED_UPTO: Final = 1000
+# Why a webhook was refused or failed (`webhook_count.reason`), as the overview names them.
+REJECTIONS: Final = {
+    "invalid_signature": "bad signature (401)",
+    "invalid_notification": "not a notification (400)",
+    "payload_too_large": "over 1 MiB (413)",
+    "unknown_app": "unknown App ID (404)",
+    "client_disconnected": "sender gone mid-body",
+}
+ERRORS_PAGE: Final = 50
+MAX_FILTER_CHARS: Final = 200
 
 
 def _viewer(request: Request) -> auth.Viewer | Response:
@@ -54,14 +69,25 @@ async def overview(request: Request) -> Response:
         return _problem(who, "No such window", f"window: one of {', '.join(WINDOWS)}", status=400)
     settings: Settings = request.state.settings
     now = datetime.now(UTC)
+    app_ids = sorted(who.apps)
     async with request.state.engine.connect() as conn:
         position = await stream.head(conn)
+        day = await _last_day(conn, app_ids=app_ids, now=now)
         apps = [
-            await _app_card(conn, settings, app_id=app_id, window=window, now=now)
-            for app_id in sorted(who.apps)
+            {
+                **await _app_card(conn, settings, app_id=app_id, window=window, now=now),
+                **{part: figures[app_id] for part, figures in day.items()},
+                **await _insight(conn, app_id=app_id, now=now),
+            }
+            for app_id in app_ids
         ]
-        backlog = await jobs.counts(conn)
-        oldest = await jobs.oldest_due_seconds(conn)
+        # Refusals naming an App ID nobody configured belong to no app: only a token that sees
+        # every configured app is shown them.
+        unknown = (
+            await webhook_counts.unknown_apps(conn, known=settings.apps, since=now - DAY)
+            if who.apps >= settings.apps.keys()
+            else []
+        )
     return layout.render(
         "overview.html",
         {
@@ -69,12 +95,36 @@ async def overview(request: Request) -> Response:
             "apps": apps,
             "window": window,
             "windows": list(WINDOWS),
-            "backlog": {**backlog, "oldest_due_s": oldest},
+            "unknown_apps": unknown,
+            "reasons": REJECTIONS,
             "stream_url": _stream_url(position),
             "active": ACTIVE,
             "live_rows": LIVE_ROWS,
         },
     )
+
+
+async def _last_day(
+    conn: AsyncConnection, *, app_ids: list[str], now: datetime
+) -> dict[str, dict[str, Any]]:
+    """Per part of a card, per app: webhook answers over the last day, notifications waiting to
+    be applied, the history backlog and the histories of the agents stopped in the last day."""
+    return {
+        "webhooks": await webhook_counts.totals(conn, app_ids=app_ids, since=now - DAY),
+        "waiting": await queries.unapplied_count(conn, app_ids=app_ids, upto=UNAPPLIED_UPTO),
+        "backlog": await jobs.backlog(conn, app_ids=app_ids),
+        "histories": await queries.history_statuses(conn, app_ids=app_ids, since=now - DAY),
+    }
+
+
+async def _insight(conn: AsyncConnection, *, app_id: str, now: datetime) -> dict[str, Any]:
+    """Top errors and turn latency over the last day (interim console reads, `insight`)."""
+    return {
+        "top_errors": await insight.top_errors(
+            conn, app_id=app_id, start=now - DAY, end=now, limit=TOP_ERRORS
+        ),
+        "latency": await insight.turn_latency(conn, app_id=app_id, start=now - DAY, end=now),
+    }
 
 
 async def _app_card(
@@ -103,8 +153,6 @@ async def _app_card(
         limit=LIVE_ROWS,
         cursor=None,
     )
-    # Whether any notification waits to be applied (their count comes with the insight queries).
-    unapplied = await queries.unapplied(conn, app_id=app_id, limit=1, cursor=None)
     return {
         "app_id": app_id,
         "status": status,
@@ -114,7 +162,6 @@ async def _app_card(
         "chart": chart,
         "live": live["items"],
         "more_live": live["next_cursor"] is not None,
-        "unapplied": bool(unapplied["items"]),
         "rows_url": "/console/fragments/agent-rows"
         + layout.query([("app_id", app_id), *(("state", s) for s in ACTIVE), ("limit", LIVE_ROWS)]),
     }
@@ -273,57 +320,55 @@ async def errors(request: Request) -> Response:
     who = _viewer(request)
     if isinstance(who, Response):
         return who
-    app_id = request.query_params.get("app_id") or None
-    cursor = request.query_params.get("cursor") or None
+    params = request.query_params
+    app_id = params.get("app_id") or None
     if app_id is not None and app_id not in who.apps:
         return _problem(who, "No such app", "app_id: no such app", status=404)
-    apps = [app_id] if app_id is not None else sorted(who.apps)
     try:
+        module, code = _error_filters(params.get("module") or None, params.get("code") or None)
         async with request.state.engine.connect() as conn:
-            found, next_cursor = await _recent_errors(conn, apps=apps, cursor=cursor)
+            page = await insight.errors(
+                conn,
+                app_ids=[app_id] if app_id is not None else sorted(who.apps),
+                module=module,
+                code=code,
+                limit=ERRORS_PAGE,
+                cursor=params.get("cursor") or None,
+            )
     except InvalidParameter as error:
         return _problem(who, "Bad link", error.detail, status=400)
+    kept = {"app_id": app_id, "module": module, "code": code}
     return layout.render(
         "errors.html",
         {
             "viewer": who,
-            "errors": found,
+            "errors": page["items"],
             "apps": sorted(who.apps),
-            "app_id": app_id,
-            "agents": ERRORS_OF_AGENTS,
-            "first_url": "/console/errors" + layout.query({"app_id": app_id}),
-            "next_url": "/console/errors" + layout.query({"app_id": app_id, "cursor": next_cursor})
-            if next_cursor
+            "filters": kept,
+            "filtered": any(v is not None for v in kept.values()),
+            "first_url": "/console/errors" + layout.query(kept),
+            "paged": bool(params.get("cursor")),
+            "next_url": "/console/errors" + layout.query({**kept, "cursor": page["next_cursor"]})
+            if page["next_cursor"]
             else None,
         },
     )
 
 
-async def _recent_errors(
-    conn: AsyncConnection, *, apps: list[str], cursor: str | None
-) -> tuple[list[dict[str, Any]], str | None]:
-    """Errors of the most recent agents, newest first, and the cursor of the agents after them.
-
-    The seam for `GET /v1/errors` (errors across agents): until it exists, the errors of one
-    page of agents, read agent by agent.
-    """
-    page = await queries.list_agents(
-        conn, where=queries.AgentFilter(app_ids=apps), limit=ERRORS_OF_AGENTS, cursor=cursor
-    )
-    found: list[dict[str, Any]] = []
-    for item in page["items"]:
-        detail = await queries.agent_detail(conn, item["app_id"], item["agent_id"])
-        for error in (detail or {}).get("errors", []):
-            found.append(
-                {
-                    **error,
-                    "app_id": item["app_id"],
-                    "agent_id": item["agent_id"],
-                    "name": item["name"],
-                }
-            )
-    found.sort(key=lambda e: e["at"] or "", reverse=True)
-    return found, page["next_cursor"]
+def _error_filters(module: str | None, code: str | None) -> tuple[str | None, int | None]:
+    """The errors page's `module` (text) and `code` (an integer a bigint holds), or a 400."""
+    if module is not None and (len(module) > MAX_FILTER_CHARS or not queries.storable(module)):
+        raise InvalidParameter(f"module: at most {MAX_FILTER_CHARS} characters of text")
+    if code is None:
+        return module, None
+    stripped = code.strip()
+    digits = stripped.removeprefix("-")
+    if not (digits.isascii() and digits.isdigit() and len(digits) <= 19):
+        raise InvalidParameter("code: an integer")
+    number = int(stripped)
+    if not -(2**63) <= number < 2**63:
+        raise InvalidParameter("code: an integer")
+    return module, number
 
 
 async def live(request: Request) -> Response:

@@ -42,9 +42,11 @@ async def receive(request: Request) -> Response:
     received_at = datetime.now(UTC)
     outcome, status, reason = "error", 500, "internal_error"
     app_label, event_type = metrics.UNKNOWN_APP, None
+    # The App ID the path named (the console counts refusals of unknown ones too).
+    counted_app: str | None = request.path_params.get("app_id")
     try:
         app = _app(request.state.settings, request.path_params.get("app_id"))
-        app_label = app.app_id
+        app_label = counted_app = app.app_id
         structlog.contextvars.bind_contextvars(app_id=app.app_id)
         body = await _read_body(request)
         signatures.verify(body, request.headers, [str(s) for s in app.webhook_secrets])
@@ -73,6 +75,7 @@ async def receive(request: Request) -> Response:
     finally:
         seconds = time.perf_counter() - started
         metrics.notification(app_label, event_type, outcome=outcome, reason=reason, seconds=seconds)
+        request.state.tally.add(counted_app, outcome=outcome, reason=reason, at=received_at)
         log.info(
             "webhook_handled",
             outcome=outcome,

@@ -20,16 +20,21 @@ from typing import Any
 import httpx
 import pytest
 
+from service import signatures
 from tests.browser import seed
 from tests.factories import (
     APP_ID,
     READ_TOKEN,
+    SCOPED_TOKEN,
+    SECOND_APP,
+    SECOND_SCOPED_TOKEN,
+    SECOND_SECRET,
     Sql,
     deliver,
-    environment,
     payload,
     poll,
     reader_headers,
+    scoped_environment,
 )
 from tests.processes import ServiceProcess, serving
 
@@ -73,13 +78,16 @@ class Site:
 def site(
     create_database: Callable[[], str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Site]:
-    env = environment(
+    log_dir = tmp_path_factory.mktemp("browser")
+    # Two apps, each with a token of its own; the demo day is APP_ID's.
+    env = scoped_environment(
         create_database(),
+        log_dir,
         CONSOLE_SESSION_KEY=KEY,
         HISTORY_GRACE_S="1",
         SHUTDOWN_DRAIN_S="0",
+        WEBHOOK_COUNTS_FLUSH_S="0.2",
     )
-    log_dir = tmp_path_factory.mktemp("browser")
     with serving(env, log_dir, args=("serve", "--with-worker")) as (process,):
         seeded = seed.seed(process.url, now=time.time())
         # The worker settles the history jobs (no REST credentials here: after the grace).
@@ -115,10 +123,10 @@ def watched(chromium: Any, site: Site) -> Iterator[Watched]:
     assert seen.errors == []
 
 
-def log_in(page: Any, path: str = "/console") -> None:
+def log_in(page: Any, path: str = "/console", token: str = READ_TOKEN) -> None:
     page.goto(path)
     assert "/console/login" in page.url
-    page.fill("#token", READ_TOKEN)
+    page.fill("#token", token)
     page.click("button[type=submit]")
     page.wait_for_url(f"**{path}")
     page.wait_for_selector("#live[data-live='on']")
@@ -131,14 +139,73 @@ def shoot(page: Any, name: str, tmp_path: Path) -> None:
         page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
 
 
+@dataclass
+class Sent:
+    """What the second app was sent, as the overview should count it."""
+
+    accepted: int
+    duplicates: int
+    rejected: dict[str, int]
+    errors: list[tuple[str, str, int, str]]  # agent, module, code, message
+    agents: list[str]
+
+
+@pytest.fixture(scope="module")
+def second_app(site: Site) -> Sent:
+    """Agents with errors for SECOND_APP, a repeat, and three refused deliveries."""
+    url = f"{site.url}/v1/webhooks/agora/{SECOND_APP}"
+    agents = ["second-a", "second-b"]
+    errors = [
+        ("second-a", "asr", 1001, "no speech <b>detected</b>"),
+        ("second-a", "asr", 1001, "no speech again"),
+        ("second-b", "asr", 1001, "microphone muted"),
+        ("second-b", "llm", 42, "<script>alert('model')</script>"),
+    ]
+    deliveries = [deliver(101, payload(a, name=f"name-{a}"), secret=SECOND_SECRET) for a in agents]
+    deliveries += [
+        deliver(
+            110, payload(a, errors=[{"module": m, "code": c, "message": t}]), secret=SECOND_SECRET
+        )
+        for a, m, c, t in errors
+    ]
+    with httpx.Client(timeout=10) as client:
+        for delivery in deliveries:
+            answer = client.post(url, content=delivery.body, headers=delivery.headers)
+            assert answer.json() == {"status": "accepted"}
+        repeat = deliveries[0]
+        assert client.post(url, content=repeat.body, headers=repeat.headers).json() == {
+            "status": "duplicate"
+        }
+        body = deliveries[0].body
+        wrong = {"Content-Type": "application/json", **signatures.sign(body, "not-the-secret")}
+        assert client.post(url, content=body, headers=wrong).status_code == 401
+        junk = b"[1, 2"
+        junk_headers = {"Content-Type": "application/json", **signatures.sign(junk, SECOND_SECRET)}
+        assert client.post(url, content=junk, headers=junk_headers).status_code == 400
+        assert (
+            client.post(url, content=body, headers={"Agora-Signature-V2": "00"}).status_code == 401
+        )
+    return Sent(
+        accepted=len(deliveries),
+        duplicates=1,
+        rejected={"invalid_signature": 2, "invalid_notification": 1},
+        errors=errors,
+        agents=agents,
+    )
+
+
 def test_the_overview_shows_the_live_count_the_api_reports_and_keeps_it_live(
-    watched: Watched, site: Site, tmp_path: Path
+    watched: Watched, site: Site, second_app: Sent, tmp_path: Path
 ) -> None:
     page = watched.page
     log_in(page)
+    # The second app's deliveries counted (stored every 0.2 s), for the screenshot.
+    second = f"[data-pcu-app='{SECOND_APP}'] [data-webhooks-accepted]"
+    poll(lambda: page.reload() or page.locator(second).inner_text() == str(second_app.accepted))
+    page.wait_for_selector("#live[data-live='on']")
     shown = page.locator(f"[data-pcu-app='{APP_ID}'] [data-pcu-current]")
     assert int(shown.inner_text()) == site.pcu()["current"] > 0
-    assert page.locator(".chart .peak").count() == 1
+    assert page.locator(f"[data-pcu-app='{APP_ID}'] .chart .peak").count() == 1
     shoot(page, "overview", tmp_path)
     page.evaluate("window.notReloaded = true")
     site.join("agent-arrives-on-the-overview")
@@ -240,3 +307,98 @@ def test_logging_out_ends_the_session(watched: Watched) -> None:
     page.wait_for_url("**/console/login")
     page.goto("/console/agents")
     assert "/console/login?next=%2Fconsole%2Fagents" in page.url
+
+
+def test_the_overview_shows_webhook_health_and_top_errors_as_they_were_sent(
+    watched: Watched, second_app: Sent
+) -> None:
+    page = watched.page
+    log_in(page)
+    card = f"[data-pcu-app='{SECOND_APP}']"
+
+    def figures() -> dict[str, str]:
+        page.reload()
+        return {
+            name: page.locator(f"{card} [data-{name}]").inner_text()
+            for name in ("webhooks-accepted", "webhooks-duplicate", "webhooks-rejected")
+        }
+
+    expected = {
+        "webhooks-accepted": str(second_app.accepted),
+        "webhooks-duplicate": str(second_app.duplicates),
+        "webhooks-rejected": str(sum(second_app.rejected.values())),
+    }
+    poll(lambda: figures() == expected, timeout=20, interval=0.3)
+    page.wait_for_selector("#live[data-live='on']")
+    for reason, count in second_app.rejected.items():
+        shown = page.locator(f"{card} [data-rejected-reason='{reason}']").inner_text()
+        assert int(shown) == count
+    counted: dict[tuple[str, str], set[str]] = {}
+    totals: dict[tuple[str, str], int] = {}
+    for agent_id, module, code, _ in second_app.errors:
+        counted.setdefault((module, str(code)), set()).add(agent_id)
+        totals[(module, str(code))] = totals.get((module, str(code)), 0) + 1
+    rows = page.locator(f"{card} [data-top-errors] tbody tr")
+    shown_rows = {
+        (row.get_attribute("data-error-module"), row.get_attribute("data-error-code")): (
+            int(row.locator("[data-error-count]").inner_text()),
+            int(row.locator("[data-error-agents]").inner_text()),
+        )
+        for row in rows.all()
+    }
+    assert shown_rows == {key: (totals[key], len(counted[key])) for key in totals}
+    first = rows.first
+    assert (first.get_attribute("data-error-module"), first.get_attribute("data-error-code")) == (
+        "asr",
+        "1001",
+    )
+
+
+def test_the_errors_page_lists_the_errors_sent_and_leads_to_their_agents(
+    watched: Watched, second_app: Sent
+) -> None:
+    page = watched.page
+    log_in(page)
+    page.goto(f"/console/errors?app_id={SECOND_APP}")
+    messages = page.locator("table.errors td.message").all_inner_texts()
+    # Newest first: sent in order, one after another.
+    assert messages == [message for *_, message in reversed(second_app.errors)]
+    page.goto(f"/console/errors?app_id={SECOND_APP}&module=asr&code=1001")
+    assert page.locator("table.errors tbody tr[data-error-agent]").count() == 3
+    page.click("text=name-second-b")
+    page.wait_for_url(f"**/console/agents/second-b?app_id={SECOND_APP}")
+    assert "microphone muted" in page.locator("table.errors").inner_text()
+
+
+@pytest.mark.parametrize(
+    ("token", "mine", "other"),
+    [(SCOPED_TOKEN, APP_ID, SECOND_APP), (SECOND_SCOPED_TOKEN, SECOND_APP, APP_ID)],
+)
+def test_an_apps_own_token_sees_nothing_of_another_app(
+    watched: Watched, site: Site, second_app: Sent, token: str, mine: str, other: str
+) -> None:
+    page = watched.page
+    log_in(page, token=token)
+    assert page.locator("[data-pcu-app]").evaluate_all(
+        "cards => cards.map(c => c.dataset.pcuApp)"
+    ) == [mine]
+    for path in ("/console", "/console/agents", "/console/errors", "/console?window=30d"):
+        page.goto(path)
+        text = page.content()
+        assert other not in text, path
+        assert mine in text, path
+    page.goto("/console/errors")
+    assert page.locator("select[name=app_id] option").all_inner_texts() == ["all", mine]
+    # Another app's agent, its errors and its rows, asked for by URL: not found, or nothing.
+    others_agent = second_app.agents[0] if other == SECOND_APP else site.seeded.story_agent_id
+    request = page.context.request
+    for path in (
+        f"/console/agents/{others_agent}?app_id={other}",
+        f"/console/agents/{others_agent}",
+        f"/console/errors?app_id={other}",
+    ):
+        answer = request.get(f"{site.url}{path}")
+        assert answer.status == 404, path
+        assert other not in answer.text().replace(others_agent, ""), path
+    rows = request.get(f"{site.url}/console/fragments/agent-rows?app_id={other}")
+    assert others_agent not in rows.text()

@@ -6,26 +6,31 @@ tests/browser/; here every page is requested as a plain client would.
 
 from __future__ import annotations
 
+import math
 import re
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from starlette.testclient import TestClient
 
-from service import config
+from service import config, signatures
 from service.app import create_app
 from service.console import layout
 from tests.factories import (
     APP_ID,
     READ_TOKEN,
+    SCOPED_TOKEN,
     SECOND_APP,
     SECOND_SECRET,
     SECRET,
     apps_file,
     deliver,
     payload,
+    poll,
     post,
+    scoped_environment,
 )
 
 KEY = "console-session-key-for-the-tests-0123456789"
@@ -240,7 +245,14 @@ def test_untrusted_names_labels_and_transcripts_are_escaped_everywhere(console: 
         ),
     )
     login(console)
-    for path in ("/console", "/console/agents", "/console/agents/a1", "/console/errors"):
+    hostile_filter = "/console/errors" + layout.query({"module": HOSTILE, "code": "1"})
+    for path in (
+        "/console",
+        "/console/agents",
+        "/console/agents/a1",
+        "/console/errors",
+        hostile_filter,
+    ):
         text = console.get(path).text
         assert "<script>alert" not in text and "<img src=x" not in text, path
         assert len(re.findall(r"<script", text)) == 1, path
@@ -366,15 +378,6 @@ def test_the_overview_shows_each_app_against_its_cap(console: TestClient) -> Non
     assert console.get("/console?window=1y").status_code == 400
 
 
-def test_the_overview_says_when_notifications_wait_to_be_applied(console: TestClient) -> None:
-    login(console)
-    assert 'data-slot="webhook-health"' in console.get("/console").text
-    assert "none" in console.get("/console").text
-    post(console, deliver(101, {"name": "no agent id here"}))
-    page = console.get("/console").text
-    assert f"/v1/apps/{APP_ID}/notifications?status=unapplied" in page
-
-
 def test_a_huge_payload_is_shown_cut_and_the_page_stays_small(console: TestClient) -> None:
     transcript = [{"role": "user", "content": "x" * 1000} for _ in range(300)]
     post(console, deliver(101, payload("a1")))
@@ -383,3 +386,217 @@ def test_a_huge_payload_is_shown_cut_and_the_page_stays_small(console: TestClien
     page = console.get("/console/agents/a1").text
     assert "the API has it whole" in page
     assert len(page) < 800_000
+
+
+@pytest.fixture
+def counting(make_settings: Callable[..., config.Settings]) -> Iterator[TestClient]:
+    """The console with webhook counts stored every 50 ms instead of every 10 s."""
+    settings = make_settings(CONSOLE_SESSION_KEY=KEY, WEBHOOK_COUNTS_FLUSH_S="0.05")
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def figure(html: str, attribute: str) -> int | None:
+    """The number in the element whose last attribute is `data-ATTRIBUTE` (None if absent)."""
+    found = re.search(rf"data-{re.escape(attribute)}>(\d+)<", html)
+    return int(found.group(1)) if found else None
+
+
+def signed(body: bytes, secret: str = SECRET) -> dict[str, str]:
+    return {"Content-Type": "application/json", **signatures.sign(body, secret)}
+
+
+def test_the_overview_counts_how_webhooks_were_answered_and_why_refused(
+    counting: TestClient,
+) -> None:
+    for agent_id in ("a1", "a2", "a3"):
+        assert post(counting, deliver(101, payload(agent_id))).json() == {"status": "accepted"}
+    repeated = deliver(101, payload("a1"))
+    post(counting, repeated)  # a fourth accepted
+    for _ in range(2):
+        assert post(counting, repeated).json() == {"status": "duplicate"}
+    assert post(counting, deliver(101, payload("a4"), product_id=1)).json() == {"status": "ignored"}
+    assert post(counting, deliver(101, {"name": "no id"})).json() == {"status": "unapplied"}
+    url = f"/v1/webhooks/agora/{APP_ID}"
+    body = deliver(101, payload("a5")).body
+    for secret in ("wrong", "also-wrong"):
+        assert counting.post(url, content=body, headers=signed(body, secret)).status_code == 401
+    assert counting.post(url, content=b"{not json", headers=signed(b"{not json")).status_code == 400
+    large = b" " * (1024 * 1024 + 1)
+    assert counting.post(url, content=large, headers=signed(large)).status_code == 413
+    for app_id in ("app-nobody-serves", "app-nobody-serves", "<img src=x onerror=alert(1)>"):
+        assert counting.post(f"/v1/webhooks/agora/{app_id}", content=body).status_code == 404
+    expected = {
+        "webhooks-accepted": 4,
+        "webhooks-duplicate": 2,
+        "webhooks-ignored": 1,
+        "webhooks-unapplied": 1,
+        "webhooks-rejected": 4,
+        'rejected-reason="invalid_signature"': 2,
+        'rejected-reason="invalid_notification"': 1,
+        'rejected-reason="payload_too_large"': 1,
+    }
+    login(counting)
+
+    def shown() -> dict[str, int | None]:
+        page = counting.get("/console").text
+        return {attribute: figure(page, attribute) for attribute in expected}
+
+    poll(lambda: shown() == expected, timeout=10)
+    page = counting.get("/console").text
+    assert "1 stored notification waits to be applied" in page
+    # Refusals for apps nobody serves are not any app's; a path that is no App ID is "(none)".
+    assert "<code>app-nobody-serves</code> 2" in page and "<code>(none)</code> 1" in page
+    assert "last 24 h" in page
+
+
+def nearest_rank(values: list[int], p: float) -> int:
+    ordered = sorted(values)
+    return ordered[max(math.ceil(p * len(ordered)), 1) - 1]
+
+
+def test_the_overview_shows_the_days_top_errors_and_turn_latency(console: TestClient) -> None:
+    now_ms = int(time.time() * 1000)
+    day_ago_ms = now_ms - 86_400_000
+    for agent_id, errors in (
+        ("a1", [("tts", 429), ("tts", 429), ("llm", 500)]),
+        ("a2", [("tts", 429)]),
+    ):
+        post(console, deliver(101, payload(agent_id)))
+        items = [{"module": m, "code": c, "message": "m"} for m, c in errors]
+        post(console, deliver(110, payload(agent_id, errors=items)))
+    # Older than a day: counted nowhere on the overview.
+    stale = [{"module": "asr", "code": 1, "message": "old"}]
+    post(console, deliver(110, payload("a1", errors=stale), notify_ms=day_ago_ms - 60_000))
+    latencies = [900, 450, 1200, 700, 300, 2600, 800]
+    turns = [
+        {
+            "turn_id": i + 1,
+            "end": {"end_at": now_ms - 60_000 + i},
+            "metrics": {"e2e_latency_ms": e2e},
+        }
+        for i, e2e in enumerate(latencies)
+    ]
+    turns.append(
+        {"turn_id": 99, "end": {"end_at": day_ago_ms - 60_000}, "metrics": {"e2e_latency_ms": 1}}
+    )
+    post(console, deliver(112, payload("a1", turns=turns)))
+    login(console)
+    page = console.get("/console").text
+    rows = re.findall(
+        r'data-error-module="([^"]*)" data-error-code="([^"]*)">.*?data-error-count>(\d+)<.*?'
+        r"data-error-agents>(\d+)<",
+        page,
+        re.S,
+    )
+    assert rows == [("tts", "429", "3", "2"), ("llm", "500", "1", "1")]
+    assert "/console/errors?app_id=app-one&amp;module=tts&amp;code=429" in page
+    p50, p90 = nearest_rank(latencies, 0.5), nearest_rank(latencies, 0.9)
+    assert figure(page, "latency-turns") == len(latencies)
+    assert re.search(rf"data-latency-p50>{p50:,} ms<", page), p50
+    assert re.search(rf"data-latency-p90>{p90:,} ms<", page), p90
+
+
+def test_the_overview_shows_each_apps_history_backlog(console: TestClient) -> None:
+    start = int(time.time()) - 600
+    for agent_id in ("a1", "a2"):
+        post(console, deliver(101, payload(agent_id, start_ts=start)))
+    post(
+        console,
+        deliver(102, payload("a1", start_ts=start, stop_ts=start + 60, status="STOPPED")),
+    )
+    login(console)
+    page = console.get("/console").text
+    # No worker runs here: the stopped agent's job waits, its history is pending.
+    assert figure(page, "backlog-queued") == 1
+    assert figure(page, "backlog-running") == 0
+    assert figure(page, "histories-pending") == 1
+    assert figure(page, "histories-complete") == 0
+    post(console, deliver(103, payload("a1", contents=[{"role": "user", "content": "hi"}])))
+    page = console.get("/console").text
+    assert (figure(page, "histories-complete"), figure(page, "histories-pending")) == (1, 0)
+
+
+def test_the_errors_page_lists_errors_across_agents_newest_first_with_filters_and_pages(
+    console: TestClient,
+) -> None:
+    now_ms = int(time.time() * 1000)
+    sent = []
+    for i in range(60):
+        agent_id = f"a{i % 3}"
+        module, code = ("tts", 429) if i % 2 else ("llm", 500 + i % 4)
+        items = [{"module": module, "code": code, "message": f"error {i}"}]
+        post(
+            console,
+            deliver(110, payload(agent_id, errors=items), notify_ms=now_ms - 1000 * (60 - i)),
+        )
+        sent.append((f"error {i}", agent_id, module, code))
+    login(console)
+    newest_first = [s for s in reversed(sent)]
+    first = console.get("/console/errors")
+    assert first.status_code == 200
+    assert re.findall(r'class="message">(error \d+)<', first.text) == [
+        s[0] for s in newest_first[:50]
+    ]
+    older = re.search(r'href="(/console/errors\?cursor=[^"]+)">Older', first.text)
+    assert older is not None
+    second = console.get(older.group(1).replace("&amp;", "&")).text
+    assert re.findall(r'class="message">(error \d+)<', second) == [s[0] for s in newest_first[50:]]
+    assert "Older →" not in second
+    # Each row leads to its agent.
+    assert f'href="/console/agents/a2?app_id={APP_ID}"' in first.text
+    filtered = console.get("/console/errors?module=llm&code=501").text
+    expected = [s[0] for s in newest_first if s[2] == "llm" and s[3] == 501]
+    assert re.findall(r'class="message">(error \d+)<', filtered) == expected
+    assert console.get(f"/console/errors?app_id={APP_ID}&module=nothing").status_code == 200
+    for bad in ("code=4x", "code=99999999999999999999", "cursor=not-ours", "module=" + "m" * 300):
+        assert console.get(f"/console/errors?{bad}").status_code == 400, bad
+    assert console.get("/console/errors?app_id=nope").status_code == 404
+
+
+def test_a_scoped_token_sees_nothing_of_another_app_anywhere_in_the_console(
+    make_settings: Callable[..., config.Settings], tmp_path: Path
+) -> None:
+    settings = config.load(
+        scoped_environment(
+            make_settings().sqlalchemy_url,
+            tmp_path,
+            CONSOLE_SESSION_KEY=KEY,
+            WEBHOOK_COUNTS_FLUSH_S="0.05",
+        )
+    )
+    with TestClient(create_app(settings)) as client:
+        for app_id, secret in ((APP_ID, SECRET), (SECOND_APP, SECOND_SECRET)):
+            mine = f"agent-of-{app_id}"
+            post(
+                client,
+                deliver(101, payload(mine, name=f"name-{app_id}"), secret=secret),
+                app_id=app_id,
+            )
+            errors = [{"module": f"module-{app_id}", "code": 7, "message": f"message-{app_id}"}]
+            post(client, deliver(110, payload(mine, errors=errors), secret=secret), app_id=app_id)
+        client.post("/v1/webhooks/agora/app-nobody-serves", content=b"{}")
+        login(client, token=SCOPED_TOKEN)
+        pages = {
+            path: client.get(path)
+            for path in ("/console", "/console/agents", "/console/errors", "/console?window=7d")
+        }
+        for path, page in pages.items():
+            assert page.status_code == 200, path
+            assert SECOND_APP not in page.text, path
+            assert APP_ID in page.text, path
+        assert "app-nobody-serves" not in pages["/console"].text
+        assert f"message-{APP_ID}" in pages["/console/errors"].text
+        assert f"module-{APP_ID}" in pages["/console"].text
+        assert client.get(f"/console/agents/agent-of-{SECOND_APP}").status_code == 404
+        other = client.get(f"/console/agents/agent-of-{SECOND_APP}?app_id={SECOND_APP}")
+        assert other.status_code == 404 and SECOND_APP not in other.text.replace(
+            f"agent-of-{SECOND_APP}", ""
+        )
+        for path in (
+            f"/console/errors?app_id={SECOND_APP}",
+            f"/console/agents?app_id={SECOND_APP}",
+        ):
+            assert client.get(path).status_code in (400, 404), path
+        rows = client.get(f"/console/fragments/agent-rows?app_id={SECOND_APP}")
+        assert f"agent-of-{SECOND_APP}" not in rows.text

@@ -197,6 +197,7 @@ def test_the_console_and_the_stream_have_working_defaults() -> None:
     settings = config.load({})
     assert settings.console_session_key is None  # the console is off until a key is set
     assert (settings.stream_max_subscribers, settings.stream_heartbeat_s) == (100, 10.0)
+    assert settings.webhook_counts_flush_s == 10.0
 
 
 @pytest.mark.parametrize(
@@ -206,6 +207,7 @@ def test_the_console_and_the_stream_have_working_defaults() -> None:
         ({"STREAM_HEARTBEAT_S": "16"}, "STREAM_HEARTBEAT_S"),
         ({"STREAM_HEARTBEAT_S": "0"}, "STREAM_HEARTBEAT_S"),
         ({"STREAM_MAX_SUBSCRIBERS": "0"}, "STREAM_MAX_SUBSCRIBERS"),
+        ({"WEBHOOK_COUNTS_FLUSH_S": "0"}, "WEBHOOK_COUNTS_FLUSH_S"),
     ],
 )
 def test_console_and_stream_settings_are_checked(environ: dict[str, str], named: str) -> None:

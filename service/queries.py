@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from sqlalchemy import ColumnElement, Table, and_, func, select, tuple_
+from sqlalchemy import ColumnElement, Table, and_, exists, func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service import concurrency, pcu
@@ -34,7 +34,8 @@ from service.tables import (
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AgentFilter:
-    """`GET /v1/agents` filters; `since`/`until` bound the start time, `until` exclusive."""
+    """`GET /v1/agents` filters; `since`/`until` bound the start time, `stopped_since`/
+    `stopped_until` the stop time, each `until` exclusive."""
 
     app_ids: Sequence[str] = ()  # the apps to list (those the caller may see)
     states: Sequence[str] = ()
@@ -42,6 +43,10 @@ class AgentFilter:
     labels: Mapping[str, str] = field(default_factory=dict)
     since: datetime | None = None
     until: datetime | None = None
+    name: str | None = None
+    has_errors: bool | None = None  # None: either
+    stopped_since: datetime | None = None
+    stopped_until: datetime | None = None
 
 
 # What a cursor may hold: the times and ids the API gives out, never more than their types hold.
@@ -199,9 +204,7 @@ async def list_agents(
     key = agent_listed_at.label("listed_at")
     stmt = select(agent, key).where(*_agent_conditions(where))
     if cursor is not None:
-        at, app_id, agent_id = _decode_cursor(
-            cursor, kinds=(_cursor_at, _cursor_text, _cursor_text)
-        )
+        at, app_id, agent_id = decode_cursor(cursor, kinds=(cursor_at, cursor_text, cursor_text))
         stmt = stmt.where(
             tuple_(agent_listed_at, agent.c.app_id, agent.c.agent_id) < (at, app_id, agent_id)
         )
@@ -213,7 +216,7 @@ async def list_agents(
     last = page[-1] if more else None
     return {
         "items": [agent_summary(row) for row in page],
-        "next_cursor": _encode_cursor(
+        "next_cursor": encode_cursor(
             [pcu.to_us(last["listed_at"]), last["app_id"], last["agent_id"]]
         )
         if last is not None
@@ -234,6 +237,17 @@ def _agent_conditions(where: AgentFilter) -> list[ColumnElement[bool]]:
         conditions.append(agent.c.started_at >= where.since)
     if where.until is not None:
         conditions.append(agent.c.started_at < where.until)
+    if where.name is not None:
+        conditions.append(agent.c.name == where.name)
+    if where.has_errors is not None:
+        erred = exists().where(
+            agent_error.c.app_id == agent.c.app_id, agent_error.c.agent_id == agent.c.agent_id
+        )
+        conditions.append(erred if where.has_errors else ~erred)
+    if where.stopped_since is not None:
+        conditions.append(agent.c.stopped_at >= where.stopped_since)
+    if where.stopped_until is not None:
+        conditions.append(agent.c.stopped_at < where.stopped_until)
     return conditions
 
 
@@ -249,7 +263,7 @@ async def agent_events(
         _one_agent(notification, app_id, agent_id)
     )
     if cursor is not None:
-        after_at, after_id = _decode_cursor(cursor, kinds=(_cursor_at, _cursor_id))
+        after_at, after_id = decode_cursor(cursor, kinds=(cursor_at, cursor_id))
         stmt = stmt.where(tuple_(at, notification.c.id) > (after_at, after_id))
     stmt = stmt.order_by(at, notification.c.id).limit(limit + 1)
     rows = (await conn.execute(stmt)).mappings().all()
@@ -257,7 +271,7 @@ async def agent_events(
     last = page[-1] if more else None
     return {
         "items": [_event(row) for row in page],
-        "next_cursor": _encode_cursor([pcu.to_us(last["sort_at"]), last["id"]])
+        "next_cursor": encode_cursor([pcu.to_us(last["sort_at"]), last["id"]])
         if last is not None
         else None,
     }
@@ -284,7 +298,7 @@ async def unapplied(
         notification.c.app_id == app_id, notification.c.outcome == "unapplied"
     )
     if cursor is not None:
-        before_at, before_id = _decode_cursor(cursor, kinds=(_cursor_at, _cursor_id))
+        before_at, before_id = decode_cursor(cursor, kinds=(cursor_at, cursor_id))
         stmt = stmt.where(
             tuple_(notification.c.received_at, notification.c.id) < (before_at, before_id)
         )
@@ -303,7 +317,7 @@ async def unapplied(
             }
             for row in page
         ],
-        "next_cursor": _encode_cursor([pcu.to_us(last["received_at"]), last["id"]])
+        "next_cursor": encode_cursor([pcu.to_us(last["received_at"]), last["id"]])
         if last is not None
         else None,
     }
@@ -313,18 +327,26 @@ async def pcu_status(
     conn: AsyncConnection, *, app_id: str, limits: pcu.Limits, window_s: int, now: datetime
 ) -> dict[str, Any]:
     """Current PCU against the cap, and the peak over the last `window_s` seconds."""
-    current = await concurrency.current(conn, app_id=app_id)
+    status = await capacity(conn, app_id=app_id, cap=limits.cap)
     end = pcu.to_us(now)
     high = await concurrency.peak(
         conn, app_id=app_id, start=end - window_s * pcu.US_PER_S, end=end + 1
     )
     return {
-        "app_id": app_id,
-        "cap": limits.cap,
-        "current": current,
-        "available": max(limits.cap - current, 0),
-        "utilisation": current / limits.cap,
+        **status,
+        "utilisation": status["current"] / limits.cap,
         "peak": {"value": high.value, "at": rfc3339(concurrency.as_datetime(high.at))},
+    }
+
+
+async def capacity(conn: AsyncConnection, *, app_id: str, cap: int) -> dict[str, Any]:
+    """The agents holding a PCU slot now against the app's cap (`GET /v1/apps` lists these)."""
+    current = await concurrency.current(conn, app_id=app_id)
+    return {
+        "app_id": app_id,
+        "cap": cap,
+        "current": current,
+        "available": max(cap - current, 0),
     }
 
 
@@ -350,12 +372,12 @@ async def pcu_series(
     }
 
 
-def _encode_cursor(key: list[Any]) -> str:
+def encode_cursor(key: list[Any]) -> str:
     return base64.urlsafe_b64encode(json.dumps(key).encode()).decode().rstrip("=")
 
 
-def _decode_cursor(cursor: str, *, kinds: tuple[Callable[[Any], Any], ...]) -> tuple[Any, ...]:
-    """The sort key a cursor holds, each member read by its kind (`_cursor_at`, ...).
+def decode_cursor(cursor: str, *, kinds: tuple[Callable[[Any], Any], ...]) -> tuple[Any, ...]:
+    """The sort key a cursor holds, each member read by its kind (`cursor_at`, ...).
 
     Anything else (not base64, not JSON, other members, values no row can have) is a 400.
     """
@@ -369,21 +391,26 @@ def _decode_cursor(cursor: str, *, kinds: tuple[Callable[[Any], Any], ...]) -> t
         raise InvalidParameter("cursor: not a cursor this API gave out") from None
 
 
-def _cursor_at(value: Any) -> datetime:
+def cursor_at(value: Any) -> datetime:
     """A time in µs since the epoch, within the years a datetime holds."""
     if type(value) is not int or not _EARLIEST_US <= value <= _LATEST_US:
         raise TypeError(value)
     return pcu.from_us(value)
 
 
-def _cursor_id(value: Any) -> int:
+def cursor_id(value: Any) -> int:
     """A row id: a bigint."""
     if type(value) is not int or not -_BIGINT <= value < _BIGINT:
         raise TypeError(value)
     return value
 
 
-def _cursor_text(value: Any) -> str:
+def cursor_text(value: Any) -> str:
     if type(value) is not str or not storable(value):
         raise TypeError(value)
     return value
+
+
+def optional(kind: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """A cursor member of `kind`, or null (a key column that may be NULL)."""
+    return lambda value: None if value is None else kind(value)

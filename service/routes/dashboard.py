@@ -165,6 +165,7 @@ async def app_pcu_series(request: Request) -> Response:
     _only(params, {"from", "to", "step"})
     start, end = _range(params)
     step = _step(params)
+    _check_range(params, start, end)
     if (end - start) / timedelta(seconds=step) > MAX_POINTS:
         raise InvalidParameter(f"step: at most {MAX_POINTS} points per series")
     async with concurrency.snapshot(request.state.engine) as conn:
@@ -173,17 +174,21 @@ async def app_pcu_series(request: Request) -> Response:
 
 
 def _range(params: QueryParams) -> tuple[datetime, datetime]:
-    """`from` and `to`: by default the 24 hours up to now, at most `MAX_SPAN` long."""
+    """`from` and `to`: by default the 24 hours up to now (`_check_range` checks them)."""
     end = _time(params, "to") or datetime.now(UTC)
     # Near year 1 the default span would leave the calendar: start as early as it goes.
     start = _time(params, "from") or max(end, _EARLIEST + DEFAULT_SPAN) - DEFAULT_SPAN
+    return start, end
+
+
+def _check_range(params: QueryParams, start: datetime, end: datetime) -> None:
+    """A range is forward and at most `MAX_SPAN` long."""
     if start >= end and "from" not in params:
         raise InvalidParameter("to: must be after 0001-01-01T00:00:00Z")
     if start >= end:
         raise InvalidParameter("from: must be before to")
     if end - start > MAX_SPAN:
         raise InvalidParameter(f"from: at most {MAX_SPAN.days} days before to")
-    return start, end
 
 
 def _only(params: QueryParams, allowed: Collection[str], *, labels: bool = False) -> None:

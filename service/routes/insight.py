@@ -67,6 +67,7 @@ async def error_summary(request: Request) -> Response:
     params = request.query_params
     dashboard._only(params, {"from", "to"})
     start, end = dashboard._range(params)
+    dashboard._check_range(params, start, end)
     async with request.state.engine.connect() as conn:
         found = await insight.error_summary(conn, app_id=app_id, start=start, end=end)
     return JSONResponse(found)

@@ -129,7 +129,7 @@ def _item(kind: str, row: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _turn(row: Mapping[str, Any]) -> dict[str, Any]:
-    segments = _segments(row["segments"])
+    figures = segments(row["segments"])
     return {
         "turn_id": row["turn_id"],
         "start_at": queries.rfc3339(row["start_at"]),
@@ -137,13 +137,11 @@ def _turn(row: Mapping[str, Any]) -> dict[str, Any]:
         "start_type": row["start_type"],
         "end_type": row["end_type"],
         "e2e_latency_ms": row["e2e_latency_ms"],
-        **{
-            stage: row[stage] if row[stage] is not None else segments.get(stage) for stage in STAGES
-        },
+        **{stage: row[stage] if row[stage] is not None else figures.get(stage) for stage in STAGES},
     }
 
 
-def _segments(raw: object) -> dict[str, int]:
+def segments(raw: object) -> dict[str, int]:
     """A turn's `segmented_latency_ms` by stage: 112 sends an object, the REST API a list of
     {name, latency}; only whole numbers are figures."""
     pairs: Iterable[tuple[object, object]] = ()

@@ -15,7 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from service import events, jobs, lifecycle, queries, stream
+from service import events, insight, jobs, lifecycle, queries, stream
+from service import timeline as agent_timeline
 from service.config import Settings
 from service.console import auth, charts, filters, layout, timeline
 from service.errors import InvalidParameter, NotFound, Unauthorized
@@ -31,7 +32,7 @@ LIVE_ROWS: Final = 10
 MAX_NOTIFICATIONS: Final = 300
 NOTIFICATION_PAGE: Final = 100
 MAX_PAYLOAD_CHARS: Final = 64 * 1024
-ERRORS_OF_AGENTS: Final = 50
+ERRORS_PAGE: Final = 100
 
 
 def _viewer(request: Request) -> auth.Viewer | Response:
@@ -219,6 +220,7 @@ async def agent(request: Request) -> Response:
                 who, "No such agent", f"There is no agent {agent_id!r} you can see.", status=404
             )
         history = await queries.agent_history(conn, app_id, agent_id)
+        story = await agent_timeline.read(conn, app_id=app_id, agent_id=agent_id)
         notes = await _notifications(conn, app_id=app_id, agent_id=agent_id)
     return layout.render(
         "agent.html",
@@ -226,7 +228,8 @@ async def agent(request: Request) -> Response:
             "viewer": who,
             "agent": detail,
             "history": history,
-            "timeline": timeline.build(agent=detail, history=history, notifications=notes),
+            "timeline": timeline.build((story or {}).get("items", [])),
+            "timeline_truncated": bool(story and story["truncated"]),
             "conversation": timeline.conversation(history),
             "turns": timeline.turns(history),
             "bars": charts.latency_bars((history or {}).get("turns", [])),
@@ -280,50 +283,25 @@ async def errors(request: Request) -> Response:
     apps = [app_id] if app_id is not None else sorted(who.apps)
     try:
         async with request.state.engine.connect() as conn:
-            found, next_cursor = await _recent_errors(conn, apps=apps, cursor=cursor)
+            page = await insight.list_errors(
+                conn, where=insight.ErrorFilter(app_ids=apps), limit=ERRORS_PAGE, cursor=cursor
+            )
     except InvalidParameter as error:
         return _problem(who, "Bad link", error.detail, status=400)
     return layout.render(
         "errors.html",
         {
             "viewer": who,
-            "errors": found,
+            "errors": page["items"],
             "apps": sorted(who.apps),
             "app_id": app_id,
-            "agents": ERRORS_OF_AGENTS,
             "first_url": "/console/errors" + layout.query({"app_id": app_id}),
-            "next_url": "/console/errors" + layout.query({"app_id": app_id, "cursor": next_cursor})
-            if next_cursor
+            "next_url": "/console/errors"
+            + layout.query({"app_id": app_id, "cursor": page["next_cursor"]})
+            if page["next_cursor"]
             else None,
         },
     )
-
-
-async def _recent_errors(
-    conn: AsyncConnection, *, apps: list[str], cursor: str | None
-) -> tuple[list[dict[str, Any]], str | None]:
-    """Errors of the most recent agents, newest first, and the cursor of the agents after them.
-
-    The seam for `GET /v1/errors` (errors across agents): until it exists, the errors of one
-    page of agents, read agent by agent.
-    """
-    page = await queries.list_agents(
-        conn, where=queries.AgentFilter(app_ids=apps), limit=ERRORS_OF_AGENTS, cursor=cursor
-    )
-    found: list[dict[str, Any]] = []
-    for item in page["items"]:
-        detail = await queries.agent_detail(conn, item["app_id"], item["agent_id"])
-        for error in (detail or {}).get("errors", []):
-            found.append(
-                {
-                    **error,
-                    "app_id": item["app_id"],
-                    "agent_id": item["agent_id"],
-                    "name": item["name"],
-                }
-            )
-    found.sort(key=lambda e: e["at"] or "", reverse=True)
-    return found, page["next_cursor"]
 
 
 async def live(request: Request) -> Response:

@@ -49,7 +49,7 @@ async def apps(
 
 
 # One app's errors after the cursor, in answer order: timed ones off the index, then untimed
-# ones by id. `{filters}` and `{timed}`/`{untimed}` are fixed fragments chosen by `_errors_sql`.
+# ones by id (the index's order among NULLs: so ordered, they come off it too). `{filters}` and `{timed}`/`{untimed}` are fixed fragments chosen by `_errors_sql`.
 _APP_ERRORS: Final = """
     (SELECT id, app_id, agent_id, event_at, module, code, message, turn_id
      FROM agent_error
@@ -59,7 +59,7 @@ _APP_ERRORS: Final = """
     (SELECT id, app_id, agent_id, event_at, module, code, message, turn_id
      FROM agent_error
      WHERE app_id = a.app_id AND event_at IS NULL{filters}{untimed}
-     ORDER BY id DESC LIMIT :n)
+     ORDER BY event_at DESC, id DESC LIMIT :n)
 """
 
 

@@ -41,7 +41,7 @@ _EARLIEST: Final = datetime.min.replace(tzinfo=UTC)
 _KEY = "app_id = :app_id AND agent_id = :agent_id"
 _SQL: Final = {
     "transition": f"""
-        SELECT event_at AS at, from_state, to_state, cause, source, inferred
+        SELECT event_at AS at, from_state AS "from", to_state AS "to", cause, source, inferred
         FROM agent_transition WHERE {_KEY} ORDER BY event_at, id LIMIT :n""",
     "error": f"""
         SELECT event_at AS at, module, code, left(message, {MAX_MESSAGE_CHARS}) AS message,
@@ -113,15 +113,6 @@ def merge(found: Sequence[tuple[str, Mapping[str, Any]]]) -> list[dict[str, Any]
 
 def _item(kind: str, row: Mapping[str, Any]) -> dict[str, Any]:
     head = {"at": queries.rfc3339(row["at"]), "kind": kind}
-    if kind == "transition":
-        return {
-            **head,
-            "from": row["from_state"],
-            "to": row["to_state"],
-            "cause": row["cause"],
-            "source": row["source"],
-            "inferred": row["inferred"],
-        }
     if kind == "turn":
         return {**head, **_turn(row)}
     fields = {name: value for name, value in row.items() if name != "at"}

@@ -204,7 +204,7 @@ async def list_agents(
     key = agent_listed_at.label("listed_at")
     stmt = select(agent, key).where(*_agent_conditions(where))
     if cursor is not None:
-        at, app_id, agent_id = decode_cursor(cursor, kinds=(cursor_at, cursor_text, cursor_text))
+        at, app_id, agent_id = decode_cursor(cursor, kinds=(cursor_at, _cursor_text, _cursor_text))
         stmt = stmt.where(
             tuple_(agent_listed_at, agent.c.app_id, agent.c.agent_id) < (at, app_id, agent_id)
         )
@@ -405,7 +405,7 @@ def cursor_id(value: Any) -> int:
     return value
 
 
-def cursor_text(value: Any) -> str:
+def _cursor_text(value: Any) -> str:
     if type(value) is not str or not storable(value):
         raise TypeError(value)
     return value

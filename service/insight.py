@@ -49,7 +49,8 @@ async def apps(
 
 
 # One app's errors after the cursor, in answer order: timed ones off the index, then untimed
-# ones by id (the index's order among NULLs: so ordered, they come off it too). `{filters}` and `{timed}`/`{untimed}` are fixed fragments chosen by `_errors_sql`.
+# ones by id (the index's order among NULLs: so ordered, they come off it too). `{filters}`,
+# `{timed}` and `{untimed}` are fixed fragments chosen by `_errors_sql`, never request text.
 _APP_ERRORS: Final = """
     (SELECT id, app_id, agent_id, event_at, module, code, message, turn_id
      FROM agent_error

@@ -32,7 +32,7 @@ from service import batcher, db, folder, monitoring, stream, webhook_counts, wor
 from service.config import Settings
 from service.console import routes as console_routes
 from service.errors import RequestRejected, ServiceError
-from service.routes import dashboard, docs, erasures, health, metrics, webhooks
+from service.routes import dashboard, docs, erasures, health, insight, metrics, webhooks
 from service.routes import stream as stream_routes
 
 log = structlog.get_logger(__name__)
@@ -117,6 +117,7 @@ def create_app(
         routes=[
             *webhooks.routes,
             *_within_database_timeout(dashboard.routes),
+            *_within_database_timeout(insight.routes),
             *erasures.routes,
             *stream_routes.routes,
             *console_routes.routes,

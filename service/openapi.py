@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from service import lifecycle
+from service import lifecycle, timeline
 
 JSON: Final = "application/json"
 _TIME: Final = {"type": "string", "format": "date-time"}
@@ -420,6 +420,90 @@ _SCHEMAS: Final[dict[str, Any]] = {
             "at": {**_TIME, "description": "When the count was read."},
         }
     ),
+    "AppCapacity": _object(
+        {
+            "app_id": {"type": "string"},
+            "cap": {"type": "integer", "minimum": 1},
+            "current": {"type": "integer", "minimum": 0},
+            "available": {"type": "integer", "minimum": 0},
+        }
+    ),
+    "AppList": _object({"items": {"type": "array", "items": _ref("AppCapacity")}}),
+    "ErrorItem": _object(
+        {
+            "app_id": {"type": "string"},
+            "agent_id": {"type": "string"},
+            "at": {
+                **_NULLABLE_TIME,
+                "description": "Event time; null when the notification had no usable time "
+                "(listed after every timed error).",
+            },
+            "module": {"type": ["string", "null"]},
+            "code": {"type": ["integer", "null"]},
+            "message": {"type": ["string", "null"]},
+            "turn_id": {"type": ["string", "null"]},
+        }
+    ),
+    "ErrorList": _list_of("ErrorItem"),
+    "ErrorSummary": _object(
+        {
+            "app_id": {"type": "string"},
+            "from": _TIME,
+            "to": _TIME,
+            "items": {
+                "type": "array",
+                "items": _object(
+                    {
+                        "module": {"type": ["string", "null"]},
+                        "code": {"type": ["integer", "null"]},
+                        "count": {"type": "integer", "minimum": 1},
+                        "agents": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "description": "Distinct agents with this error.",
+                        },
+                        "last_at": {**_TIME, "description": "The latest one's event time."},
+                    }
+                ),
+            },
+            "truncated": {
+                "type": "boolean",
+                "description": "More than 500 (module, code) groups: the 500 most frequent.",
+            },
+        }
+    ),
+    "TimelineItem": {
+        "type": "object",
+        "description": "`at` and `kind`, then the kind's fields: transition `from`, `to`, "
+        "`cause`, `source`, `inferred`; error `module`, `code`, `message` (its first 1,000 "
+        "characters), `turn_id`; metrics `turn_id`, `asr_ttlw`, `llm_ttfb`, `llm_ttfs`, "
+        "`tts_ttfb`; turn `turn_id`, `start_at`, `end_at`, `start_type`, `end_type`, "
+        "`e2e_latency_ms`, `asr_ttlw`, `llm_ttft`, `tts_ttfb`; call_state `direction`, `state`; "
+        "warning `text`; transcript `source`, `messages` (how many, never their words). "
+        "Figures are milliseconds.",
+        "properties": {
+            "at": {
+                **_NULLABLE_TIME,
+                "description": "Event time (a turn: its end, else its start; a call state: "
+                "when reported, else received; a transcript: when stored). Null sorts last.",
+            },
+            "kind": {"enum": list(timeline.KINDS)},
+        },
+        "required": ["at", "kind"],
+        "additionalProperties": True,
+    },
+    "Timeline": _object(
+        {
+            "agent_id": {"type": "string"},
+            "app_id": {"type": "string"},
+            "items": {"type": "array", "items": _ref("TimelineItem")},
+            "truncated": {
+                "type": "boolean",
+                "description": f"More than {timeline.MAX_ITEMS:,} items: the first ones in "
+                "time. Ask for fewer kinds with `kind`.",
+            },
+        }
+    ),
     "ErasureRequest": {
         **_object(
             {
@@ -469,6 +553,35 @@ _AGENT_FILTERS: Final = [
     ),
     _param("since", "query", "Started at or after this time.", _TIME_PARAM),
     _param("until", "query", "Started before this time.", _TIME_PARAM),
+    _param("name", "query", "Only agents with exactly this name.", {"type": "string"}),
+    _param(
+        "has_errors",
+        "query",
+        "Only agents with (true) or without (false) a recorded error.",
+        {"enum": ["true", "false"]},
+    ),
+    _param("stopped_since", "query", "Stopped at or after this time.", _TIME_PARAM),
+    _param("stopped_until", "query", "Stopped before this time.", _TIME_PARAM),
+    *_PAGE,
+]
+
+_ERROR_FILTERS: Final = [
+    _param(
+        "app_id",
+        "query",
+        "Only this app's errors (404 if it is not configured); else every app the token sees.",
+        {"type": "string"},
+    ),
+    _param("agent_id", "query", "Only this agent's errors.", {"type": "string"}),
+    _param("module", "query", "Only errors from this module.", {"type": "string"}),
+    _param(
+        "code",
+        "query",
+        "Only errors with this code.",
+        {"type": "integer", "minimum": -(2**63), "maximum": 2**63 - 1},
+    ),
+    _param("since", "query", "Event time at or after this (untimed errors left out).", _TIME_PARAM),
+    _param("until", "query", "Event time before this (untimed errors left out).", _TIME_PARAM),
     *_PAGE,
 ]
 
@@ -564,6 +677,54 @@ DOCUMENT: Final[dict[str, Any]] = {
                     {"type": "integer", "minimum": 1, "maximum": 31_622_400, "default": 300},
                 ),
             ],
+        ),
+        "/v1/apps": _read(
+            "The apps the token sees, each with its current PCU against the cap",
+            "Every app the token may see, by App ID.",
+            "AppList",
+            params=[],
+            found=False,
+        ),
+        "/v1/errors": _read(
+            "Errors across agents, newest first (event time, then the later recorded)",
+            "A page of errors.",
+            "ErrorList",
+            params=_ERROR_FILTERS,
+        ),
+        "/v1/apps/{app_id}/errors/summary": _read(
+            "The app's errors by module and code, most frequent first",
+            "Counts per (module, code) of the errors with event time in [from, to); ties by "
+            "module, then code, ascending, absent ones last.",
+            "ErrorSummary",
+            params=[
+                _APP_ID,
+                _param(
+                    "from",
+                    "query",
+                    "Start (default: `to` minus 24 h; at most 366 days before `to`).",
+                    _TIME_PARAM,
+                ),
+                _param("to", "query", "End, exclusive (default: now).", _TIME_PARAM),
+            ],
+        ),
+        "/v1/agents/{agent_id}/timeline": _read(
+            "The agent's story in event-time order: transitions, errors, metrics, turns, "
+            "call states, its warning, its transcript's arrival",
+            "The timeline; ties in time by kind (in the order of `kind`'s values), then as "
+            "recorded.",
+            "Timeline",
+            params=[
+                _AGENT_ID,
+                _param(
+                    "kind",
+                    "query",
+                    "Only these kinds (repeat for several); default all.",
+                    {"type": "array", "items": {"enum": list(timeline.KINDS)}},
+                    style="form",
+                    explode=True,
+                ),
+            ],
+            agent=True,
         ),
         "/v1/stream": _stream(),
         "/healthz": _plain(

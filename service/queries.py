@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from sqlalchemy import ColumnElement, Table, and_, func, select, tuple_
+from sqlalchemy import ColumnElement, Table, and_, exists, func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service import concurrency, pcu
@@ -34,7 +34,8 @@ from service.tables import (
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AgentFilter:
-    """`GET /v1/agents` filters; `since`/`until` bound the start time, `until` exclusive."""
+    """`GET /v1/agents` filters; `since`/`until` bound the start time, `stopped_since`/
+    `stopped_until` the stop time, each `until` exclusive."""
 
     app_ids: Sequence[str] = ()  # the apps to list (those the caller may see)
     states: Sequence[str] = ()
@@ -42,6 +43,10 @@ class AgentFilter:
     labels: Mapping[str, str] = field(default_factory=dict)
     since: datetime | None = None
     until: datetime | None = None
+    name: str | None = None
+    has_errors: bool | None = None  # None: either
+    stopped_since: datetime | None = None
+    stopped_until: datetime | None = None
 
 
 # What a cursor may hold: the times and ids the API gives out, never more than their types hold.
@@ -233,6 +238,17 @@ def _agent_conditions(where: AgentFilter) -> list[ColumnElement[bool]]:
         conditions.append(agent.c.started_at >= where.since)
     if where.until is not None:
         conditions.append(agent.c.started_at < where.until)
+    if where.name is not None:
+        conditions.append(agent.c.name == where.name)
+    if where.has_errors is not None:
+        erred = exists().where(
+            agent_error.c.app_id == agent.c.app_id, agent_error.c.agent_id == agent.c.agent_id
+        )
+        conditions.append(erred if where.has_errors else ~erred)
+    if where.stopped_since is not None:
+        conditions.append(agent.c.stopped_at >= where.stopped_since)
+    if where.stopped_until is not None:
+        conditions.append(agent.c.stopped_at < where.stopped_until)
     return conditions
 
 
@@ -352,18 +368,26 @@ async def pcu_status(
     conn: AsyncConnection, *, app_id: str, limits: pcu.Limits, window_s: int, now: datetime
 ) -> dict[str, Any]:
     """Current PCU against the cap, and the peak over the last `window_s` seconds."""
-    current = await concurrency.current(conn, app_id=app_id)
+    status = await capacity(conn, app_id=app_id, cap=limits.cap)
     end = pcu.to_us(now)
     high = await concurrency.peak(
         conn, app_id=app_id, start=end - window_s * pcu.US_PER_S, end=end + 1
     )
     return {
-        "app_id": app_id,
-        "cap": limits.cap,
-        "current": current,
-        "available": max(limits.cap - current, 0),
-        "utilisation": current / limits.cap,
+        **status,
+        "utilisation": status["current"] / limits.cap,
         "peak": {"value": high.value, "at": rfc3339(concurrency.as_datetime(high.at))},
+    }
+
+
+async def capacity(conn: AsyncConnection, *, app_id: str, cap: int) -> dict[str, Any]:
+    """The agents holding a PCU slot now against the app's cap (`GET /v1/apps` lists these)."""
+    current = await concurrency.current(conn, app_id=app_id)
+    return {
+        "app_id": app_id,
+        "cap": cap,
+        "current": current,
+        "available": max(cap - current, 0),
     }
 
 
@@ -426,3 +450,8 @@ def _cursor_text(value: Any) -> str:
     if type(value) is not str or not storable(value):
         raise TypeError(value)
     return value
+
+
+def optional(kind: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """A cursor member of `kind`, or null (a key column that may be NULL)."""
+    return lambda value: None if value is None else kind(value)

@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from service import events, jobs, lifecycle, queries, stream, webhook_counts
+from service import timeline as agent_timeline
 from service.config import Settings
 from service.console import auth, charts, filters, insight, layout, timeline
 from service.errors import InvalidParameter, NotFound, Unauthorized
@@ -266,6 +267,7 @@ async def agent(request: Request) -> Response:
                 who, "No such agent", f"There is no agent {agent_id!r} you can see.", status=404
             )
         history = await queries.agent_history(conn, app_id, agent_id)
+        story = await agent_timeline.read(conn, app_id=app_id, agent_id=agent_id)
         notes = await _notifications(conn, app_id=app_id, agent_id=agent_id)
     return layout.render(
         "agent.html",
@@ -273,7 +275,8 @@ async def agent(request: Request) -> Response:
             "viewer": who,
             "agent": detail,
             "history": history,
-            "timeline": timeline.build(agent=detail, history=history, notifications=notes),
+            "timeline": timeline.build((story or {}).get("items", [])),
+            "timeline_truncated": bool(story and story["truncated"]),
             "conversation": timeline.conversation(history),
             "turns": timeline.turns(history),
             "bars": charts.latency_bars((history or {}).get("turns", [])),

@@ -1,9 +1,8 @@
-"""One agent's story in event-time order, merged from what the ledger holds (pure).
+"""One agent's timeline in words for its console page (pure), and its transcript and turns.
 
-Transitions, errors and the warning come from the agent (`queries.agent_detail`), turns from its
-history (`queries.agent_history`); metrics (111), call states (201/202) and the transcript's
-arrival (103) from its stored notifications (`queries.agent_events`), so they show as long as
-those are kept (`NOTIFICATION_RETENTION_DAYS`). Items without a time sort last.
+What the timeline holds and in which order is `service.timeline`'s, the same answer as
+`GET /v1/agents/{agent_id}/timeline`; this module only gives each item a title, a detail and a
+tone.
 """
 
 from __future__ import annotations
@@ -11,12 +10,10 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Final
 
-from service import events
+from service import timeline as agent_timeline
 
-_LATEST: Final = datetime.max.replace(tzinfo=UTC)
 SEGMENTS: Final = ("asr_ttlw", "llm_ttfb", "llm_ttfs", "tts_ttfb")
 
 
@@ -29,36 +26,16 @@ class Item:
     tone: str = ""  # good, bad, warn or nothing
 
 
-def build(
-    *,
-    agent: Mapping[str, Any],
-    history: Mapping[str, Any] | None,
-    notifications: Sequence[Mapping[str, Any]],
-) -> list[Item]:
-    items = [
-        *(_transition(t) for t in agent["transitions"]),
-        *(_error(e) for e in agent["errors"]),
-        *_warning(agent.get("warning")),
-        *(_turn(t) for t in (history or {}).get("turns", [])),
-        *(item for n in notifications for item in _from_notification(n)),
-    ]
-    return sorted(items, key=_sort_key)
-
-
-def _sort_key(item: Item) -> datetime:
-    if item.at is None:
-        return _LATEST
-    try:
-        return datetime.fromisoformat(item.at)
-    except ValueError:
-        return _LATEST
+def build(items: Sequence[Mapping[str, Any]]) -> list[Item]:
+    """The timeline's items (`service.timeline`), in their order, worded."""
+    return [_WORDING[item["kind"]](item) for item in items]
 
 
 def _transition(t: Mapping[str, Any]) -> Item:
     tone = {"FAILED": "bad", "STOPPED": "", "RUNNING": "good"}.get(t["to"], "")
     how = f"{t['cause']} via {t['source']}" + (" (inferred)" if t.get("inferred") else "")
     return Item(
-        at=t["event_at"], kind="transition", title=f"{t['from']} → {t['to']}", detail=how, tone=tone
+        at=t["at"], kind="transition", title=f"{t['from']} → {t['to']}", detail=how, tone=tone
     )
 
 
@@ -66,7 +43,7 @@ def _error(e: Mapping[str, Any]) -> Item:
     where = " ".join(str(part) for part in (e.get("module"), e.get("code")) if part is not None)
     turn = f" (turn {e['turn_id']})" if e.get("turn_id") else ""
     return Item(
-        at=e.get("at"),
+        at=e["at"],
         kind="error",
         title=f"error {where}".strip() + turn,
         detail=str(e.get("message") or ""),
@@ -74,18 +51,10 @@ def _error(e: Mapping[str, Any]) -> Item:
     )
 
 
-def _warning(warning: Mapping[str, Any] | None) -> list[Item]:
-    if not warning:
-        return []
-    return [
-        Item(
-            at=warning.get("at"),
-            kind="warning",
-            title="warning",
-            detail=str(warning.get("message") or ""),
-            tone="warn",
-        )
-    ]
+def _warning(warning: Mapping[str, Any]) -> Item:
+    return Item(
+        at=warning["at"], kind="warning", title="warning", detail=str(warning["text"]), tone="warn"
+    )
 
 
 def _turn(turn: Mapping[str, Any]) -> Item:
@@ -96,7 +65,7 @@ def _turn(turn: Mapping[str, Any]) -> Item:
         turn.get("end_type"),
     ]
     return Item(
-        at=turn.get("end_at") or turn.get("start_at"),
+        at=turn["at"],
         kind="turn",
         title=f"turn {turn['turn_id']}",
         detail=" · ".join(str(p) for p in parts if p),
@@ -104,43 +73,46 @@ def _turn(turn: Mapping[str, Any]) -> Item:
     )
 
 
-def _from_notification(n: Mapping[str, Any]) -> list[Item]:
-    raw = n.get("payload")
-    payload: Mapping[str, Any] = raw if isinstance(raw, dict) else {}
-    at = n.get("event_time") or n.get("received_at")
-    kind = n.get("event_type")
-    if kind == events.AGENT_METRICS:
-        return [_metrics(at, m) for m in payload.get("metrics") or [] if isinstance(m, dict)]
-    if kind in (events.INBOUND_CALL_STATE, events.OUTBOUND_CALL_STATE):
-        direction = "inbound" if kind == events.INBOUND_CALL_STATE else "outbound"
-        return [
-            Item(
-                at=at,
-                kind="call_state",
-                title=f"{direction} call",
-                detail=_text(payload.get("state")),
-            )
-        ]
-    if kind == events.AGENT_HISTORY:
-        contents = payload.get("contents")
-        count = len(contents) if isinstance(contents, list) else 0
-        return [
-            Item(at=at, kind="transcript", title="transcript received", detail=f"{count} messages")
-        ]
-    return []
+def _call_state(call: Mapping[str, Any]) -> Item:
+    return Item(
+        at=call["at"],
+        kind="call_state",
+        title=f"{call['direction']} call",
+        detail=_text(call.get("state")),
+    )
 
 
-def _metrics(at: str | None, figures: Mapping[str, Any]) -> Item:
+def _transcript(transcript: Mapping[str, Any]) -> Item:
+    return Item(
+        at=transcript["at"],
+        kind="transcript",
+        title="transcript received",
+        detail=f"{transcript['messages']} messages",
+    )
+
+
+def _metrics(figures: Mapping[str, Any]) -> Item:
     shown = [
         f"{name} {figures[name]} ms" for name in SEGMENTS if isinstance(figures.get(name), int)
     ]
     turn = figures.get("turn_id")
     return Item(
-        at=at,
+        at=figures["at"],
         kind="metrics",
         title=f"metrics, turn {turn}" if turn is not None else "metrics",
         detail=" · ".join(shown),
     )
+
+
+_WORDING: Final = {
+    "transition": _transition,
+    "error": _error,
+    "metrics": _metrics,
+    "turn": _turn,
+    "call_state": _call_state,
+    "warning": _warning,
+    "transcript": _transcript,
+}
 
 
 def _text(value: object) -> str:
@@ -170,16 +142,11 @@ def turns(history: Mapping[str, Any] | None) -> list[dict[str, Any]]:
     ]
 
 
-def _segments(data: object) -> dict[str, Any]:
+def _segments(data: object) -> dict[str, int]:
     metrics = data.get("metrics") if isinstance(data, dict) else None
-    raw = metrics.get("segmented_latency_ms") if isinstance(metrics, dict) else None
-    if isinstance(raw, dict):
-        return raw
-    if isinstance(raw, list):
-        return {
-            str(item.get("name")): item.get("latency") for item in raw if isinstance(item, dict)
-        }
-    return {}
+    return agent_timeline.segments(
+        metrics.get("segmented_latency_ms") if isinstance(metrics, dict) else None
+    )
 
 
 def pretty(payload: object, *, limit: int) -> str:

@@ -11,6 +11,7 @@ in a path id a 404, as no stored agent or app has it.
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
@@ -42,12 +43,18 @@ _RFC3339: Final = re.compile(
     r"(?:[Zz]|[+-][0-9]{2}:[0-9]{2})"
 )
 _EARLIEST: Final = datetime.min.replace(tzinfo=UTC)
+AGENT_FILTERS: Final = frozenset(
+    {
+        *("app_id", "state", "channel", "since", "until", "limit", "cursor"),
+        *("name", "has_errors", "stopped_since", "stopped_until"),
+    }
+)
 
 
 async def list_agents(request: Request) -> Response:
     grant = access.require(request)
     params = request.query_params
-    _only(params, {"app_id", "state", "channel", "since", "until", "limit", "cursor"}, labels=True)
+    _only(params, AGENT_FILTERS, labels=True)
     app_id = _one(params, "app_id")
     where = queries.AgentFilter(
         app_ids=[grant.require_app(app_id)] if app_id is not None else grant.apps,
@@ -56,6 +63,10 @@ async def list_agents(request: Request) -> Response:
         labels=_labels(params),
         since=_time(params, "since"),
         until=_time(params, "until"),
+        name=_text(params, "name"),
+        has_errors=_flag(params, "has_errors"),
+        stopped_since=_time(params, "stopped_since"),
+        stopped_until=_time(params, "stopped_until"),
     )
     async with request.state.engine.connect() as conn:
         page = await queries.list_agents(
@@ -152,16 +163,9 @@ async def app_pcu_series(request: Request) -> Response:
     app_id = grant.require_app(request.path_params["app_id"])
     params = request.query_params
     _only(params, {"from", "to", "step"})
-    end = _time(params, "to") or datetime.now(UTC)
-    # Near year 1 the default span would leave the calendar: start as early as it goes.
-    start = _time(params, "from") or max(end, _EARLIEST + DEFAULT_SPAN) - DEFAULT_SPAN
+    start, end = _range(params)
     step = _step(params)
-    if start >= end and "from" not in params:
-        raise InvalidParameter("to: must be after 0001-01-01T00:00:00Z")
-    if start >= end:
-        raise InvalidParameter("from: must be before to")
-    if end - start > MAX_SPAN:
-        raise InvalidParameter(f"from: at most {MAX_SPAN.days} days before to")
+    _check_range(params, start, end)
     if (end - start) / timedelta(seconds=step) > MAX_POINTS:
         raise InvalidParameter(f"step: at most {MAX_POINTS} points per series")
     async with concurrency.snapshot(request.state.engine) as conn:
@@ -169,7 +173,25 @@ async def app_pcu_series(request: Request) -> Response:
     return JSONResponse(series)
 
 
-def _only(params: QueryParams, allowed: set[str], *, labels: bool = False) -> None:
+def _range(params: QueryParams) -> tuple[datetime, datetime]:
+    """`from` and `to`: by default the 24 hours up to now (`_check_range` checks them)."""
+    end = _time(params, "to") or datetime.now(UTC)
+    # Near year 1 the default span would leave the calendar: start as early as it goes.
+    start = _time(params, "from") or max(end, _EARLIEST + DEFAULT_SPAN) - DEFAULT_SPAN
+    return start, end
+
+
+def _check_range(params: QueryParams, start: datetime, end: datetime) -> None:
+    """A range is forward and at most `MAX_SPAN` long."""
+    if start >= end and "from" not in params:
+        raise InvalidParameter("to: must be after 0001-01-01T00:00:00Z")
+    if start >= end:
+        raise InvalidParameter("from: must be before to")
+    if end - start > MAX_SPAN:
+        raise InvalidParameter(f"from: at most {MAX_SPAN.days} days before to")
+
+
+def _only(params: QueryParams, allowed: Collection[str], *, labels: bool = False) -> None:
     for name in params:
         if name not in allowed and not (labels and name.startswith(LABEL_PREFIX)):
             raise InvalidParameter(f"{name}: unknown parameter")
@@ -212,6 +234,15 @@ def _limit(params: QueryParams) -> int:
 def _step(params: QueryParams) -> int:
     """Seconds per bucket."""
     return _whole(params, "step", default=DEFAULT_STEP_S, most=MAX_STEP_S)
+
+
+def _flag(params: QueryParams, name: str) -> bool | None:
+    raw = _one(params, name)
+    if raw is None:
+        return None
+    if raw not in ("true", "false"):
+        raise InvalidParameter(f"{name}: true or false")
+    return raw == "true"
 
 
 def _state(value: str) -> str:

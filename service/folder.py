@@ -1,4 +1,5 @@
-"""The PCU folder of one process: recorded PCU changes into the rollup, off the request path.
+"""The folder of one process: recorded PCU changes and latency marks into their rollups, off the
+request path (`rollup.fold`, `latency.fold`).
 
 Every `serve` process and every `worker` runs one (`Folder.run`). It folds an app
 (`rollup.fold`) soon after this process committed changes for it (`poke`, after a short pause
@@ -19,7 +20,7 @@ from typing import Any, Final
 import psycopg
 import structlog
 
-from service import db, metrics, rollup
+from service import db, latency, metrics, rollup
 from service.config import Settings
 
 log = structlog.get_logger(__name__)
@@ -74,6 +75,7 @@ class Folder:
             pending = [row[0] for row in await (await conn.execute(_PENDING)).fetchall()]
             await conn.commit()
             done = [await self._fold(conn, app_id) for app_id in pending]
+            await self._fold_latency(conn)
         except db.RAW_ERRORS as error:
             log.warning("pcu_fold_failed", error=type(error).__name__)
             await self._close()
@@ -85,6 +87,13 @@ class Folder:
         if folded is not None:
             report(folded)
         return folded
+
+    async def _fold_latency(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Fold the latency marks of every app that has some (`latency.fold`)."""
+        pending = [row[0] for row in await (await conn.execute(latency.PENDING_SQL)).fetchall()]
+        await conn.commit()
+        for app_id in pending:
+            await latency.fold(conn, app_id)
 
     async def _connection(self) -> psycopg.AsyncConnection[Any]:
         if self._conn is None or self._conn.closed:

@@ -1,0 +1,203 @@
+"""Turn latency per bucket: the rollup (`latency_bucket`), its folder and the series read.
+
+A bucket's figures are the turns whose `end_at` falls in it: how many, and nearest-rank
+percentiles of their `e2e_latency_ms` (p50, p90, p99, max) and of each stage of their
+`segmented_latency_ms` (p50, p90). Nearest-rank is PostgreSQL's `percentile_disc`: the first value
+whose position in the sorted figures reaches the fraction, rank ⌈p·n⌉. A turn without a figure
+counts in `turns` and in no percentile of that figure.
+
+Every statement that adds or deletes turns marks their (app, UTC hour) in `insight_change` (kind
+`latency`) in the same statement (`repositories.TURNS`, `erasure`). `fold()` takes an app's marks
+and rewrites the hour rows and the day rows containing them from `agent_turn`, in ONE statement,
+so in one snapshot: a turn committed after it has a mark committed after it too, which the
+statement cannot see, so it survives the fold and the hour is folded again. The rollup plus the
+marks is therefore always what the turns say: a series of whole UTC-aligned hours or days without
+a label filter takes the rollup's rows for unmarked buckets and computes the marked ones from the
+turns; any other series is computed from the turns (`agent_turn` by app and end time, an
+index-only range scan), in one statement either way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+import psycopg
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from service import events, queries
+
+# What the rollup holds: hours and days, aligned on UTC (Unix time has no leap seconds).
+WIDTHS: Final = (3600, 86_400)
+# Hours one fold takes at most: each is an hour row and its day row rewritten, so this bounds a
+# fold's statement (the first fold after the migration takes every hour turns ever touched).
+FOLD_HOURS: Final = 168
+_E2E: Final = ("p50", "p90", "p99", "max")
+_STAGE: Final = ("p50", "p90")
+
+# The figures of a set of turns `t` (one row per group).
+_FIGURES: Final = """
+    count(*)::int AS turns,
+    percentile_disc('{0.5,0.9,0.99,1}'::float8[]) WITHIN GROUP (ORDER BY t.e2e_latency_ms) AS e2e,
+    percentile_disc('{0.5,0.9}'::float8[]) WITHIN GROUP (ORDER BY t.asr_ttlw) AS asr_ttlw,
+    percentile_disc('{0.5,0.9}'::float8[]) WITHIN GROUP (ORDER BY t.llm_ttft) AS llm_ttft,
+    percentile_disc('{0.5,0.9}'::float8[]) WITHIN GROUP (ORDER BY t.tts_ttfb) AS tts_ttfb"""
+
+# The turns of [start, end) in buckets of `step` seconds from `start`, optionally of the agents
+# whose labels hold `labels`: one row per bucket with turns.
+_FROM_TURNS: Final = text(
+    f"""
+    SELECT date_bin(CAST(:step AS int) * interval '1 second', t.end_at, :start) AS at,
+           {_FIGURES}
+    FROM agent_turn AS t
+    WHERE t.app_id = :app AND t.end_at >= :start AND t.end_at < :end
+      AND (CAST(:labels AS jsonb) IS NULL
+           OR EXISTS (SELECT FROM agent AS a
+                      WHERE a.app_id = t.app_id AND a.agent_id = t.agent_id
+                        AND a.labels @> CAST(:labels AS jsonb)))
+    GROUP BY 1
+    """
+)
+
+# Whole buckets of `step` seconds (a rollup width) from `start` (aligned): the rollup's rows for
+# the buckets without marks, the others (and the cut last bucket `tail`) from the turns.
+_FROM_ROLLUP: Final = text(
+    f"""
+    WITH dirty AS (
+        SELECT DISTINCT date_bin(CAST(:step AS int) * interval '1 second', hour, :start) AS at
+        FROM insight_change
+        WHERE app_id = :app AND kind = 'latency' AND hour >= :start AND hour < :end
+        UNION
+        SELECT CAST(:tail AS timestamptz) WHERE CAST(:tail AS timestamptz) IS NOT NULL
+    )
+    SELECT at, turns, e2e, asr_ttlw, llm_ttft, tts_ttfb FROM latency_bucket
+    WHERE app_id = :app AND width = :step AND at >= :start AND at < :end
+      AND at NOT IN (SELECT at FROM dirty)
+    UNION ALL
+    SELECT d.at, f.* FROM dirty AS d
+    CROSS JOIN LATERAL (
+        SELECT {_FIGURES} FROM agent_turn AS t
+        WHERE t.app_id = :app AND t.end_at >= d.at
+          AND t.end_at < least(d.at + CAST(:step AS int) * interval '1 second', :end)
+    ) AS f
+    WHERE f.turns > 0
+    """
+)
+
+# One app's marks folded in one statement (one snapshot): the marks of its first `FOLD_HOURS`
+# marked hours are taken, those hours and their days recomputed from the turns; a bucket left
+# without turns is deleted. Answers the marks taken.
+FOLD_SQL: Final = f"""
+    WITH hour AS (
+        SELECT DISTINCT hour FROM insight_change
+        WHERE app_id = %(app)s AND kind = 'latency'
+        ORDER BY hour LIMIT {FOLD_HOURS}
+    ),
+    taken AS (
+        DELETE FROM insight_change
+        WHERE app_id = %(app)s AND kind = 'latency' AND hour IN (SELECT hour FROM hour)
+        RETURNING hour
+    ),
+    target AS (
+        SELECT DISTINCT 3600 AS width, hour AS at FROM taken
+        UNION
+        SELECT DISTINCT 86400, date_trunc('day', hour, 'UTC') FROM taken
+    ),
+    figure AS (
+        SELECT g.width, g.at, f.* FROM target AS g
+        CROSS JOIN LATERAL (
+            SELECT {_FIGURES} FROM agent_turn AS t
+            WHERE t.app_id = %(app)s AND t.end_at >= g.at
+              AND t.end_at < g.at + g.width * interval '1 second'
+        ) AS f
+    ),
+    cleared AS (
+        DELETE FROM latency_bucket AS b USING figure AS f
+        WHERE b.app_id = %(app)s AND b.width = f.width AND b.at = f.at AND f.turns = 0
+    ),
+    written AS (
+        INSERT INTO latency_bucket (app_id, width, at, turns, e2e, asr_ttlw, llm_ttft, tts_ttfb)
+        SELECT %(app)s, width, at, turns, coalesce(e2e, '{{NULL,NULL,NULL,NULL}}'),
+               coalesce(asr_ttlw, '{{NULL,NULL}}'), coalesce(llm_ttft, '{{NULL,NULL}}'),
+               coalesce(tts_ttfb, '{{NULL,NULL}}')
+        FROM figure WHERE turns > 0
+        ON CONFLICT (app_id, width, at) DO UPDATE
+        SET turns = excluded.turns, e2e = excluded.e2e, asr_ttlw = excluded.asr_ttlw,
+            llm_ttft = excluded.llm_ttft, tts_ttfb = excluded.tts_ttfb
+    )
+    SELECT count(*) FROM taken
+"""
+
+PENDING_SQL: Final = "SELECT DISTINCT app_id FROM insight_change WHERE kind = 'latency'"
+
+
+async def fold(conn: psycopg.AsyncConnection[Any], app_id: str) -> int | None:
+    """Fold `app_id`'s latency marks (up to `FOLD_HOURS` hours of them) into the rollup and
+    commit; answers the marks taken, or None when another folder holds the app.
+
+    `conn` must be in no transaction; this commits its own.
+    """
+    async with conn.transaction():
+        held = await (
+            await conn.execute("SELECT pg_try_advisory_xact_lock(%s)", [lock_key(app_id)])
+        ).fetchone()
+        if held is None or not held[0]:
+            return None
+        row = await (await conn.execute(FOLD_SQL, {"app": app_id})).fetchone()
+    return int(row[0]) if row is not None else 0
+
+
+def lock_key(app_id: str) -> int:
+    """The app's latency folder lock: a signed 64-bit advisory lock key."""
+    digest = hashlib.blake2b(f"latency_fold/{app_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def folded(start: datetime, step_s: int, labels: Mapping[str, str]) -> bool:
+    """Whether a series can take the rollup's rows: a rollup width, `start` aligned on it (UTC),
+    no label filter."""
+    epoch_s = (start - datetime(1970, 1, 1, tzinfo=UTC)) / timedelta(seconds=1)
+    return step_s in WIDTHS and not labels and epoch_s % step_s == 0
+
+
+async def series(
+    conn: AsyncConnection,
+    *,
+    app_id: str,
+    start: datetime,
+    end: datetime,
+    step_s: int,
+    labels: Mapping[str, str],
+) -> list[dict[str, Any]]:
+    """The points of `[start, end)` every `step_s` seconds (the last one cut at `end`), each
+    with the figures of the turns ending in it; one statement."""
+    step = timedelta(seconds=step_s)
+    grid = [start + i * step for i in range(-(-(end - start) // step))]
+    params: dict[str, Any] = {"app": app_id, "start": start, "end": end, "step": step_s}
+    if folded(start, step_s, labels):
+        tail = grid[-1] if grid[-1] + step > end else None
+        rows = await conn.execute(_FROM_ROLLUP, {**params, "tail": tail})
+    else:
+        rows = await conn.execute(
+            _FROM_TURNS, {**params, "labels": json.dumps(dict(labels)) if labels else None}
+        )
+    found = {row.at: row for row in rows}
+    return [_point(at, found.get(at)) for at in grid]
+
+
+def _point(at: datetime, row: Any) -> dict[str, Any]:
+    e2e = row.e2e if row is not None and row.e2e is not None else [None] * len(_E2E)
+    segments: dict[str, Any] = {}
+    for stage in events.STAGES:
+        figures = getattr(row, stage) if row is not None else None
+        segments[stage] = dict(zip(_STAGE, figures or [None] * len(_STAGE), strict=True))
+    return {
+        "at": queries.rfc3339(at),
+        "turns": row.turns if row is not None else 0,
+        "e2e_ms": dict(zip(_E2E, e2e, strict=True)),
+        "segments": segments,
+    }

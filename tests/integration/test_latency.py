@@ -10,12 +10,16 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from fractions import Fraction
+from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
+import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service import batcher, config, db, erasure, events, folder, ingest, latency, repositories
-from tests.factories import APP_ID, Sql, deliver, environment, payload
+from tests.factories import APP_ID, Sql, deliver, environment, payload, poll, reader_headers
+from tests.simulation import Ledger, ledger
 
 T = TypeVar("T")
 BASE = datetime(2025, 7, 1, tzinfo=UTC)  # a UTC midnight
@@ -315,3 +319,64 @@ def test_a_mark_committed_during_a_fold_survives_it(database_url: str, sql: Sql)
         assert await read(engine, BASE, end, 3600) == expected([*turns, extra], BASE, end, 3600)
 
     run(sql.url, work)
+
+
+def sim_turns(run: Ledger, agent_id: str) -> list[Turn]:
+    """The turns the simulator holds for the agent (112's form), as the test's own values."""
+    out = []
+    for item in run.sim.backend.agents[agent_id].turns:
+        metrics = item["metrics"]
+        out.append(
+            Turn(
+                agent_id=agent_id,
+                turn_id=item["turn_id"],
+                end_at=datetime.fromtimestamp(item["end"]["end_at"] / 1000, tz=UTC),
+                e2e=metrics["e2e_latency_ms"],
+                stages=dict(metrics["segmented_latency_ms"]),
+            )
+        )
+    return out
+
+
+@pytest.mark.slow
+def test_turns_from_the_simulator_by_112_and_by_the_turns_api_are_counted_once(
+    database_url: str, sql: Sql, tmp_path: Path
+) -> None:
+    with ledger(database_url, tmp_path) as run:
+        both = run.start("both", turns=6)  # 112 and /turns carry the same turns
+        api_only = run.start("api-only", turns=5)  # no 112: /turns only
+        run.stop(both, notify=[102, 112])
+        run.stop(api_only, notify=[102])
+        run.delivered()
+        for agent_id in (both, api_only):
+            poll(
+                lambda a=agent_id: (
+                    sql.value(  # type: ignore[misc]
+                        "SELECT turns_call FROM history_job WHERE agent_id = %(a)s", a=a
+                    )
+                    == "ok"
+                )
+            )
+        turns = sim_turns(run, both) + sim_turns(run, api_only)
+        assert sql.value("SELECT count(*) FROM agent_turn") == len(turns) == 11
+        ends = [t.end_at for t in turns if t.end_at is not None]
+        start = min(ends).replace(minute=0, second=0, microsecond=0)
+        end = start + timedelta(hours=2)
+        want = {3600: expected(turns, start, end, 3600), 60: expected(turns, start, end, 60)}
+
+        def answer(step_s: int) -> Any:
+            query = {"from": start.isoformat(), "to": end.isoformat(), "step": step_s}
+            response = httpx.get(
+                f"{run.service.url}/v1/apps/{APP_ID}/latency",
+                params=query,
+                headers=reader_headers(),
+                timeout=5,
+            )
+            assert response.status_code == 200, response.text
+            return response.json()["points"]
+
+        assert {step: answer(step) for step in want} == want
+        # The service's folder folds the marks; the answer stays the same.
+        poll(lambda: sql.value("SELECT count(*) FROM insight_change") == 0)
+        assert sql.value("SELECT sum(turns) FROM latency_bucket WHERE width = 86400") == 11
+        assert {step: answer(step) for step in want} == want

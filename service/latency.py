@@ -47,45 +47,53 @@ _FIGURES: Final = """
     percentile_disc('{0.5,0.9}'::float8[]) WITHIN GROUP (ORDER BY t.llm_ttft) AS llm_ttft,
     percentile_disc('{0.5,0.9}'::float8[]) WITHIN GROUP (ORDER BY t.tts_ttfb) AS tts_ttfb"""
 
-# The turns of [start, end) in buckets of `step` seconds from `start`, optionally of the agents
-# whose labels hold `labels`: one row per bucket with turns.
-_FROM_TURNS: Final = text(
-    f"""
-    SELECT date_bin(CAST(:step AS int) * interval '1 second', t.end_at, :start) AS at,
-           {_FIGURES}
-    FROM agent_turn AS t
-    WHERE t.app_id = :app AND t.end_at >= :start AND t.end_at < :end
-      AND (CAST(:labels AS jsonb) IS NULL
-           OR EXISTS (SELECT FROM agent AS a
-                      WHERE a.app_id = t.app_id AND a.agent_id = t.agent_id
-                        AND a.labels @> CAST(:labels AS jsonb)))
-    GROUP BY 1
-    """
+# The figures of the turns ending in each of the buckets `b` (at, until), one bucket after the
+# other: an index-only range scan each, its turns in end-time order, so no sort of the whole
+# range (a month of turns does not fit `work_mem`). With a label filter, only the turns of the
+# agents holding the labels (`chosen`, hashed once).
+_LIVE: Final = f"""
+    SELECT b.at, f.* FROM <buckets>
+    CROSS JOIN LATERAL (
+        SELECT {_FIGURES} FROM agent_turn AS t
+        WHERE t.app_id = :app AND t.end_at >= b.at AND t.end_at < b.until <only>
+    ) AS f
+    WHERE f.turns > 0"""
+
+
+def _live(buckets: str, *, only: str = "") -> str:
+    return _LIVE.replace("<buckets>", buckets).replace("<only>", only)
+
+
+_GRID: Final = "unnest(CAST(:ats AS timestamptz[]), CAST(:untils AS timestamptz[])) AS b(at, until)"
+_CHOSEN: Final = """
+    WITH chosen AS MATERIALIZED (
+        SELECT agent_id FROM agent WHERE app_id = :app AND labels @> CAST(:labels AS jsonb)
+    )"""
+_FROM_TURNS: Final = text(_live(_GRID))
+_FROM_LABELLED_TURNS: Final = text(
+    _CHOSEN + _live(_GRID, only="AND t.agent_id IN (SELECT agent_id FROM chosen)")
 )
 
 # Whole buckets of `step` seconds (a rollup width) from `start` (aligned): the rollup's rows for
-# the buckets without marks, the others (and the cut last bucket `tail`) from the turns.
+# the buckets without marks, the marked ones (and the cut last bucket `tail`) from the turns.
 _FROM_ROLLUP: Final = text(
-    f"""
+    """
     WITH dirty AS (
         SELECT DISTINCT date_bin(CAST(:step AS int) * interval '1 second', hour, :start) AS at
         FROM insight_change
         WHERE app_id = :app AND kind = 'latency' AND hour >= :start AND hour < :end
         UNION
         SELECT CAST(:tail AS timestamptz) WHERE CAST(:tail AS timestamptz) IS NOT NULL
+    ),
+    marked AS (
+        SELECT at, least(at + CAST(:step AS int) * interval '1 second', :end) AS until
+        FROM dirty
     )
     SELECT at, turns, e2e, asr_ttlw, llm_ttft, tts_ttfb FROM latency_bucket
     WHERE app_id = :app AND width = :step AND at >= :start AND at < :end
       AND at NOT IN (SELECT at FROM dirty)
-    UNION ALL
-    SELECT d.at, f.* FROM dirty AS d
-    CROSS JOIN LATERAL (
-        SELECT {_FIGURES} FROM agent_turn AS t
-        WHERE t.app_id = :app AND t.end_at >= d.at
-          AND t.end_at < least(d.at + CAST(:step AS int) * interval '1 second', :end)
-    ) AS f
-    WHERE f.turns > 0
-    """
+    UNION ALL"""
+    + _live("marked AS b")
 )
 
 # One app's marks folded in one statement (one snapshot): the marks of its first `FOLD_HOURS`
@@ -182,9 +190,10 @@ async def series(
         tail = grid[-1] if grid[-1] + step > end else None
         rows = await conn.execute(_FROM_ROLLUP, {**params, "tail": tail})
     else:
-        rows = await conn.execute(
-            _FROM_TURNS, {**params, "labels": json.dumps(dict(labels)) if labels else None}
-        )
+        params |= {"ats": grid, "untils": [min(at + step, end) for at in grid]}
+        if labels:
+            params["labels"] = json.dumps(dict(labels))
+        rows = await conn.execute(_FROM_LABELLED_TURNS if labels else _FROM_TURNS, params)
     found = {row.at: row for row in rows}
     return [_point(at, found.get(at)) for at in grid]
 

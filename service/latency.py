@@ -38,6 +38,8 @@ WIDTHS: Final = (3600, 86_400)
 FOLD_HOURS: Final = 168
 _E2E: Final = ("p50", "p90", "p99", "max")
 _STAGE: Final = ("p50", "p90")
+_NONE_E2E: Final = (None,) * len(_E2E)
+_NONE_STAGE: Final = (None,) * len(_STAGE)
 
 # The figures of a set of turns `t` (one row per group).
 _FIGURES: Final = """
@@ -168,8 +170,8 @@ def lock_key(app_id: str) -> int:
 def folded(start: datetime, step_s: int, labels: Mapping[str, str]) -> bool:
     """Whether a series can take the rollup's rows: a rollup width, `start` aligned on it (UTC),
     no label filter."""
-    epoch_s = (start - datetime(1970, 1, 1, tzinfo=UTC)) / timedelta(seconds=1)
-    return step_s in WIDTHS and not labels and epoch_s % step_s == 0
+    since_epoch = start - datetime(1970, 1, 1, tzinfo=UTC)
+    return step_s in WIDTHS and not labels and not since_epoch % timedelta(seconds=step_s)
 
 
 async def series(
@@ -199,14 +201,15 @@ async def series(
 
 
 def _point(at: datetime, row: Any) -> dict[str, Any]:
-    e2e = row.e2e if row is not None and row.e2e is not None else [None] * len(_E2E)
-    segments: dict[str, Any] = {}
-    for stage in events.STAGES:
-        figures = getattr(row, stage) if row is not None else None
-        segments[stage] = dict(zip(_STAGE, figures or [None] * len(_STAGE), strict=True))
+    """A point from its row (at, turns, e2e, then each stage's figures), or an empty one."""
+    if row is None:
+        row = (at, 0, None, *(None for _ in events.STAGES))
     return {
         "at": queries.rfc3339(at),
-        "turns": row.turns if row is not None else 0,
-        "e2e_ms": dict(zip(_E2E, e2e, strict=True)),
-        "segments": segments,
+        "turns": row[1],
+        "e2e_ms": dict(zip(_E2E, row[2] or _NONE_E2E, strict=True)),
+        "segments": {
+            stage: dict(zip(_STAGE, figures or _NONE_STAGE, strict=True))
+            for stage, figures in zip(events.STAGES, row[3:], strict=True)
+        },
     }

@@ -19,7 +19,6 @@ index-only range scan), in one statement either way.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
@@ -29,7 +28,7 @@ import psycopg
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service import events, queries
+from service import db, events, queries
 
 # What the rollup holds: hours and days, aligned on UTC (Unix time has no leap seconds).
 WIDTHS: Final = (3600, 86_400)
@@ -152,10 +151,7 @@ async def fold(conn: psycopg.AsyncConnection[Any], app_id: str) -> int | None:
     `conn` must be in no transaction; this commits its own.
     """
     async with conn.transaction():
-        held = await (
-            await conn.execute("SELECT pg_try_advisory_xact_lock(%s)", [lock_key(app_id)])
-        ).fetchone()
-        if held is None or not held[0]:
+        if not await db.try_xact_lock(conn, lock_key(app_id)):
             return None
         row = await (await conn.execute(FOLD_SQL, {"app": app_id})).fetchone()
     return int(row[0]) if row is not None else 0
@@ -163,8 +159,7 @@ async def fold(conn: psycopg.AsyncConnection[Any], app_id: str) -> int | None:
 
 def lock_key(app_id: str) -> int:
     """The app's latency folder lock: a signed 64-bit advisory lock key."""
-    digest = hashlib.blake2b(f"latency_fold/{app_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
+    return db.lock_key(f"latency_fold/{app_id}")
 
 
 def folded(start: datetime, step_s: int, labels: Mapping[str, str]) -> bool:

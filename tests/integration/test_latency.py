@@ -3,7 +3,6 @@ through the webhook write path and the worker's `/turns` store, folded and not."
 
 from __future__ import annotations
 
-import asyncio
 import math
 import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -17,8 +16,9 @@ import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service import batcher, config, db, erasure, events, folder, ingest, latency, repositories
-from tests.factories import APP_ID, Sql, deliver, environment, payload, poll, reader_headers
+from service import batcher, db, erasure, events, ingest, latency, repositories
+from tests.factories import APP_ID, Sql, deliver, payload, poll, reader_headers
+from tests.integration.test_pcu import fold_all, run
 from tests.simulation import Ledger, ledger
 
 T = TypeVar("T")
@@ -112,17 +112,6 @@ def random_turns(rng: random.Random, agent_id: str, count: int, *, span: timedel
     return out
 
 
-def run(database_url: str, work: Callable[[AsyncEngine], Awaitable[T]]) -> T:
-    async def main() -> T:
-        engine = db.create_engine(database_url, pool_size=2, max_overflow=0)
-        try:
-            return await work(engine)
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(main())
-
-
 async def send_112(engine: AsyncEngine, agent_turns: Mapping[str, Sequence[Turn]]) -> None:
     """Each agent's turns as one 112, through the webhook write path (group commit)."""
     group = batcher.Batcher(engine.url.render_as_string(hide_password=False), writers=1)
@@ -146,11 +135,6 @@ async def store_rest(engine: AsyncEngine, agent_id: str, turns: Sequence[Turn]) 
             conn, app_id=APP_ID, agent_id=agent_id, turns=parsed, source="api"
         )
     return len(stored)
-
-
-async def fold_all(engine: AsyncEngine) -> None:
-    url = engine.url.render_as_string(hide_password=False)
-    await folder.Folder(config.load(environment(url))).fold_all()
 
 
 async def read(

@@ -184,10 +184,12 @@ async def series(
     grid = [start + i * step for i in range(-(-(end - start) // step))]
     params: dict[str, Any] = {"app": app_id, "start": start, "end": end, "step": step_s}
     if folded(start, step_s, labels):
-        tail = grid[-1] if grid[-1] + step > end else None
+        tail = grid[-1] if end - grid[-1] < step else None
         rows = await conn.execute(_FROM_ROLLUP, {**params, "tail": tail})
     else:
-        params |= {"ats": grid, "untils": [min(at + step, end) for at in grid]}
+        # (`at + step` may lie past year 9999, where Python's datetime ends)
+        untils = [at + step if end - at > step else end for at in grid]
+        params |= {"ats": grid, "untils": untils}
         if labels:
             params["labels"] = json.dumps(dict(labels))
         rows = await conn.execute(_FROM_LABELLED_TURNS if labels else _FROM_TURNS, params)

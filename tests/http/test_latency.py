@@ -99,6 +99,21 @@ def test_the_last_bucket_ends_at_to(client: TestClient) -> None:
     assert [(p["at"], p["turns"]) for p in body["points"]] == [(FROM, 1)]
 
 
+@pytest.mark.parametrize(
+    "query",
+    [
+        "from=0001-01-01T00:00:00Z&to=0001-01-03T00:00:00Z&step=86400",
+        "from=9999-12-30T00:00:00Z&to=9999-12-31T23:59:59.999999Z&step=86400",
+        "from=9999-12-31T00:00:00Z&to=9999-12-31T23:59:59Z&step=31622400",
+        "from=9999-12-31T22:00:00Z&to=9999-12-31T23:30:00Z&step=3600",
+    ],
+)
+def test_series_at_the_ends_of_the_calendar_are_answered(client: TestClient, query: str) -> None:
+    status, body = get(client, query)
+    assert status == 200, body
+    assert all(point["turns"] == 0 for point in body["points"])
+
+
 def test_an_unknown_app_is_not_found(client: TestClient) -> None:
     response = client.get("/v1/apps/nope/latency", headers=reader_headers())
     assert (response.status_code, response.json()) == (404, {"error": "not_found"})

@@ -101,14 +101,14 @@ _FROM_ROLLUP: Final = text(
 # marked hours are taken, those hours and their days recomputed from the turns; a bucket left
 # without turns is deleted. Answers the marks taken.
 FOLD_SQL: Final = f"""
-    WITH hour AS (
+    WITH first_hours AS (
         SELECT DISTINCT hour FROM insight_change
         WHERE app_id = %(app)s AND kind = 'latency'
         ORDER BY hour LIMIT {FOLD_HOURS}
     ),
     taken AS (
         DELETE FROM insight_change
-        WHERE app_id = %(app)s AND kind = 'latency' AND hour IN (SELECT hour FROM hour)
+        WHERE app_id = %(app)s AND kind = 'latency' AND hour IN (SELECT hour FROM first_hours)
         RETURNING hour
     ),
     target AS (

@@ -364,3 +364,17 @@ def test_turns_from_the_simulator_by_112_and_by_the_turns_api_are_counted_once(
         poll(lambda: sql.value("SELECT count(*) FROM insight_change") == 0)
         assert sql.value("SELECT sum(turns) FROM latency_bucket WHERE width = 86400") == 11
         assert {step: answer(step) for step in want} == want
+
+
+def test_percentile_disc_is_the_nearest_rank_for_every_count(sql: Sql) -> None:
+    """PostgreSQL's `percentile_disc` takes rank ceil(p * n) in doubles; nearest rank is exact."""
+    rows = sql.rows(
+        "SELECT n, percentile_disc('{0.5,0.9,0.99,1}'::float8[]) WITHIN GROUP (ORDER BY v) AS p"
+        " FROM generate_series(1, 1500) AS n, generate_series(n, 1, -1) AS v GROUP BY n"
+    )
+    assert len(rows) == 1500
+    for row in rows:
+        n = row["n"]
+        values = list(range(1, n + 1))
+        want = [nearest_rank(values, Fraction(k, 100)) for k in (50, 90, 99, 100)]
+        assert row["p"] == want, n

@@ -9,6 +9,7 @@ check the database first with `check_reachable`.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import math
 from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
@@ -168,6 +169,19 @@ LISTEN_ERRORS: Final = RAW_ERRORS
 # index lookups, whatever the planner guesses of a young table or of a JSON array's size (a hash
 # join over a seq scan of every agent would grow with the table).
 KEYED_PLANS: Final = "-c enable_seqscan=off -c enable_hashjoin=off -c enable_mergejoin=off"
+
+
+def lock_key(name: str) -> int:
+    """The advisory lock key (a signed bigint) named `name`, e.g. a purpose and an app."""
+    digest = hashlib.blake2b(name.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+async def try_xact_lock(conn: psycopg.AsyncConnection[Any], key: int) -> bool:
+    """Take the transaction-level advisory lock `key` if no one holds it (no waiting); it is
+    released when the caller's transaction ends."""
+    held = await (await conn.execute("SELECT pg_try_advisory_xact_lock(%s)", [key])).fetchone()
+    return held is not None and bool(held[0])
 
 
 async def connect(

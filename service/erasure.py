@@ -11,7 +11,8 @@ What goes, for each agent, in one transaction:
     history_job               a job still queued is finished: the transcript is not fetched again
 
 What stays: the agent (name, channel, labels, states, times), its transitions, errors, metrics and
-call states, and every other notification. PCU, usage and error figures are unchanged.
+call states, and every other notification. PCU, usage and error figures are unchanged; turn
+latency is not (the hours of the deleted turns are marked for the latency folder, `latency`).
 
 An erased history stays erased; so does an expired one (it may still become `erased` when asked).
 The database holds this whoever writes later (migration 458d73fa6583): a transcript stored by a
@@ -188,7 +189,12 @@ _ERASE: Final = text(
         DELETE FROM agent_turn AS t
         USING target
         WHERE t.app_id = target.app_id AND t.agent_id = target.agent_id
-        RETURNING 1
+        RETURNING t.app_id, t.end_at
+    ),
+    turn_marks AS (
+        INSERT INTO insight_change (app_id, kind, hour)
+        SELECT DISTINCT app_id, 'latency', date_trunc('hour', end_at, 'UTC')
+        FROM turns WHERE end_at IS NOT NULL
     ),
     bodies AS (
         UPDATE notification AS n

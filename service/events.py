@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
@@ -68,6 +68,9 @@ TEST_UID: Final = 12121212
 # Ids are keys and index entries: a btree entry holds at most 2,704 bytes, and Agora's ids and
 # channel names are far shorter than 256 characters in any encoding.
 MAX_ID_CHARS: Final = 256
+# The stages of a turn's `segmented_latency_ms` we keep (ms): ASR time to last word, LLM time to
+# first token, TTS time to first byte.
+STAGES: Final = ("asr_ttlw", "llm_ttft", "tts_ttfb")
 # A number that may be too large for a float: a three-digit exponent or 309 digits in a row.
 _MAYBE_INFINITE: Final = re.compile(rb"[eE][+]?0*[1-9][0-9]{2}|[0-9]{309}")
 # Labels are a few of the caller's own ids (tenant, session): bounded so one body cannot grow every
@@ -181,6 +184,8 @@ class Turn:
     end_type: str | None
     e2e_latency_ms: int | None
     data: Mapping[str, Any]  # the whole turn object as Agora sent it
+    # `metrics.segmented_latency_ms` by stage (ms): an object in 112, [{name, latency}] in `/turns`.
+    stages: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -656,7 +661,33 @@ class _Reader:
                 metrics.get("e2e_latency_ms"), f"{where}.metrics.e2e_latency_ms", self.problems
             ),
             data=self.finite(found),
+            stages=self.stages(metrics.get("segmented_latency_ms"), f"{where}.metrics"),
         )
+
+    def stages(self, value: object, where: str) -> dict[str, int]:
+        """The figures of `STAGES` in a `segmented_latency_ms`: an object of stage → ms (112) or
+        a list of {name, latency} (`/turns`); a figure that is not a whole number of ms from 0
+        is left out, other stage names are ignored."""
+        where = f"{where}.segmented_latency_ms"
+        if isinstance(value, list):
+            pairs = [
+                (item.get("name"), item.get("latency"), f"{where}[{index}].latency")
+                for index, item in enumerate(value)
+                if isinstance(item, dict)
+            ]
+        else:
+            found = fields.mapping(value, where, self.problems) or {}
+            pairs = [(name, figure, f"{where}.{name}") for name, figure in found.items()]
+        out: dict[str, int] = {}
+        for name, figure, at in pairs:
+            if name not in STAGES or name in out:
+                continue
+            ms = fields.integer(figure, at, self.problems)
+            if ms is not None and ms < 0:
+                self.problems.add(at, "is negative")
+            elif ms is not None:
+                out[name] = ms
+        return out
 
 
 def _occurred_at(

@@ -1,4 +1,5 @@
-"""The PCU folder of one process: recorded PCU changes into the rollup, off the request path.
+"""The folder of one process: recorded PCU changes and latency marks into their rollups, off the
+request path (`rollup.fold`, `latency.fold`).
 
 Every `serve` process and every `worker` runs one (`Folder.run`). It folds an app
 (`rollup.fold`) soon after this process committed changes for it (`poke`, after a short pause
@@ -6,20 +7,23 @@ that lets a burst pile up) and, every `FOLD_INTERVAL_S`, every app that has chan
 replica's, or a fold that lost a race). Folders of several processes compete through the app's
 advisory lock: one folds, the others skip, so each threshold crossing is announced once, by the
 folder that folded it, within about `FOLD_INTERVAL_S` of the commit that made it. Reads never
-wait for a folder: they add what it has not folded yet (`concurrency`).
+wait for a folder: they add what it has not folded yet (`concurrency`). Latency marks are
+folded the same way, every `LATENCY_FOLD_INTERVAL_S` at most (reads compute marked buckets from
+the turns, `latency`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Iterable
 from typing import Any, Final
 
 import psycopg
 import structlog
 
-from service import db, metrics, rollup
+from service import db, latency, metrics, rollup
 from service.config import Settings
 
 log = structlog.get_logger(__name__)
@@ -29,6 +33,9 @@ FOLD_INTERVAL_S: Final = 0.5
 # and a rewrite per minute and hour it touches, so under load fewer, larger folds are cheaper.
 SETTLE_S: Final = 0.2
 _PENDING: Final = "SELECT DISTINCT app_id FROM pcu_change"
+# Latency marks are folded at most this often: a fold rewrites the day around each marked hour
+# (a day of turns read again), and reads compute marked buckets from the turns meanwhile.
+LATENCY_FOLD_INTERVAL_S: Final = 2.0
 
 
 class Folder:
@@ -39,6 +46,7 @@ class Folder:
         self._poked: set[str] = set()
         self._wake = asyncio.Event()
         self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._latency_due = 0.0  # monotonic time of the next latency fold
 
     def poke(self, app_ids: Iterable[str]) -> None:
         """Changes for these apps were just committed here: fold them soon."""
@@ -62,11 +70,11 @@ class Folder:
     async def fold_all(self) -> list[rollup.Folded]:
         """Fold every app with changes now, then close the connection (tests, maintenance)."""
         try:
-            return await self._round()
+            return await self._round(latency_now=True)
         finally:
             await self._close()
 
-    async def _round(self) -> list[rollup.Folded]:
+    async def _round(self, *, latency_now: bool = False) -> list[rollup.Folded]:
         self._wake.clear()
         self._poked.clear()
         try:
@@ -74,6 +82,9 @@ class Folder:
             pending = [row[0] for row in await (await conn.execute(_PENDING)).fetchall()]
             await conn.commit()
             done = [await self._fold(conn, app_id) for app_id in pending]
+            if latency_now or time.monotonic() >= self._latency_due:
+                self._latency_due = time.monotonic() + LATENCY_FOLD_INTERVAL_S
+                await self._fold_latency(conn)
         except db.RAW_ERRORS as error:
             log.warning("pcu_fold_failed", error=type(error).__name__)
             await self._close()
@@ -85,6 +96,13 @@ class Folder:
         if folded is not None:
             report(folded)
         return folded
+
+    async def _fold_latency(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Fold the latency marks of every app that has some (`latency.fold`)."""
+        pending = [row[0] for row in await (await conn.execute(latency.PENDING_SQL)).fetchall()]
+        await conn.commit()
+        for app_id in pending:
+            await latency.fold(conn, app_id)
 
     async def _connection(self) -> psycopg.AsyncConnection[Any]:
         if self._conn is None or self._conn.closed:

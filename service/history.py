@@ -159,7 +159,7 @@ async def _fetch_turns(
         ):
             raise LeaseLost
         if fetched is not None:
-            await repositories.upsert_turns(
+            stored = await repositories.upsert_turns(
                 conn,
                 app_id=job.app_id,
                 agent_id=job.agent_id,
@@ -167,6 +167,8 @@ async def _fetch_turns(
                 source="api",
             )
             log.info("turns_fetched", turns=len(fetched.turns), pages=fetched.pages)
+    if fetched is not None:
+        metrics.turns_stored(stored)
 
 
 async def _settle(deps: Deps, job: jobs.Job, *, history_call: jobs.CallOutcome) -> Settled:

@@ -137,7 +137,8 @@ async def apply_deliveries(
             outcomes.append(plan_delivery(plan, delivery))
     if not wanted():
         return None
-    await repositories.write(conn, plan, commit=True)
+    new_turns = await repositories.write(conn, plan, commit=True)
+    metrics.turns_stored(new_turns)
     return outcomes
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from typing import Final
+from typing import Final, Protocol
 
 from prometheus_client import (
     REGISTRY,
@@ -134,6 +134,13 @@ INGEST_GROUPS: Final = Histogram(
     "Notifications committed together by one group commit.",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
 )
+TURN_LATENCY: Final = Histogram(
+    "ledger_turn_latency_seconds",
+    "Turn latency as Agora reported it, per stored turn: `stage` e2e (end to end), asr_ttlw,"
+    " llm_ttft or tts_ttfb (segmented_latency_ms).",
+    ["app_id", "stage"],
+    buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0),
+)
 PCU_FOLD_LAG: Final = Histogram(
     "ledger_pcu_fold_changes",
     "PCU changes one fold took up (how far the folder was behind).",
@@ -157,6 +164,22 @@ def notification(
 
 def group_committed(size: int) -> None:
     INGEST_GROUPS.observe(size)
+
+
+class _Turn(Protocol):
+    @property
+    def app_id(self) -> str: ...
+    @property
+    def figures(self) -> Mapping[str, int | None]: ...
+
+
+def turns_stored(turns: Iterable[_Turn]) -> None:
+    """Turns stored now (committed, each once: one already stored is not counted again); each
+    figure (ms) observed under its stage."""
+    for turn in turns:
+        for stage, ms in turn.figures.items():
+            if ms is not None:
+                TURN_LATENCY.labels(turn.app_id, stage).observe(ms / 1000)
 
 
 def pcu_folded(changes: int) -> None:

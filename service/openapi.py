@@ -18,6 +18,8 @@ _TIME_PARAM: Final = {
     "description": "RFC 3339 with Z or an offset; within years 1 to 9999 once in UTC.",
 }
 _NULLABLE_TIME: Final = {"type": ["string", "null"], "format": "date-time"}
+# A nearest-rank percentile (ms) of the bucket's turns; null when none reported the figure.
+_MS: Final = {"type": ["integer", "null"], "minimum": 0}
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -403,6 +405,34 @@ _SCHEMAS: Final[dict[str, Any]] = {
             },
         }
     ),
+    "LatencySeries": _object(
+        {
+            "app_id": {"type": "string"},
+            "from": _TIME,
+            "to": _TIME,
+            "step": {"type": "integer", "minimum": 1},
+            "points": {"type": "array", "items": _ref("LatencyPoint")},
+        }
+    ),
+    "LatencyPoint": _object(
+        {
+            "at": {**_TIME, "description": "Start of the bucket."},
+            "turns": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "Turns (from 112 or Agora's /turns) whose `end_at` is in it.",
+            },
+            "e2e_ms": _object(
+                {name: _MS for name in ("p50", "p90", "p99", "max")},
+            ),
+            "segments": _object(
+                {
+                    stage: _object({"p50": _MS, "p90": _MS})
+                    for stage in ("asr_ttlw", "llm_ttft", "tts_ttfb")
+                }
+            ),
+        }
+    ),
     "AgentEvent": _object(
         {
             "app_id": {"type": "string"},
@@ -528,6 +558,28 @@ _SCHEMAS: Final[dict[str, Any]] = {
     ),
 }
 
+_LABEL_FILTER: Final = _param(
+    "label.{KEY}",
+    "query",
+    "Only agents whose label KEY has this value, e.g. `label.tenant=acme` (one parameter "
+    "per label; all must match).",
+    {"type": "string"},
+)
+_SERIES: Final = [
+    _param(
+        "from",
+        "query",
+        "Series start (default: `to` minus 24 h; at most 366 days before `to`).",
+        _TIME_PARAM,
+    ),
+    _param("to", "query", "Series end, exclusive (default: now).", _TIME_PARAM),
+    _param(
+        "step",
+        "query",
+        "Bucket length in seconds (at most 10,000 buckets).",
+        {"type": "integer", "minimum": 1, "maximum": 31_622_400, "default": 300},
+    ),
+]
 _AGENT_FILTERS: Final = [
     _param(
         "app_id",
@@ -544,13 +596,7 @@ _AGENT_FILTERS: Final = [
         explode=True,
     ),
     _param("channel", "query", "Only agents in this channel.", {"type": "string"}),
-    _param(
-        "label.{KEY}",
-        "query",
-        "Only agents whose label KEY has this value, e.g. `label.tenant=acme` (one parameter "
-        "per label; all must match).",
-        {"type": "string"},
-    ),
+    _LABEL_FILTER,
     _param("since", "query", "Started at or after this time.", _TIME_PARAM),
     _param("until", "query", "Started before this time.", _TIME_PARAM),
     _param("name", "query", "Only agents with exactly this name.", {"type": "string"}),
@@ -661,22 +707,13 @@ DOCUMENT: Final[dict[str, Any]] = {
             "Exact concurrency per bucket (max and time-weighted average)",
             "The series; buckets start at `from` every `step` seconds, the last ends at `to`.",
             "PcuSeries",
-            params=[
-                _APP_ID,
-                _param(
-                    "from",
-                    "query",
-                    "Series start (default: `to` minus 24 h; at most 366 days before `to`).",
-                    _TIME_PARAM,
-                ),
-                _param("to", "query", "Series end, exclusive (default: now).", _TIME_PARAM),
-                _param(
-                    "step",
-                    "query",
-                    "Bucket length in seconds (at most 10,000 buckets).",
-                    {"type": "integer", "minimum": 1, "maximum": 31_622_400, "default": 300},
-                ),
-            ],
+            params=[_APP_ID, *_SERIES],
+        ),
+        "/v1/apps/{app_id}/latency": _read(
+            "Turn latency per bucket: nearest-rank percentiles of the turns ending in it",
+            "The series; buckets start at `from` every `step` seconds, the last ends at `to`.",
+            "LatencySeries",
+            params=[_APP_ID, *_SERIES, _LABEL_FILTER],
         ),
         "/v1/apps": _read(
             "The apps the token sees, each with its current PCU against the cap",

@@ -320,15 +320,31 @@ _PARTS: Final = {
         FROM jsonb_array_elements(%(unapplied)s::jsonb) AS u
         WHERE n.app_id = u->>0 AND n.notice_id = u->>1""",
 }
-# `agent_turn` rows from one JSON array of `turn_rows()`; a turn already stored is kept.
+# `agent_turn` rows from one JSON array of `turn_rows()`; a turn already stored is kept. The new
+# ones come back (`_TURN_FIGURES`) and mark their hours for the latency folder (`turn_marks`).
 TURNS: Final = """
     INSERT INTO agent_turn (app_id, agent_id, turn_id, start_at, end_at, start_type, end_type,
-                            e2e_latency_ms, data, source)
+                            e2e_latency_ms, data, source, asr_ttlw, llm_ttft, tts_ttfb)
     SELECT t->>0, t->>1, (t->>2)::int, (t->>3)::timestamptz, (t->>4)::timestamptz, t->>5, t->>6,
-           (t->>7)::int, t->8, t->>9
+           (t->>7)::int, t->8, t->>9, (t->>10)::int, (t->>11)::int, (t->>12)::int
     FROM jsonb_array_elements(%(turns)s::jsonb) AS t
-    ON CONFLICT DO NOTHING"""
+    ON CONFLICT DO NOTHING
+    RETURNING app_id, agent_id, end_at, e2e_latency_ms, asr_ttlw, llm_ttft, tts_ttfb"""
+_TURN_MARKS: Final = """
+    INSERT INTO insight_change (app_id, kind, hour)
+    SELECT DISTINCT app_id, 'latency', date_trunc('hour', end_at, 'UTC')
+    FROM turns WHERE end_at IS NOT NULL"""
+# The new turns' figures as one JSON array (NULL for none), but those of an agent whose history
+# is erased or expired: the statement trigger on `agent_turn` deletes those again.
+_TURN_FIGURES: Final = """
+    (SELECT json_agg(json_build_array(t.app_id, t.e2e_latency_ms, t.asr_ttlw, t.llm_ttft,
+                                      t.tts_ttfb))
+     FROM turns AS t
+     WHERE NOT EXISTS (SELECT FROM history AS h
+                       WHERE h.app_id = t.app_id AND h.agent_id = t.agent_id
+                         AND h.status IN ('erased', 'expired')))"""
 _PARTS["turns"] = TURNS
+_PARTS["turn_marks"] = _TURN_MARKS
 # A 103's transcript or a 112's turns stored in this group for an agent whose history was erased
 # (or expired) go again: the agent's row is ours now, so no erasure is under way.
 _PARTS["stripped"] = """
@@ -340,7 +356,7 @@ _PARTS["stripped"] = """
         JOIN history AS h ON h.app_id = s->>0 AND h.agent_id = s->>2
         WHERE n.app_id = s->>0 AND n.notice_id = s->>1 AND h.status IN ('erased', 'expired')"""
 # What each part needs in the statement besides itself.
-_NEEDS: Final = {"due": "transcripts"}
+_NEEDS: Final = {"due": "transcripts", "turn_marks": "turns"}
 
 
 @functools.cache
@@ -354,18 +370,40 @@ def write_statement(parts: frozenset[str]) -> str:
         if woken
         else "SELECT 1"
     )
+    if "turns" in names:
+        final = f"SELECT ({final}) IS NULL AS quiet, {_TURN_FIGURES.strip()} AS turns"
     return f"WITH\n{ctes}\n{final}"
 
 
-async def write(conn: Raw, plan: Plan, *, commit: bool = False) -> None:
+async def write(conn: Raw, plan: Plan, *, commit: bool = False) -> list[StoredTurn]:
     """Write everything `plan` decided in one statement; with `commit`, the transaction's COMMIT
-    goes in the same round trip."""
+    goes in the same round trip. Answers the turns stored now (not those stored before)."""
     params = _write_params(plan)
+    cursor = None
     async with conn.pipeline():
         if params:
-            await conn.execute(write_statement(frozenset(params)), params)
+            cursor = await conn.execute(write_statement(frozenset(params)), params)
         if commit:
             await conn.execute("COMMIT")
+    if cursor is None or "turns" not in params:
+        return []
+    row = await cursor.fetchone()
+    return _stored_turns(row[1] if row is not None else None)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoredTurn:
+    """A turn stored now, with its latency figures (ms; None where it reported none)."""
+
+    app_id: str
+    figures: Mapping[str, int | None]  # "e2e" and each of `events.STAGES`
+
+
+def _stored_turns(rows: Sequence[Sequence[Any]] | None) -> list[StoredTurn]:
+    return [
+        StoredTurn(app_id=row[0], figures=dict(zip(("e2e", *events.STAGES), row[1:], strict=True)))
+        for row in rows or ()
+    ]
 
 
 def _write_params(plan: Plan) -> dict[str, str]:
@@ -409,6 +447,7 @@ def turn_rows(
             t.e2e_latency_ms,
             t.data,
             source,
+            *(t.stages.get(stage) for stage in events.STAGES),
         ]
         for t in {t.turn_id: t for t in turns}.values()
     ]
@@ -425,13 +464,16 @@ async def upsert_turns(
     agent_id: str,
     turns: Sequence[events.Turn],
     source: Literal["webhook", "api"],
-) -> None:
-    """Store turns by `(app_id, agent_id, turn_id)`; a turn already stored is kept as it is."""
+) -> list[StoredTurn]:
+    """Store turns by `(app_id, agent_id, turn_id)`; a turn already stored is kept as it is.
+    Answers the turns stored now (to count once the caller has committed)."""
     if not turns:
-        return
+        return []
     rows = turn_rows((app_id, agent_id), turns, source=source)
     raw = await db.driver_connection(conn)
-    await raw.execute(TURNS, {"turns": _json(rows)})
+    statement = f"WITH turns AS ({TURNS}), turn_marks AS ({_TURN_MARKS}) SELECT {_TURN_FIGURES}"
+    found = await (await raw.execute(statement, {"turns": _json(rows)})).fetchone()
+    return _stored_turns(found[0] if found is not None else None)
 
 
 async def store_transcript(

@@ -19,7 +19,6 @@ that still have changes out of the rollup and summarise those from the agents
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
@@ -28,7 +27,7 @@ import psycopg
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service import lifecycle, pcu
+from service import db, lifecycle, pcu
 from service.tables import agent
 
 Interval = tuple[datetime | None, datetime | None]
@@ -281,10 +280,7 @@ async def fold(
     `conn` must be in no transaction; this commits its own.
     """
     async with conn.transaction():
-        held = await (
-            await conn.execute("SELECT pg_try_advisory_xact_lock(%s)", [lock_key(app_id)])
-        ).fetchone()
-        if held is None or not held[0]:
+        if not await db.try_xact_lock(conn, lock_key(app_id)):
             return None
         row = await (await conn.execute(FOLD_SQL, {"app": app_id, "active": _ACTIVE})).fetchone()
         assert row is not None
@@ -309,8 +305,7 @@ async def fold(
 
 def lock_key(app_id: str) -> int:
     """The app's folder lock: a signed 64-bit advisory lock key."""
-    digest = hashlib.blake2b(f"pcu_fold/{app_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
+    return db.lock_key(f"pcu_fold/{app_id}")
 
 
 async def current_pcu(conn: AsyncConnection, *, app_id: str) -> int:

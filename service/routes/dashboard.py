@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from service import access, concurrency, lifecycle, queries
+from service import access, concurrency, latency, lifecycle, queries
 from service.errors import InvalidParameter, NotFound
 
 DEFAULT_LIMIT: Final = 50
@@ -163,14 +163,43 @@ async def app_pcu_series(request: Request) -> Response:
     app_id = grant.require_app(request.path_params["app_id"])
     params = request.query_params
     _only(params, {"from", "to", "step"})
-    start, end = _range(params)
-    step = _step(params)
-    _check_range(params, start, end)
-    if (end - start) / timedelta(seconds=step) > MAX_POINTS:
-        raise InvalidParameter(f"step: at most {MAX_POINTS} points per series")
+    start, end, step = _series(params, default_step=DEFAULT_STEP_S)
     async with concurrency.snapshot(request.state.engine) as conn:
         series = await queries.pcu_series(conn, app_id=app_id, start=start, end=end, step_s=step)
     return JSONResponse(series)
+
+
+async def app_latency(request: Request) -> Response:
+    grant = access.require(request)
+    app_id = grant.require_app(request.path_params["app_id"])
+    params = request.query_params
+    _only(params, {"from", "to", "step"}, labels=True)
+    start, end, step = _series(params, default_step=DEFAULT_STEP_S)
+    labels = _labels(params)
+    async with request.state.engine.connect() as conn:
+        points = await latency.series(
+            conn, app_id=app_id, start=start, end=end, step_s=step, labels=labels
+        )
+    return JSONResponse(
+        {
+            "app_id": app_id,
+            "from": queries.rfc3339(start),
+            "to": queries.rfc3339(end),
+            "step": step,
+            "points": points,
+        }
+    )
+
+
+def _series(params: QueryParams, *, default_step: int) -> tuple[datetime, datetime, int]:
+    """A series' `[from, to)` and `step` (seconds): `to` defaults to now, `from` to a day
+    before it; at most `MAX_SPAN` and `MAX_POINTS` points."""
+    start, end = _range(params)
+    step = _whole(params, "step", default=default_step, most=MAX_STEP_S)
+    _check_range(params, start, end)
+    if (end - start) / timedelta(seconds=step) > MAX_POINTS:
+        raise InvalidParameter(f"step: at most {MAX_POINTS} points per series")
+    return start, end, step
 
 
 def _range(params: QueryParams) -> tuple[datetime, datetime]:
@@ -231,11 +260,6 @@ def _limit(params: QueryParams) -> int:
     return _whole(params, "limit", default=DEFAULT_LIMIT, most=MAX_LIMIT)
 
 
-def _step(params: QueryParams) -> int:
-    """Seconds per bucket."""
-    return _whole(params, "step", default=DEFAULT_STEP_S, most=MAX_STEP_S)
-
-
 def _flag(params: QueryParams, name: str) -> bool | None:
     raw = _one(params, name)
     if raw is None:
@@ -290,5 +314,6 @@ routes: Final = [
     Route("/v1/agents/{agent_id}/history", get_history, methods=["GET"]),
     Route("/v1/apps/{app_id}/pcu", app_pcu, methods=["GET"]),
     Route("/v1/apps/{app_id}/pcu/series", app_pcu_series, methods=["GET"]),
+    Route("/v1/apps/{app_id}/latency", app_latency, methods=["GET"]),
     Route("/v1/apps/{app_id}/notifications", unapplied_notifications, methods=["GET"]),
 ]

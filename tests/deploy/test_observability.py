@@ -47,11 +47,6 @@ AGREED: dict[str, str] = {
     "ledger_agent_seconds_total": "counter",
     "ledger_turn_latency_seconds": "histogram",
 }
-# Families the dashboard may use before `service/metrics.py` defines them (type, labels): the
-# turn latency histogram is added with the turn stage figures. Checked like the others once there.
-COMING: dict[str, tuple[str, set[str]]] = {
-    "ledger_turn_latency_seconds": ("histogram", {"app_id", "stage"}),
-}
 _SERIES_SUFFIXES = {"histogram": ("_bucket", "_sum", "_count"), "summary": ("", "_sum", "_count")}
 _NOT_METRICS = {
     "by",
@@ -95,21 +90,11 @@ def service_families() -> dict[str, tuple[str, set[str]]]:
     return families
 
 
-def pending() -> dict[str, str]:
-    """The `COMING` families the service does not define yet, name → type."""
-    return {name: kind for name, (kind, _) in COMING.items() if name not in service_families()}
-
-
-def defined() -> dict[str, tuple[str, set[str]]]:
-    """The service's families and the `COMING` ones it does not define yet."""
-    return {**{name: COMING[name] for name in pending()}, **service_families()}
-
-
 def series_labels() -> dict[str, set[str]]:
     """Every series name a scrape can show, with its family's labels."""
     return {
         series: labels
-        for name, (kind, labels) in defined().items()
+        for name, (kind, labels) in service_families().items()
         for series in series_names({name: kind})
     }
 
@@ -226,7 +211,7 @@ def test_dashboard_and_alerts_name_only_agreed_metrics() -> None:
 
 
 def test_the_agreed_metrics_are_defined_by_the_service() -> None:
-    families = {name: kind for name, (kind, _) in defined().items()}
+    families = {name: kind for name, (kind, _) in service_families().items()}
     assert series_names(AGREED) - series_names(families) == set()
 
 
@@ -291,6 +276,6 @@ def test_the_running_app_exports_every_metric_the_dashboard_and_alerts_use(
     missing = {
         name: sorted(where)
         for name, where in used_metrics().items()
-        if name not in exported(response.text) | series_names(pending())
+        if name not in exported(response.text)
     }
     assert missing == {}

@@ -395,3 +395,55 @@ def test_numbers_too_large_for_a_float_are_null_in_what_is_kept_as_sent() -> Non
     assert turns.event.turns[0].data["metrics"] == {"e2e_latency_ms": None, "x": [None]}
     assert isinstance(history.event, events.AgentHistory)
     assert history.event.contents[0].extra == {"ms": None}
+
+
+@pytest.mark.parametrize(
+    ("segmented", "stages"),
+    [
+        # 112: an object of stage -> ms
+        ({"asr_ttlw": 380, "llm_ttft": 610, "tts_ttfb": 120}, (380, 610, 120)),
+        # /turns: a list of {name, latency}
+        (
+            [{"name": "tts_ttfb", "latency": 95}, {"name": "asr_ttlw", "latency": "301"}],
+            (301, None, 95),
+        ),
+        # a numeric string is the number, a fraction is truncated
+        ({"asr_ttlw": "250", "llm_ttft": 400.9}, (250, 400, None)),
+        # hostile figures are left out: negative, not a number, a bool, an object, too large
+        (
+            {"asr_ttlw": -5, "llm_ttft": "fast", "tts_ttfb": True, "x": 1},
+            (None, None, None),
+        ),
+        ({"asr_ttlw": {"ms": 1}, "llm_ttft": 2**40, "tts_ttfb": None}, (None, None, None)),
+        # list items that are not objects or name no known stage are ignored; the first wins
+        (
+            [
+                "asr_ttlw",
+                {"name": 7},
+                {"name": "llm_ttft", "latency": 1},
+                {"name": "llm_ttft", "latency": 2},
+            ],
+            (None, 1, None),
+        ),
+        # neither an object nor a list: no stages
+        ("380", (None, None, None)),
+        (None, (None, None, None)),
+    ],
+)
+def test_turn_stages_are_read_from_an_object_or_a_list(
+    segmented: Any, stages: tuple[int | None, ...]
+) -> None:
+    turn = {"turn_id": 1, "metrics": {"e2e_latency_ms": 900, "segmented_latency_ms": segmented}}
+    note = events.parse(body({"agent_id": "a", "turns": [turn]}, eventType=112))
+    assert isinstance(note.event, events.TurnsFinished)
+    found = note.event.turns[0].stages
+    assert tuple(found.get(stage) for stage in events.STAGES) == stages
+    assert note.event.turns[0].e2e_latency_ms == 900
+
+
+def test_hostile_stage_figures_are_noted() -> None:
+    turn = {"turn_id": 1, "metrics": {"segmented_latency_ms": {"asr_ttlw": -1, "tts_ttfb": "x"}}}
+    note = events.parse(body({"agent_id": "a", "turns": [turn]}, eventType=112))
+    assert note.problems is not None
+    assert "payload.turns[0].metrics.segmented_latency_ms.asr_ttlw is negative" in note.problems
+    assert "segmented_latency_ms.tts_ttfb is not a number" in note.problems

@@ -1,0 +1,212 @@
+"""Turn latency per bucket: the rollup (`latency_bucket`), its folder and the series read.
+
+A bucket's figures are the turns whose `end_at` falls in it: how many, and nearest-rank
+percentiles of their `e2e_latency_ms` (p50, p90, p99, max) and of each stage of their
+`segmented_latency_ms` (p50, p90). Nearest-rank is PostgreSQL's `percentile_disc`: the first value
+whose position in the sorted figures reaches the fraction, rank ⌈p·n⌉. A turn without a figure
+counts in `turns` and in no percentile of that figure.
+
+Every statement that adds or deletes turns marks their (app, UTC hour) in `insight_change` (kind
+`latency`) in the same statement (`repositories.TURNS`, `erasure`). `fold()` takes an app's marks
+and rewrites the hour rows and the day rows containing them from `agent_turn`, in ONE statement,
+so in one snapshot: a turn committed after it has a mark committed after it too, which the
+statement cannot see, so it survives the fold and the hour is folded again. The rollup plus the
+marks is therefore always what the turns say: a series of whole UTC-aligned hours or days without
+a label filter takes the rollup's rows for unmarked buckets and computes the marked ones from the
+turns; any other series is computed from the turns (`agent_turn` by app and end time, an
+index-only range scan), in one statement either way.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+import psycopg
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from service import db, events, queries
+
+# What the rollup holds: hours and days, aligned on UTC (Unix time has no leap seconds).
+WIDTHS: Final = (3600, 86_400)
+# Hours one fold takes at most: each is an hour row and its day row rewritten, so this bounds a
+# fold's statement (the first fold after the migration takes every hour turns ever touched).
+FOLD_HOURS: Final = 168
+_E2E: Final = ("p50", "p90", "p99", "max")
+_STAGE: Final = ("p50", "p90")
+_NONE_E2E: Final = (None,) * len(_E2E)
+_NONE_STAGE: Final = (None,) * len(_STAGE)
+
+# The figures of a set of turns `t` (one row per group).
+_FIGURES: Final = """
+    count(*)::int AS turns,
+    percentile_disc('{0.5,0.9,0.99,1}'::float8[]) WITHIN GROUP (ORDER BY t.e2e_latency_ms) AS e2e,
+    percentile_disc('{0.5,0.9}'::float8[]) WITHIN GROUP (ORDER BY t.asr_ttlw) AS asr_ttlw,
+    percentile_disc('{0.5,0.9}'::float8[]) WITHIN GROUP (ORDER BY t.llm_ttft) AS llm_ttft,
+    percentile_disc('{0.5,0.9}'::float8[]) WITHIN GROUP (ORDER BY t.tts_ttfb) AS tts_ttfb"""
+
+# The figures of the turns ending in each of the buckets `b` (at, until), one bucket after the
+# other: an index-only range scan each, its turns in end-time order, so no sort of the whole
+# range (a month of turns does not fit `work_mem`). With a label filter, only the turns of the
+# agents holding the labels (`chosen`, hashed once).
+_LIVE: Final = f"""
+    SELECT b.at, f.* FROM <buckets>
+    CROSS JOIN LATERAL (
+        SELECT {_FIGURES} FROM agent_turn AS t
+        WHERE t.app_id = :app AND t.end_at >= b.at AND t.end_at < b.until <only>
+    ) AS f
+    WHERE f.turns > 0"""
+
+
+def _live(buckets: str, *, only: str = "") -> str:
+    return _LIVE.replace("<buckets>", buckets).replace("<only>", only)
+
+
+_GRID: Final = "unnest(CAST(:ats AS timestamptz[]), CAST(:untils AS timestamptz[])) AS b(at, until)"
+_CHOSEN: Final = """
+    WITH chosen AS MATERIALIZED (
+        SELECT agent_id FROM agent WHERE app_id = :app AND labels @> CAST(:labels AS jsonb)
+    )"""
+_FROM_TURNS: Final = text(_live(_GRID))
+_FROM_LABELLED_TURNS: Final = text(
+    _CHOSEN + _live(_GRID, only="AND t.agent_id IN (SELECT agent_id FROM chosen)")
+)
+
+# Whole buckets of `step` seconds (a rollup width) from `start` (aligned): the rollup's rows for
+# the buckets without marks, the marked ones (and the cut last bucket `tail`) from the turns.
+_FROM_ROLLUP: Final = text(
+    """
+    WITH dirty AS (
+        SELECT DISTINCT date_bin(CAST(:step AS int) * interval '1 second', hour, :start) AS at
+        FROM insight_change
+        WHERE app_id = :app AND kind = 'latency' AND hour >= :start AND hour < :end
+        UNION
+        SELECT CAST(:tail AS timestamptz) WHERE CAST(:tail AS timestamptz) IS NOT NULL
+    ),
+    marked AS (
+        SELECT at, least(at + CAST(:step AS int) * interval '1 second', :end) AS until
+        FROM dirty
+    )
+    SELECT at, turns, e2e, asr_ttlw, llm_ttft, tts_ttfb FROM latency_bucket
+    WHERE app_id = :app AND width = :step AND at >= :start AND at < :end
+      AND at NOT IN (SELECT at FROM dirty)
+    UNION ALL"""
+    + _live("marked AS b")
+)
+
+# One app's marks folded in one statement (one snapshot): the marks of its first `FOLD_HOURS`
+# marked hours are taken, those hours and their days recomputed from the turns; a bucket left
+# without turns is deleted. Answers the marks taken.
+FOLD_SQL: Final = f"""
+    WITH first_hours AS (
+        SELECT DISTINCT hour FROM insight_change
+        WHERE app_id = %(app)s AND kind = 'latency'
+        ORDER BY hour LIMIT {FOLD_HOURS}
+    ),
+    taken AS (
+        DELETE FROM insight_change
+        WHERE app_id = %(app)s AND kind = 'latency' AND hour IN (SELECT hour FROM first_hours)
+        RETURNING hour
+    ),
+    target AS (
+        SELECT DISTINCT 3600 AS width, hour AS at FROM taken
+        UNION
+        SELECT DISTINCT 86400, date_trunc('day', hour, 'UTC') FROM taken
+    ),
+    figure AS (
+        SELECT g.width, g.at, f.* FROM target AS g
+        CROSS JOIN LATERAL (
+            SELECT {_FIGURES} FROM agent_turn AS t
+            WHERE t.app_id = %(app)s AND t.end_at >= g.at
+              AND t.end_at < g.at + g.width * interval '1 second'
+        ) AS f
+    ),
+    cleared AS (
+        DELETE FROM latency_bucket AS b USING figure AS f
+        WHERE b.app_id = %(app)s AND b.width = f.width AND b.at = f.at AND f.turns = 0
+    ),
+    written AS (
+        INSERT INTO latency_bucket (app_id, width, at, turns, e2e, asr_ttlw, llm_ttft, tts_ttfb)
+        SELECT %(app)s, width, at, turns, coalesce(e2e, '{{NULL,NULL,NULL,NULL}}'),
+               coalesce(asr_ttlw, '{{NULL,NULL}}'), coalesce(llm_ttft, '{{NULL,NULL}}'),
+               coalesce(tts_ttfb, '{{NULL,NULL}}')
+        FROM figure WHERE turns > 0
+        ON CONFLICT (app_id, width, at) DO UPDATE
+        SET turns = excluded.turns, e2e = excluded.e2e, asr_ttlw = excluded.asr_ttlw,
+            llm_ttft = excluded.llm_ttft, tts_ttfb = excluded.tts_ttfb
+    )
+    SELECT count(*) FROM taken
+"""
+
+PENDING_SQL: Final = "SELECT DISTINCT app_id FROM insight_change WHERE kind = 'latency'"
+
+
+async def fold(conn: psycopg.AsyncConnection[Any], app_id: str) -> int | None:
+    """Fold `app_id`'s latency marks (up to `FOLD_HOURS` hours of them) into the rollup and
+    commit; answers the marks taken, or None when another folder holds the app.
+
+    `conn` must be in no transaction; this commits its own.
+    """
+    async with conn.transaction():
+        if not await db.try_xact_lock(conn, lock_key(app_id)):
+            return None
+        row = await (await conn.execute(FOLD_SQL, {"app": app_id})).fetchone()
+    return int(row[0]) if row is not None else 0
+
+
+def lock_key(app_id: str) -> int:
+    """The app's latency folder lock: a signed 64-bit advisory lock key."""
+    return db.lock_key(f"latency_fold/{app_id}")
+
+
+def folded(start: datetime, step_s: int, labels: Mapping[str, str]) -> bool:
+    """Whether a series can take the rollup's rows: a rollup width, `start` aligned on it (UTC),
+    no label filter."""
+    since_epoch = start - datetime(1970, 1, 1, tzinfo=UTC)
+    return step_s in WIDTHS and not labels and not since_epoch % timedelta(seconds=step_s)
+
+
+async def series(
+    conn: AsyncConnection,
+    *,
+    app_id: str,
+    start: datetime,
+    end: datetime,
+    step_s: int,
+    labels: Mapping[str, str],
+) -> list[dict[str, Any]]:
+    """The points of `[start, end)` every `step_s` seconds (the last one cut at `end`), each
+    with the figures of the turns ending in it; one statement."""
+    step = timedelta(seconds=step_s)
+    grid = [start + i * step for i in range(-(-(end - start) // step))]
+    params: dict[str, Any] = {"app": app_id, "start": start, "end": end, "step": step_s}
+    if folded(start, step_s, labels):
+        tail = grid[-1] if end - grid[-1] < step else None
+        rows = await conn.execute(_FROM_ROLLUP, {**params, "tail": tail})
+    else:
+        # (`at + step` may lie past year 9999, where Python's datetime ends)
+        untils = [at + step if end - at > step else end for at in grid]
+        params |= {"ats": grid, "untils": untils}
+        if labels:
+            params["labels"] = json.dumps(dict(labels))
+        rows = await conn.execute(_FROM_LABELLED_TURNS if labels else _FROM_TURNS, params)
+    found = {row.at: row for row in rows}
+    return [_point(at, found.get(at)) for at in grid]
+
+
+def _point(at: datetime, row: Any) -> dict[str, Any]:
+    """A point from its row (at, turns, e2e, then each stage's figures), or an empty one."""
+    if row is None:
+        row = (at, 0, None, *(None for _ in events.STAGES))
+    return {
+        "at": queries.rfc3339(at),
+        "turns": row[1],
+        "e2e_ms": dict(zip(_E2E, row[2] or _NONE_E2E, strict=True)),
+        "segments": {
+            stage: dict(zip(_STAGE, figures or _NONE_STAGE, strict=True))
+            for stage, figures in zip(events.STAGES, row[3:], strict=True)
+        },
+    }

@@ -64,7 +64,9 @@ _APP_ERRORS: Final = """
 """
 
 
-def _errors_sql(where: ErrorFilter, *, after: tuple[datetime | None, int] | None) -> str:
+def _errors_sql(
+    where: ErrorFilter, *, after: tuple[datetime | None, int] | None, names: bool = False
+) -> str:
     filters = "".join(
         fragment
         for fragment, given in (
@@ -85,17 +87,30 @@ def _errors_sql(where: ErrorFilter, *, after: tuple[datetime | None, int] | None
     elif after is not None:
         timed, untimed = " AND false", untimed + " AND id < :after_id"
     per_app = _APP_ERRORS.format(filters=filters, timed=timed, untimed=untimed)
-    return (
+    order = " ORDER BY e.event_at DESC NULLS LAST, e.id DESC"
+    page = (
         "SELECT e.* FROM unnest(CAST(:apps AS text[])) AS a(app_id)"
-        f" CROSS JOIN LATERAL ({per_app} LIMIT :n) AS e"
-        " ORDER BY e.event_at DESC NULLS LAST, e.id DESC LIMIT :n"
+        f" CROSS JOIN LATERAL ({per_app} LIMIT :n) AS e{order} LIMIT :n"
+    )
+    if not names:
+        return page
+    # The page's agents' names, looked up for its rows only (the agents' primary key).
+    return (
+        f"SELECT e.*, g.name FROM ({page}) AS e"
+        " JOIN agent AS g ON g.app_id = e.app_id AND g.agent_id = e.agent_id" + order
     )
 
 
 async def list_errors(
-    conn: AsyncConnection, *, where: ErrorFilter, limit: int, cursor: str | None
+    conn: AsyncConnection,
+    *,
+    where: ErrorFilter,
+    limit: int,
+    cursor: str | None,
+    names: bool = False,
 ) -> dict[str, Any]:
-    """Errors across agents, newest first (event time, then id), `limit` per page."""
+    """Errors across agents, newest first (event time, then id), `limit` per page; with
+    `names`, each item also has its agent's `name` (the console's errors page)."""
     after = _error_cursor(cursor) if cursor is not None else None
     params: dict[str, Any] = {
         "apps": list(where.app_ids),
@@ -108,11 +123,12 @@ async def list_errors(
         "after_at": after[0] if after else None,
         "after_id": after[1] if after else None,
     }
-    rows = (await conn.execute(text(_errors_sql(where, after=after)), params)).mappings().all()
+    sql = text(_errors_sql(where, after=after, names=names))
+    rows = (await conn.execute(sql, params)).mappings().all()
     page, more = rows[:limit], len(rows) > limit
     last = page[-1] if more else None
     return {
-        "items": [_error(row) for row in page],
+        "items": [_error(row) | ({"name": row["name"]} if names else {}) for row in page],
         "next_cursor": queries.encode_cursor(
             [pcu.to_us(last["event_at"]) if last["event_at"] else None, last["id"]]
         )

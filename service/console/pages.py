@@ -1,5 +1,4 @@
-"""The console's pages, one view each, over the read-side queries the API uses (no SQL here;
-errors and turn latency come from the interim `insight` module for now).
+"""The console's pages, one view each, over the read-side queries the API uses (no SQL here).
 
 Every page reads the stream's head position first and hands it to the page's script, which
 subscribes from there (`/console/stream?after=…`): whatever changes after the page's data was
@@ -16,10 +15,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from service import events, jobs, lifecycle, queries, stream, webhook_counts
+from service import events, insight, jobs, latency, lifecycle, queries, stream, webhook_counts
 from service import timeline as agent_timeline
 from service.config import Settings
-from service.console import auth, charts, filters, insight, layout, timeline
+from service.console import auth, charts, filters, layout, timeline
 from service.errors import InvalidParameter, NotFound, Unauthorized
 from service.routes import stream as stream_routes
 
@@ -34,7 +33,8 @@ MAX_NOTIFICATIONS: Final = 300
 NOTIFICATION_PAGE: Final = 100
 MAX_PAYLOAD_CHARS: Final = 64 * 1024
 # The overview's figures over the last day (webhooks, errors, latency, stopped histories).
-DAY: Final = timedelta(days=1)
+DAY_S: Final = 86_400
+DAY: Final = timedelta(seconds=DAY_S)
 TOP_ERRORS: Final = 5
 # Notifications waiting to be applied are counted up to this ("1000 or more").
 UNAPPLIED_UPTO: Final = 1000
@@ -119,13 +119,13 @@ async def _last_day(
 
 
 async def _insight(conn: AsyncConnection, *, app_id: str, now: datetime) -> dict[str, Any]:
-    """Top errors and turn latency over the last day (interim console reads, `insight`)."""
-    return {
-        "top_errors": await insight.top_errors(
-            conn, app_id=app_id, start=now - DAY, end=now, limit=TOP_ERRORS
-        ),
-        "latency": await insight.turn_latency(conn, app_id=app_id, start=now - DAY, end=now),
-    }
+    """Top errors and turn latency over the last day: the answers of
+    `GET /v1/apps/{app_id}/errors/summary` and of `…/latency` with one point for the day."""
+    summary = await insight.error_summary(conn, app_id=app_id, start=now - DAY, end=now)
+    (day,) = await latency.series(
+        conn, app_id=app_id, start=now - DAY, end=now, step_s=DAY_S, labels={}
+    )
+    return {"top_errors": summary["items"][:TOP_ERRORS], "latency": day}
 
 
 async def _app_card(
@@ -330,13 +330,16 @@ async def errors(request: Request) -> Response:
     try:
         module, code = _error_filters(params.get("module") or None, params.get("code") or None)
         async with request.state.engine.connect() as conn:
-            page = await insight.errors(
+            page = await insight.list_errors(
                 conn,
-                app_ids=[app_id] if app_id is not None else sorted(who.apps),
-                module=module,
-                code=code,
+                where=insight.ErrorFilter(
+                    app_ids=[app_id] if app_id is not None else sorted(who.apps),
+                    module=module,
+                    code=code,
+                ),
                 limit=ERRORS_PAGE,
                 cursor=params.get("cursor") or None,
+                names=True,
             )
     except InvalidParameter as error:
         return _problem(who, "Bad link", error.detail, status=400)

@@ -554,6 +554,38 @@ def test_the_errors_page_lists_errors_across_agents_newest_first_with_filters_an
     assert console.get("/console/errors?app_id=nope").status_code == 404
 
 
+def test_the_errors_page_names_each_rows_agent_and_lists_untimed_errors_last(
+    console: TestClient,
+) -> None:
+    now_ms = int(time.time() * 1000)
+    names = {"a1": "front desk", "a2": "after hours"}
+    for agent_id, name in names.items():
+        post(console, deliver(101, payload(agent_id, name=name)))
+    for message, agent_id, at_ms in (
+        ("older", "a1", now_ms - 120_000),
+        ("untimed", "a1", 1),  # 1970: not a usable time, so no event time is stored
+        ("newer", "a2", now_ms - 60_000),
+    ):
+        items = [{"module": "tts", "code": 429, "message": message}]
+        sent = payload(agent_id, name=names[agent_id], errors=items)
+        post(console, deliver(110, sent, notify_ms=at_ms))
+    login(console)
+    page = console.get(f"/console/errors?app_id={APP_ID}").text
+    rows = re.findall(
+        r'<tr data-error-agent="(a\d)">\s*<td class="time">([^<]*)</td>.*?'
+        r'<a href="[^"]*">([^<]*)</a>.*?class="message">(\w+)<',
+        page,
+        re.S,
+    )
+    # As GET /v1/errors lists them: newest first, an error without a time after every timed one.
+    assert [(agent, name, message) for agent, _, name, message in rows] == [
+        ("a2", "after hours", "newer"),
+        ("a1", "front desk", "older"),
+        ("a1", "front desk", "untimed"),
+    ]
+    assert rows[-1][1] == "time unknown"
+
+
 def test_a_scoped_token_sees_nothing_of_another_app_anywhere_in_the_console(
     make_settings: Callable[..., config.Settings], tmp_path: Path
 ) -> None:

@@ -90,6 +90,26 @@ _AMBIGUOUS: Final = {
 }
 
 
+_SERIES_WINDOW: Final = [
+    _param(
+        "from",
+        "query",
+        "Series start (default: `to` minus 24 h; at most 366 days before `to`).",
+        _TIME_PARAM,
+    ),
+    _param("to", "query", "Series end, exclusive (default: now).", _TIME_PARAM),
+]
+
+
+def _step_param(*, default: int) -> Any:
+    return _param(
+        "step",
+        "query",
+        "Bucket length in seconds (at most 10,000 buckets).",
+        {"type": "integer", "minimum": 1, "maximum": 31_622_400, "default": default},
+    )
+
+
 def _read(
     summary: str,
     answer: str,
@@ -403,6 +423,34 @@ _SCHEMAS: Final[dict[str, Any]] = {
             },
         }
     ),
+    "Usage": _object(
+        {
+            "app_id": {"type": "string"},
+            "from": _TIME,
+            "to": _TIME,
+            "step": {"type": "integer", "minimum": 1},
+            "group_by": {"type": ["string", "null"]},
+            "points": {
+                "type": "array",
+                "items": _object(
+                    {
+                        "at": {**_TIME, "description": "Start of the bucket."},
+                        "groups": {
+                            "type": "array",
+                            "items": _object(
+                                {
+                                    "key": {"type": ["string", "null"]},
+                                    "agent_seconds": {"type": "number", "minimum": 0},
+                                    "sessions": {"type": "integer", "minimum": 0},
+                                    "failed": {"type": "integer", "minimum": 0},
+                                }
+                            ),
+                        },
+                    }
+                ),
+            },
+        }
+    ),
     "AgentEvent": _object(
         {
             "app_id": {"type": "string"},
@@ -550,18 +598,28 @@ DOCUMENT: Final[dict[str, Any]] = {
             "PcuSeries",
             params=[
                 _APP_ID,
+                *_SERIES_WINDOW,
+                _step_param(default=300),
+            ],
+        ),
+        "/v1/apps/{app_id}/usage": _read(
+            "Agent time, sessions and failures per bucket, optionally by a label's value",
+            "The series; buckets start at `from` every `step` seconds, the last ends at `to`. "
+            "`agent_seconds` is the exact overlap of the agents' active intervals (open ones up "
+            "to now) with the bucket, summed in microseconds; `sessions` the intervals starting "
+            "in it; `failed` the agents stopped FAILED in it. Without `group_by` each point has "
+            "one group, key null; with it, one group per label value present (null: the agents "
+            "without that label), by key, null last.",
+            "Usage",
+            params=[
+                _APP_ID,
+                *_SERIES_WINDOW,
+                _step_param(default=86_400),
                 _param(
-                    "from",
+                    "group_by",
                     "query",
-                    "Series start (default: `to` minus 24 h; at most 366 days before `to`).",
-                    _TIME_PARAM,
-                ),
-                _param("to", "query", "Series end, exclusive (default: now).", _TIME_PARAM),
-                _param(
-                    "step",
-                    "query",
-                    "Bucket length in seconds (at most 10,000 buckets).",
-                    {"type": "integer", "minimum": 1, "maximum": 31_622_400, "default": 300},
+                    "`label.KEY`: group by the value of label KEY (1 to 128 characters).",
+                    {"type": "string", "pattern": "^label\\..{1,128}$"},
                 ),
             ],
         ),

@@ -35,6 +35,8 @@ MAX_SPAN: Final = timedelta(days=366)
 # A step longer than the longest series would only ever make one bucket.
 MAX_STEP_S: Final = int(MAX_SPAN.total_seconds())
 LABEL_PREFIX: Final = "label."
+MAX_LABEL_KEY: Final = 128
+USAGE_STEP_S: Final = 86_400
 # RFC 3339 with ASCII digits only (`datetime.fromisoformat` also takes week dates and basic forms);
 # fractional seconds past the microsecond are truncated.
 _RFC3339: Final = re.compile(
@@ -152,10 +154,32 @@ async def app_pcu_series(request: Request) -> Response:
     app_id = grant.require_app(request.path_params["app_id"])
     params = request.query_params
     _only(params, {"from", "to", "step"})
+    start, end, step = _series(params, default_step=DEFAULT_STEP_S)
+    async with concurrency.snapshot(request.state.engine) as conn:
+        series = await queries.pcu_series(conn, app_id=app_id, start=start, end=end, step_s=step)
+    return JSONResponse(series)
+
+
+async def app_usage(request: Request) -> Response:
+    grant = access.require(request)
+    app_id = grant.require_app(request.path_params["app_id"])
+    params = request.query_params
+    _only(params, {"from", "to", "step", "group_by"})
+    start, end, step = _series(params, default_step=USAGE_STEP_S)
+    key = _label_key(params, "group_by")
+    async with concurrency.snapshot(request.state.engine) as conn:
+        found = await queries.usage_series(
+            conn, app_id=app_id, start=start, end=end, step_s=step, label=key
+        )
+    return JSONResponse(found)
+
+
+def _series(params: QueryParams, *, default_step: int) -> tuple[datetime, datetime, int]:
+    """A series' `from`, `to` (default: the last 24 h) and `step` (seconds), checked."""
     end = _time(params, "to") or datetime.now(UTC)
     # Near year 1 the default span would leave the calendar: start as early as it goes.
     start = _time(params, "from") or max(end, _EARLIEST + DEFAULT_SPAN) - DEFAULT_SPAN
-    step = _step(params)
+    step = _whole(params, "step", default=default_step, most=MAX_STEP_S)
     if start >= end and "from" not in params:
         raise InvalidParameter("to: must be after 0001-01-01T00:00:00Z")
     if start >= end:
@@ -164,9 +188,18 @@ async def app_pcu_series(request: Request) -> Response:
         raise InvalidParameter(f"from: at most {MAX_SPAN.days} days before to")
     if (end - start) / timedelta(seconds=step) > MAX_POINTS:
         raise InvalidParameter(f"step: at most {MAX_POINTS} points per series")
-    async with concurrency.snapshot(request.state.engine) as conn:
-        series = await queries.pcu_series(conn, app_id=app_id, start=start, end=end, step_s=step)
-    return JSONResponse(series)
+    return start, end, step
+
+
+def _label_key(params: QueryParams, name: str) -> str | None:
+    """`label.KEY`: a label key of 1 to 128 printable characters."""
+    value = _one(params, name)
+    if value is None:
+        return None
+    key = value[len(LABEL_PREFIX) :] if value.startswith(LABEL_PREFIX) else ""
+    if not 1 <= len(key) <= MAX_LABEL_KEY or not key.isprintable() or not queries.storable(key):
+        raise InvalidParameter(f"{name}: label.KEY, KEY 1 to {MAX_LABEL_KEY} printable characters")
+    return key
 
 
 def _only(params: QueryParams, allowed: set[str], *, labels: bool = False) -> None:
@@ -207,11 +240,6 @@ def _whole(params: QueryParams, name: str, *, default: int, most: int) -> int:
 
 def _limit(params: QueryParams) -> int:
     return _whole(params, "limit", default=DEFAULT_LIMIT, most=MAX_LIMIT)
-
-
-def _step(params: QueryParams) -> int:
-    """Seconds per bucket."""
-    return _whole(params, "step", default=DEFAULT_STEP_S, most=MAX_STEP_S)
 
 
 def _state(value: str) -> str:
@@ -260,4 +288,5 @@ routes: Final = [
     Route("/v1/apps/{app_id}/pcu", app_pcu, methods=["GET"]),
     Route("/v1/apps/{app_id}/pcu/series", app_pcu_series, methods=["GET"]),
     Route("/v1/apps/{app_id}/notifications", unapplied_notifications, methods=["GET"]),
+    Route("/v1/apps/{app_id}/usage", app_usage, methods=["GET"]),
 ]

@@ -227,6 +227,7 @@ def test_app_ids_no_app_has_are_404(seeded: TestClient, app_id: str) -> None:
         f"/v1/agents/a1/events?app_id={app_id}",
         f"/v1/apps/{app_id}/pcu",
         f"/v1/apps/{app_id}/pcu/series",
+        f"/v1/apps/{app_id}/usage",
         f"/v1/apps/{app_id}/notifications",
     ):
         assert get(seeded, url) == (404, NOT_FOUND), url

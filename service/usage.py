@@ -73,21 +73,21 @@ def _us(expr: str) -> str:
     return f"(extract(epoch FROM {expr}) * 1000000)::bigint"
 
 
-# The agents' figures over pieces [s, e) (`piece`: s, e as timestamptz, pos, sign), grouped by
+# The agents' figures over pieces [s, e) (`piece`: s, e as timestamptz, pos), grouped by
 # piece and `{group}`: closed intervals' overlap (GiST on the range), starts, FAILED stops.
 _FROM_AGENTS: Final = f"""
     SELECT p.pos, {{group}} AS grp,
-           p.sign * ({_us("least(a.active_until, p.e)")} - {_us("greatest(a.active_from, p.s)")})
+           {_us("least(a.active_until, p.e)")} - {_us("greatest(a.active_from, p.s)")}
                AS agent_us, 0 AS sessions, 0 AS failed
     FROM piece AS p JOIN agent AS a
       ON a.app_id = %(app)s AND a.active_from IS NOT NULL AND a.active_until IS NOT NULL
      AND tstzrange(a.active_from, a.active_until) && tstzrange(p.s, p.e)
     UNION ALL
-    SELECT p.pos, {{group}}, 0, p.sign, 0
+    SELECT p.pos, {{group}}, 0, 1, 0
     FROM piece AS p JOIN agent AS a
       ON a.app_id = %(app)s AND a.active_from >= p.s AND a.active_from < p.e
     UNION ALL
-    SELECT p.pos, {{group}}, 0, 0, p.sign
+    SELECT p.pos, {{group}}, 0, 0, 1
     FROM piece AS p JOIN agent AS a
       ON a.app_id = %(app)s AND a.stopped_at >= p.s AND a.stopped_at < p.e
      AND a.state = '{_FAILED}'"""
@@ -101,7 +101,7 @@ FOLD_SQL: Final = f"""
         DELETE FROM insight_change WHERE app_id = %(app)s AND kind = 'usage' RETURNING hour
     ),
     piece AS (
-        SELECT DISTINCT hour AS s, hour + interval '1 hour' AS e, hour AS pos, 1 AS sign
+        SELECT DISTINCT hour AS s, hour + interval '1 hour' AS e, hour AS pos
         FROM taken
     ),
     computed AS (
@@ -123,14 +123,13 @@ FOLD_SQL: Final = f"""
     )
     SELECT count(*) FROM taken"""
 
-# Pieces as sent by `series()`: one comma-joined text per column (cheap to send).
+# Spans as sent by `series()`: one comma-joined text per column (cheap to send).
 _PIECES: Final = """
     piece AS (
         SELECT timestamptz 'epoch' + s * interval '1 microsecond' AS s,
-               timestamptz 'epoch' + e * interval '1 microsecond' AS e, pos, sign
+               timestamptz 'epoch' + e * interval '1 microsecond' AS e, pos
         FROM unnest(string_to_array(%(s)s, ',')::bigint[], string_to_array(%(e)s, ',')::bigint[],
-                    string_to_array(%(pos)s, ',')::int[], string_to_array(%(sign)s, ',')::int[])
-            AS p(s, e, pos, sign)
+                    string_to_array(%(pos)s, ',')::int[]) AS p(s, e, pos)
     )"""
 
 _READ_AGENTS: Final = f"""
@@ -139,12 +138,12 @@ _READ_AGENTS: Final = f"""
     FROM ({_FROM_AGENTS.format(group="a.labels ->> %(key)s::text")}) AS f
     GROUP BY pos, grp"""
 
-# Whole unmarked hours from the rollup: (hour, pos, sign) per hour and bucket.
+# Whole unmarked hours from the rollup: (hour, pos) per hour and bucket.
 _READ_ROLLUP: Final = """
-    SELECT r.pos, u.labels ->> %(key)s::text, sum(r.sign * u.agent_us)::bigint,
-           sum(r.sign * u.sessions)::int, sum(r.sign * u.failed)::int
-    FROM unnest(string_to_array(%(hour)s, ',')::bigint[], string_to_array(%(pos)s, ',')::int[],
-                string_to_array(%(sign)s, ',')::int[]) AS r(hour, pos, sign)
+    SELECT r.pos, u.labels ->> %(key)s::text, sum(u.agent_us)::bigint, sum(u.sessions)::int,
+           sum(u.failed)::int
+    FROM unnest(string_to_array(%(hour)s, ',')::bigint[], string_to_array(%(pos)s, ',')::int[])
+        AS r(hour, pos)
     JOIN usage_hour AS u
       ON u.app_id = %(app)s AND u.hour = timestamptz 'epoch' + r.hour * interval '1 microsecond'
     GROUP BY 1, 2"""
@@ -197,10 +196,10 @@ def lock_key(app_id: str) -> int:
 
 def plan(
     grid: Sequence[tuple[int, int]], marked: set[int]
-) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int, int]]]:
-    """How to read each bucket: rollup hours `(hour, pos, sign)` and agent pieces
-    `(s, e, pos, sign)`, so that for each bucket the signed sum of both is its figures."""
-    hours_read: list[tuple[int, int, int]] = []
+) -> tuple[list[tuple[int, int]], list[tuple[int, int, int, int]]]:
+    """How to read each bucket: rollup hours `(hour, pos)` and agent pieces `(s, e, pos,
+    sign)`, so that for each bucket the rollup hours plus the signed pieces are its figures."""
+    hours_read: list[tuple[int, int]] = []
     pieces: list[tuple[int, int, int, int]] = []
 
     def piece(s: int, e: int, pos: int, sign: int) -> None:
@@ -215,7 +214,7 @@ def plan(
             if hour in marked or (b - a < HOUR_US and 2 * (b - a) <= HOUR_US):
                 piece(a, b, pos, 1)
                 continue
-            hours_read.append((hour, pos, 1))
+            hours_read.append((hour, pos))
             if hour < a:
                 piece(hour, a, pos, -1)
             if b < hour + HOUR_US:
@@ -233,41 +232,68 @@ async def series(
     """Usage per `step` over `[start, end)` (µs), grouped by the label `key` (None: one group).
 
     `conn` must hold one snapshot for all its statements (`concurrency.snapshot`)."""
-    now = pcu.to_us(await conn.scalar(text("SELECT now()")))
+    # JIT would compile these statements for a second on their (pessimistic) row estimates,
+    # while running them takes milliseconds.
+    now = pcu.to_us(await conn.scalar(text("SELECT now() FROM set_config('jit', 'off', true)")))
     raw = await db.driver_connection(conn)
     grid = pcu.buckets(start, end, step)
     bounds = {"app": app_id, "s": pcu.from_us(start - start % HOUR_US), "e": pcu.from_us(end)}
     marked = {int(row[0]) for row in await (await raw.execute(_MARKED, bounds)).fetchall()}
     hours_read, pieces = plan(grid, marked)
     totals: dict[tuple[int, str | None], Figures] = defaultdict(lambda: [0, 0, 0])
-    rows: list[Any] = []
-    if hours_read:
-        rows += await (
-            await raw.execute(
-                _READ_ROLLUP,
-                {
-                    "app": app_id,
-                    "key": key,
-                    "hour": _joined(h for h, _, _ in hours_read),
-                    "pos": _joined(p for _, p, _ in hours_read),
-                    "sign": _joined(s for _, _, s in hours_read),
-                },
-            )
-        ).fetchall()
-    if pieces:
-        columns = list(zip(*pieces, strict=True))
-        params = dict(zip(("s", "e", "pos", "sign"), map(_joined, columns), strict=True))
-        rows += await (
-            await raw.execute(_READ_AGENTS, {"app": app_id, "key": key, **params})
-        ).fetchall()
-    for pos, group, agent_us, sessions, failed in rows:
-        figures = totals[(pos, group)]
-        figures[0] += agent_us
-        figures[1] += sessions
-        figures[2] += failed
+    for pos, group, *figures in await _rollup(raw, app_id, key, hours_read):
+        _add(totals[(pos, group)], figures)
+    # A span may serve several buckets (a sliver taken from one hour's rollup row is added to
+    # the next bucket): each distinct span is computed once.
+    spans: dict[tuple[int, int], list[tuple[int, int]]] = defaultdict(list)
+    for s, e, pos, sign in pieces:
+        spans[(s, e)].append((pos, sign))
+    serves = list(spans.values())
+    for index, group, *figures in await _agents(raw, app_id, key, list(spans)):
+        for pos, sign in serves[index]:
+            _add(totals[(pos, group)], [sign * value for value in figures])
     opened = await raw.execute(_OPEN, {"app": app_id, "key": key, "e": bounds["e"]})
     _add_open(totals, grid, await opened.fetchall(), now=now)
     return _points(grid, totals, grouped=key is not None)
+
+
+def _add(figures: Figures, more: Sequence[int]) -> None:
+    for i, value in enumerate(more):
+        figures[i] += value
+
+
+async def _rollup(
+    raw: psycopg.AsyncConnection[Any],
+    app_id: str,
+    key: str | None,
+    hours_read: Sequence[tuple[int, int]],
+) -> list[Any]:
+    if not hours_read:
+        return []
+    params = {
+        "hour": _joined(hour for hour, _ in hours_read),
+        "pos": _joined(pos for _, pos in hours_read),
+    }
+    cursor = await raw.execute(_READ_ROLLUP, {"app": app_id, "key": key, **params})
+    return await cursor.fetchall()
+
+
+async def _agents(
+    raw: psycopg.AsyncConnection[Any],
+    app_id: str,
+    key: str | None,
+    spans: Sequence[tuple[int, int]],
+) -> list[Any]:
+    """Figures over each span, by its position in `spans`."""
+    if not spans:
+        return []
+    params = {
+        "s": _joined(s for s, _ in spans),
+        "e": _joined(e for _, e in spans),
+        "pos": _joined(range(len(spans))),
+    }
+    cursor = await raw.execute(_READ_AGENTS, {"app": app_id, "key": key, **params})
+    return await cursor.fetchall()
 
 
 def _add_open(

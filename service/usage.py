@@ -24,7 +24,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -253,7 +253,9 @@ async def series(
     marked = {int(row[0]) for row in await (await raw.execute(_MARKED, bounds)).fetchall()}
     hours_read, pieces = plan(grid, marked)
     totals: dict[tuple[int, str | None], Figures] = defaultdict(lambda: [0, 0, 0])
-    for pos, group, *figures in await _rollup(raw, app_id, key, hours_read):
+    rollup_columns = {"hour": (h for h, _ in hours_read), "pos": (p for _, p in hours_read)}
+    rows = await _fetch(raw, _READ_ROLLUP, app_id=app_id, key=key, columns=rollup_columns)
+    for pos, group, *figures in rows:
         _add(totals[(pos, group)], figures)
     # A span may serve several buckets (a sliver taken from one hour's rollup row is added to
     # the next bucket): each distinct span is computed once.
@@ -261,7 +263,13 @@ async def series(
     for s, e, pos, sign in pieces:
         spans[(s, e)].append((pos, sign))
     serves = list(spans.values())
-    for index, group, *figures in await _agents(raw, app_id, key, list(spans)):
+    span_columns = {
+        "s": (s for s, _ in spans),
+        "e": (e for _, e in spans),
+        "pos": range(len(spans)),
+    }
+    rows = await _fetch(raw, _READ_AGENTS, app_id=app_id, key=key, columns=span_columns)
+    for index, group, *figures in rows:
         for pos, sign in serves[index]:
             _add(totals[(pos, group)], [sign * value for value in figures])
     opened = await raw.execute(_OPEN, {"app": app_id, "key": key, "e": bounds["e"]})
@@ -274,37 +282,19 @@ def _add(figures: Figures, more: Sequence[int]) -> None:
         figures[i] += value
 
 
-async def _rollup(
+async def _fetch(
     raw: psycopg.AsyncConnection[Any],
+    query: str,
+    *,
     app_id: str,
     key: str | None,
-    hours_read: Sequence[tuple[int, int]],
+    columns: Mapping[str, Iterable[object]],
 ) -> list[Any]:
-    if not hours_read:
+    """The rows `query` answers for rows sent as comma-joined columns (none sent: none)."""
+    joined = {name: _joined(values) for name, values in columns.items()}
+    if not all(joined.values()):
         return []
-    params = {
-        "hour": _joined(hour for hour, _ in hours_read),
-        "pos": _joined(pos for _, pos in hours_read),
-    }
-    cursor = await raw.execute(_READ_ROLLUP, {"app": app_id, "key": key, **params})
-    return await cursor.fetchall()
-
-
-async def _agents(
-    raw: psycopg.AsyncConnection[Any],
-    app_id: str,
-    key: str | None,
-    spans: Sequence[tuple[int, int]],
-) -> list[Any]:
-    """Figures over each span, by its position in `spans`."""
-    if not spans:
-        return []
-    params = {
-        "s": _joined(s for s, _ in spans),
-        "e": _joined(e for _, e in spans),
-        "pos": _joined(range(len(spans))),
-    }
-    cursor = await raw.execute(_READ_AGENTS, {"app": app_id, "key": key, **params})
+    cursor = await raw.execute(query, {"app": app_id, "key": key, **joined})
     return await cursor.fetchall()
 
 

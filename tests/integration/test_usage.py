@@ -84,6 +84,15 @@ async def read(
     ]
 
 
+def mark(sql: Sql, hour_s: int) -> None:
+    sql.execute(
+        "INSERT INTO insight_change (app_id, kind, hour)"
+        " VALUES (%(app)s, 'usage', to_timestamp(%(h)s))",
+        app=APP_ID,
+        h=hour_s,
+    )
+
+
 def reset(sql: Sql) -> None:
     sql.execute(
         "TRUNCATE agent, notification, agent_transition, history, history_job, pcu_minute,"
@@ -192,11 +201,7 @@ def test_the_rollup_equals_a_fold_from_scratch(sql: Sql) -> None:
 def test_a_mark_committed_after_the_folds_snapshot_survives_it(sql: Sql) -> None:
     """The fold deletes the marks its statement sees, not those committed meanwhile."""
     reset(sql)
-    sql.execute(
-        "INSERT INTO insight_change (app_id, kind, hour) VALUES (%(app)s, 'usage', to_timestamp(%(h)s))",
-        app=APP_ID,
-        h=BASE_S,
-    )
+    mark(sql, BASE_S)
 
     async def work(engine: AsyncEngine) -> int:
         url = engine.url.render_as_string(hide_password=False)
@@ -222,11 +227,7 @@ def test_a_mark_committed_after_the_folds_snapshot_survives_it(sql: Sql) -> None
 
 def test_a_fold_skips_an_app_another_folder_holds(sql: Sql) -> None:
     reset(sql)
-    sql.execute(
-        "INSERT INTO insight_change (app_id, kind, hour) VALUES (%(app)s, 'usage', to_timestamp(%(h)s))",
-        app=APP_ID,
-        h=BASE_S,
-    )
+    mark(sql, BASE_S)
 
     async def work(engine: AsyncEngine) -> int:
         url = engine.url.render_as_string(hide_password=False)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service import concurrency, db, usage
+from service import concurrency, db, ingest, lifecycle, record, usage
 from tests.factories import APP_ID, Sql, deliver, payload
 from tests.integration.test_pcu import fold_all, ingest_all, run
 
@@ -264,3 +265,38 @@ def test_only_changes_of_what_usage_reads_are_marked(sql: Sql) -> None:
     # the start's hour (101); then every hour of the closed interval and the FAILED stop's.
     assert sorted(set(hours)) == [BASE_S, BASE_S + 3600, BASE_S + 7200]
     assert len(hours) == 4
+
+
+def test_a_failure_reconciliation_observes_is_marked_and_counted_folded_or_not(sql: Sql) -> None:
+    """Reconciliation writes through the same plan: its stop moves usage like a 102."""
+    reset(sql)
+    join = deliver(101, payload("rec", start_ts=BASE_S + 600, labels={LABEL: "gold"})).body
+    stop = datetime.fromtimestamp(BASE_S + 4200, UTC)
+    failed = record.Observation(
+        kind=lifecycle.Kind.OBSERVED_FAILED,
+        at=stop,
+        stopped_at=stop,
+        stop_status="FAILED",
+    )
+    start, end = BASE_S * S, (BASE_S + 7200) * S
+
+    async def work(engine: AsyncEngine) -> list[Any]:
+        await ingest_all(engine, [join])
+        await fold_all(engine)
+        url = engine.url.render_as_string(hide_password=False)
+        async with await db.connect(url) as conn:
+            await ingest.observe_agents(
+                conn, APP_ID, [("rec", failed)], source="reconcile", received_at=stop
+            )
+            await conn.commit()
+        answers = [sql.count("insight_change"), await read(engine, start, end, HOUR, LABEL)]
+        await fold_all(engine)
+        return [*answers, await read(engine, start, end, HOUR, LABEL)]
+
+    marks, unfolded, folded = run(sql.url, work)
+    assert marks == 2  # both hours of the closed interval (the FAILED stop is in the second)
+    want = [
+        (BASE_S * S, [("gold", 3000 * S, 1, 0)]),
+        ((BASE_S + 3600) * S, [("gold", 600 * S, 0, 1)]),
+    ]
+    assert unfolded == folded == want

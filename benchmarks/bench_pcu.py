@@ -240,8 +240,8 @@ def percentiles(samples: list[float]) -> str:
     return f"p50 {p50:6.1f} ms  p95 {p95:6.1f} ms  max {max(samples):6.1f} ms"
 
 
-def timed(client: httpx.Client, path: str, requests: int) -> list[float]:
-    for _ in range(20):  # warm-up: connections, plans, caches
+def timed(client: httpx.Client, path: str, requests: int, *, warmup: int = 20) -> list[float]:
+    for _ in range(warmup):  # warm-up: connections, plans, caches
         client.get(path)
     out = []
     for _ in range(requests):

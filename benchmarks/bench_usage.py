@@ -264,23 +264,10 @@ def measure(base: str, *, now: datetime, requests: int) -> list[str]:
         base_url=base, headers=reader_headers(bench_pcu.TOKEN), timeout=120
     ) as client:
         for label, query, count in cases:
-            times = _timed(client, f"/v1/apps/{APP}/usage?{query}", count)
+            # Three warm-up requests: the slow cases take a second each.
+            times = bench_pcu.timed(client, f"/v1/apps/{APP}/usage?{query}", count, warmup=3)
             lines.append(f"usage {label:<38} {bench_pcu.percentiles(times)}")
     return lines
-
-
-def _timed(client: httpx.Client, path: str, requests: int) -> list[float]:
-    """`bench_pcu.timed` with a warm-up of three requests (the slow cases take seconds)."""
-    for _ in range(3):
-        client.get(path)
-    out = []
-    for _ in range(requests):
-        started = time.perf_counter()
-        response = client.get(path)
-        out.append((time.perf_counter() - started) * 1000)
-        if response.status_code != 200:
-            raise SystemExit(f"{path} answered {response.status_code}: {response.text}")
-    return out
 
 
 if __name__ == "__main__":

@@ -223,7 +223,7 @@ def plan(
     for pos, (start, end) in enumerate(grid):
         for hour in range(start - start % HOUR_US, end, HOUR_US):
             a, b = max(start, hour), min(end, hour + HOUR_US)
-            if hour in marked or (b - a < HOUR_US and 2 * (b - a) <= HOUR_US):
+            if hour in marked or 2 * (b - a) <= HOUR_US:  # marked, or at most half the hour
                 piece(a, b, pos, 1)
                 continue
             hours_read.append((hour, pos))
@@ -251,7 +251,21 @@ async def series(
     grid = pcu.buckets(start, end, step)
     bounds = {"app": app_id, "s": pcu.from_us(start - start % HOUR_US), "e": pcu.from_us(end)}
     marked = {int(row[0]) for row in await (await raw.execute(_MARKED, bounds)).fetchall()}
-    hours_read, pieces = plan(grid, marked)
+    totals = await _figures(raw, app_id=app_id, key=key, parts=plan(grid, marked))
+    opened = await raw.execute(_OPEN, {"app": app_id, "key": key, "e": bounds["e"]})
+    _add_open(totals, grid, await opened.fetchall(), now=now)
+    return _points(grid, totals, grouped=key is not None)
+
+
+async def _figures(
+    raw: psycopg.AsyncConnection[Any],
+    *,
+    app_id: str,
+    key: str | None,
+    parts: tuple[list[tuple[int, int]], list[tuple[int, int, int, int]]],
+) -> dict[tuple[int, str | None], Figures]:
+    """Per (bucket, group) the figures of `plan()`'s parts: rollup hours and agent pieces."""
+    hours_read, pieces = parts
     totals: dict[tuple[int, str | None], Figures] = defaultdict(lambda: [0, 0, 0])
     rollup_columns = {"hour": (h for h, _ in hours_read), "pos": (p for _, p in hours_read)}
     rows = await _fetch(raw, _READ_ROLLUP, app_id=app_id, key=key, columns=rollup_columns)
@@ -272,9 +286,7 @@ async def series(
     for index, group, *figures in rows:
         for pos, sign in serves[index]:
             _add(totals[(pos, group)], [sign * value for value in figures])
-    opened = await raw.execute(_OPEN, {"app": app_id, "key": key, "e": bounds["e"]})
-    _add_open(totals, grid, await opened.fetchall(), now=now)
-    return _points(grid, totals, grouped=key is not None)
+    return totals
 
 
 def _add(figures: Figures, more: Sequence[int]) -> None:

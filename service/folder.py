@@ -7,9 +7,13 @@ that lets a burst pile up) and, every `FOLD_INTERVAL_S`, every app that has chan
 replica's, or a fold that lost a race). Folders of several processes compete through the app's
 advisory lock: one folds, the others skip, so each threshold crossing is announced once, by the
 folder that folded it, within about `FOLD_INTERVAL_S` of the commit that made it. Reads never
-wait for a folder: they add what it has not folded yet (`concurrency`). Latency marks are
-folded the same way, every `LATENCY_FOLD_INTERVAL_S` at most (reads compute marked buckets from
-the turns, `latency`).
+wait for a folder: they add what it has not folded yet (`concurrency`).
+
+The same round folds the insight marks the write path left: usage hours (`usage.fold`, every
+`USAGE_INTERVAL_S` at most) and turn latency hours (`latency.fold`, every
+`LATENCY_FOLD_INTERVAL_S` at most). Nothing is announced from them, and reads compute marked
+hours from the agents and turns meanwhile, so folding more often would only recompute the
+current hour again and again.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import Any, Final
 import psycopg
 import structlog
 
-from service import db, latency, metrics, rollup
+from service import db, latency, metrics, rollup, usage
 from service.config import Settings
 
 log = structlog.get_logger(__name__)
@@ -32,10 +36,12 @@ FOLD_INTERVAL_S: Final = 0.5
 # After a poke, how long more changes may pile up before folding: a fold costs a few round trips
 # and a rewrite per minute and hour it touches, so under load fewer, larger folds are cheaper.
 SETTLE_S: Final = 0.2
+USAGE_INTERVAL_S: Final = 5.0
 _PENDING: Final = "SELECT DISTINCT app_id FROM pcu_change"
 # Latency marks are folded at most this often: a fold rewrites the day around each marked hour
 # (a day of turns read again), and reads compute marked buckets from the turns meanwhile.
 LATENCY_FOLD_INTERVAL_S: Final = 2.0
+_USAGE_PENDING: Final = "SELECT DISTINCT app_id FROM insight_change WHERE kind = 'usage'"
 
 
 class Folder:
@@ -47,6 +53,7 @@ class Folder:
         self._wake = asyncio.Event()
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._latency_due = 0.0  # monotonic time of the next latency fold
+        self._usage_due = 0.0  # monotonic time of the next usage fold
 
     def poke(self, app_ids: Iterable[str]) -> None:
         """Changes for these apps were just committed here: fold them soon."""
@@ -70,11 +77,11 @@ class Folder:
     async def fold_all(self) -> list[rollup.Folded]:
         """Fold every app with changes now, then close the connection (tests, maintenance)."""
         try:
-            return await self._round(latency_now=True)
+            return await self._round(insight_now=True)
         finally:
             await self._close()
 
-    async def _round(self, *, latency_now: bool = False) -> list[rollup.Folded]:
+    async def _round(self, *, insight_now: bool = False) -> list[rollup.Folded]:
         self._wake.clear()
         self._poked.clear()
         try:
@@ -82,14 +89,23 @@ class Folder:
             pending = [row[0] for row in await (await conn.execute(_PENDING)).fetchall()]
             await conn.commit()
             done = [await self._fold(conn, app_id) for app_id in pending]
-            if latency_now or time.monotonic() >= self._latency_due:
+            if insight_now or time.monotonic() >= self._latency_due:
                 self._latency_due = time.monotonic() + LATENCY_FOLD_INTERVAL_S
                 await self._fold_latency(conn)
+            if insight_now or time.monotonic() >= self._usage_due:
+                self._usage_due = time.monotonic() + USAGE_INTERVAL_S
+                await self._fold_usage(conn)
         except db.RAW_ERRORS as error:
             log.warning("pcu_fold_failed", error=type(error).__name__)
             await self._close()
             return []
         return [folded for folded in done if folded is not None]
+
+    async def _fold_usage(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        marked = [row[0] for row in await (await conn.execute(_USAGE_PENDING)).fetchall()]
+        await conn.commit()
+        for app_id in marked:
+            await usage.fold(conn, app_id)
 
     async def _fold(self, conn: psycopg.AsyncConnection[Any], app_id: str) -> rollup.Folded | None:
         folded = await rollup.fold(conn, app_id=app_id, limits=self._settings.pcu_limits(app_id))

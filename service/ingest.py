@@ -29,7 +29,7 @@ from typing import Any, Literal
 import psycopg
 import structlog
 
-from service import events, lifecycle, metrics, record, repositories, rollup
+from service import events, lifecycle, metrics, record, repositories, rollup, usage
 from service.record import AgentRow, Observation
 
 log = structlog.get_logger(__name__)
@@ -105,6 +105,13 @@ class Plan:
                 is_active=lifecycle.is_active(row.state),
             )
         return out
+
+    def usage_marks(self) -> list[tuple[str, int]]:
+        """The (app_id, hour µs) whose usage rollup the plan changes (`usage.marks`), once each."""
+        out: set[tuple[str, int]] = set()
+        for row in self.changed():
+            out.update((row.app_id, hour) for hour in usage.marks(self.before[row.key], row))
+        return sorted(out)
 
 
 async def apply_deliveries(

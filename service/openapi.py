@@ -433,6 +433,34 @@ _SCHEMAS: Final[dict[str, Any]] = {
             ),
         }
     ),
+    "Usage": _object(
+        {
+            "app_id": {"type": "string"},
+            "from": _TIME,
+            "to": _TIME,
+            "step": {"type": "integer", "minimum": 1},
+            "group_by": {"type": ["string", "null"]},
+            "points": {
+                "type": "array",
+                "items": _object(
+                    {
+                        "at": {**_TIME, "description": "Start of the bucket."},
+                        "groups": {
+                            "type": "array",
+                            "items": _object(
+                                {
+                                    "key": {"type": ["string", "null"]},
+                                    "agent_seconds": {"type": "number", "minimum": 0},
+                                    "sessions": {"type": "integer", "minimum": 0},
+                                    "failed": {"type": "integer", "minimum": 0},
+                                }
+                            ),
+                        },
+                    }
+                ),
+            },
+        }
+    ),
     "AgentEvent": _object(
         {
             "app_id": {"type": "string"},
@@ -714,6 +742,32 @@ DOCUMENT: Final[dict[str, Any]] = {
             "The series; buckets start at `from` every `step` seconds, the last ends at `to`.",
             "LatencySeries",
             params=[_APP_ID, *_SERIES, _LABEL_FILTER],
+        ),
+        "/v1/apps/{app_id}/usage": _read(
+            "Agent time, sessions and failures per bucket, optionally by a label's value",
+            "The series; buckets start at `from` every `step` seconds, the last ends at `to`. "
+            "`agent_seconds` is the exact overlap of the agents' active intervals (open ones up "
+            "to now) with the bucket, summed in microseconds; `sessions` the intervals starting "
+            "in it; `failed` the agents stopped FAILED in it. Without `group_by` each point has "
+            "one group, key null; with it, one group per label value present (null: the agents "
+            "without that label), by key, null last.",
+            "Usage",
+            params=[
+                _APP_ID,
+                *_SERIES[:2],
+                _param(
+                    "step",
+                    "query",
+                    "Bucket length in seconds (at most 10,000 buckets).",
+                    {"type": "integer", "minimum": 1, "maximum": 31_622_400, "default": 86_400},
+                ),
+                _param(
+                    "group_by",
+                    "query",
+                    "`label.KEY`: group by the value of label KEY (1 to 128 characters).",
+                    {"type": "string", "pattern": "^label\\..{1,128}$"},
+                ),
+            ],
         ),
         "/v1/apps": _read(
             "The apps the token sees, each with its current PCU against the cap",

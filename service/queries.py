@@ -19,7 +19,7 @@ from typing import Any, Final
 from sqlalchemy import ColumnElement, Table, and_, exists, func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service import concurrency, pcu
+from service import concurrency, pcu, usage
 from service.errors import InvalidParameter
 from service.tables import (
     agent,
@@ -409,6 +409,49 @@ async def pcu_series(
         "step": step_s,
         "points": [
             {"at": rfc3339(pcu.from_us(p.start)), "max": p.max, "avg": p.avg} for p in points
+        ],
+    }
+
+
+async def usage_series(
+    conn: AsyncConnection,
+    *,
+    app_id: str,
+    start: datetime,
+    end: datetime,
+    step_s: int,
+    label: str | None,
+) -> dict[str, Any]:
+    """Agent time, sessions and FAILED stops per step over `[start, end)`, by the value of the
+    label `label` (`usage.series`); `agent_seconds` is the exact µs sum over 10⁶."""
+    points = await usage.series(
+        conn,
+        app_id=app_id,
+        start=pcu.to_us(start),
+        end=pcu.to_us(end),
+        step=step_s * pcu.US_PER_S,
+        key=label,
+    )
+    return {
+        "app_id": app_id,
+        "from": rfc3339(start),
+        "to": rfc3339(end),
+        "step": step_s,
+        "group_by": None if label is None else f"label.{label}",
+        "points": [
+            {
+                "at": rfc3339(pcu.from_us(p.start)),
+                "groups": [
+                    {
+                        "key": g.key,
+                        "agent_seconds": g.agent_us / pcu.US_PER_S,
+                        "sessions": g.sessions,
+                        "failed": g.failed,
+                    }
+                    for g in p.groups
+                ],
+            }
+            for p in points
         ],
     }
 

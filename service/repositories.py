@@ -315,6 +315,11 @@ _PARTS: Final = {
         INSERT INTO pcu_change (app_id, at, delta, live)
         SELECT c->>0, (c->>1)::timestamptz, (c->>2)::int, (c->>3)::int
         FROM jsonb_array_elements(%(pcu)s::jsonb) AS c""",
+    # Hours whose usage rollup the group changed (`usage.marks`), for the folder to recompute.
+    "usage": """
+        INSERT INTO insight_change (app_id, kind, hour)
+        SELECT c->>0, 'usage', timestamptz 'epoch' + (c->>1)::bigint * interval '1 microsecond'
+        FROM jsonb_array_elements(%(usage)s::jsonb) AS c""",
     "unapplied": """
         UPDATE notification AS n SET outcome = 'unapplied', problem = u->>2
         FROM jsonb_array_elements(%(unapplied)s::jsonb) AS u
@@ -418,6 +423,7 @@ def _write_params(plan: Plan) -> dict[str, str]:
         "transcripts": [(*key, t) for key, t in plan.transcripts.items()],
         "jobs": sorted(plan.jobs),
         "pcu": [(app, _iso(at), d, live) for app, at, d, live in plan.pcu_changes()],
+        "usage": plan.usage_marks(),
         "unapplied": plan.unapplied,
         "stripped": plan.transcript_notices,
     }

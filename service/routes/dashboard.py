@@ -36,6 +36,8 @@ MAX_SPAN: Final = timedelta(days=366)
 # A step longer than the longest series would only ever make one bucket.
 MAX_STEP_S: Final = int(MAX_SPAN.total_seconds())
 LABEL_PREFIX: Final = "label."
+MAX_LABEL_KEY: Final = 128
+USAGE_STEP_S: Final = 86_400
 # RFC 3339 with ASCII digits only (`datetime.fromisoformat` also takes week dates and basic forms);
 # fractional seconds past the microsecond are truncated.
 _RFC3339: Final = re.compile(
@@ -169,6 +171,20 @@ async def app_pcu_series(request: Request) -> Response:
     return JSONResponse(series)
 
 
+async def app_usage(request: Request) -> Response:
+    grant = access.require(request)
+    app_id = grant.require_app(request.path_params["app_id"])
+    params = request.query_params
+    _only(params, {"from", "to", "step", "group_by"})
+    start, end, step = _series(params, default_step=USAGE_STEP_S)
+    key = _label_key(params, "group_by")
+    async with concurrency.snapshot(request.state.engine) as conn:
+        found = await queries.usage_series(
+            conn, app_id=app_id, start=start, end=end, step_s=step, label=key
+        )
+    return JSONResponse(found)
+
+
 async def app_latency(request: Request) -> Response:
     grant = access.require(request)
     app_id = grant.require_app(request.path_params["app_id"])
@@ -218,6 +234,17 @@ def _check_range(params: QueryParams, start: datetime, end: datetime) -> None:
         raise InvalidParameter("from: must be before to")
     if end - start > MAX_SPAN:
         raise InvalidParameter(f"from: at most {MAX_SPAN.days} days before to")
+
+
+def _label_key(params: QueryParams, name: str) -> str | None:
+    """`label.KEY`: a label key of 1 to 128 printable characters."""
+    value = _one(params, name)
+    if value is None:
+        return None
+    key = value[len(LABEL_PREFIX) :] if value.startswith(LABEL_PREFIX) else ""
+    if not 1 <= len(key) <= MAX_LABEL_KEY or not key.isprintable() or not queries.storable(key):
+        raise InvalidParameter(f"{name}: label.KEY, KEY 1 to {MAX_LABEL_KEY} printable characters")
+    return key
 
 
 def _only(params: QueryParams, allowed: Collection[str], *, labels: bool = False) -> None:
@@ -316,4 +343,5 @@ routes: Final = [
     Route("/v1/apps/{app_id}/pcu/series", app_pcu_series, methods=["GET"]),
     Route("/v1/apps/{app_id}/latency", app_latency, methods=["GET"]),
     Route("/v1/apps/{app_id}/notifications", unapplied_notifications, methods=["GET"]),
+    Route("/v1/apps/{app_id}/usage", app_usage, methods=["GET"]),
 ]

@@ -282,6 +282,7 @@ def test_app_ids_no_app_has_are_404(seeded: TestClient, app_id: str) -> None:
         f"/v1/agents/a1/events?app_id={app_id}",
         f"/v1/apps/{app_id}/pcu",
         f"/v1/apps/{app_id}/pcu/series",
+        f"/v1/apps/{app_id}/usage",
         f"/v1/apps/{app_id}/notifications",
         f"/v1/errors?app_id={app_id}",
         f"/v1/apps/{app_id}/errors/summary",

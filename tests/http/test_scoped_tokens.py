@@ -171,6 +171,7 @@ def test_nothing_a_scoped_token_reads_mentions_another_app(client: TestClient) -
         "/v1/agents/shared/events",
         f"/v1/apps/{APP_ID}/pcu",
         f"/v1/apps/{APP_ID}/pcu/series",
+        f"/v1/apps/{APP_ID}/usage?group_by=label.k",
         f"/v1/apps/{APP_ID}/notifications",
     ):
         scoped = client.get(path, headers=reader_headers(SCOPED_TOKEN))

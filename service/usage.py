@@ -1,0 +1,360 @@
+"""Usage per app: agent time, sessions and failures per bucket, exact, off a rollup by hour.
+
+What an agent counts for (CONTRACT §6.1): its active interval `[active_from, active_until)`
+(open while active: up to now) for `agent_seconds`, its start `active_from` for `sessions`, and,
+when it ended `FAILED`, its `stopped_at` for `failed`; its `labels` say which group it is in.
+
+The rollup (`usage_hour`) holds per app, hour and label set the microseconds of overlap of the
+CLOSED intervals with the hour, the starts and the FAILED stops in it. The write path marks the
+hours an agent's change touches (`marks()`, old and new, written with the change into
+`insight_change`); `fold()` recomputes those hours from the agents and deletes the marks it saw.
+So for every hour without a mark, the rollup is what the agents say.
+
+A read (`series()`, in one REPEATABLE READ snapshot) takes each whole unmarked hour of a bucket
+from the rollup; a marked hour, or a partial one (a bucket edge off the hour), is computed from
+the agents themselves (GiST range overlap, start and stop indexes) over the part in the bucket,
+or, when that part is more than half the hour and the hour is unmarked, as the rollup's hour less
+the agents over the rest. Agents still active are added from their own index up to the
+snapshot's `now()`. Everything is summed in integer microseconds; `agent_seconds` is that sum
+divided by 10⁶ once (the double nearest the exact figure).
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import psycopg
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from service import db, lifecycle, pcu
+from service.record import AgentRow
+
+HOUR_US: Final = pcu.HOUR_US
+_FAILED: Final = lifecycle.State.FAILED.value
+Figures = list[int]  # [agent µs, sessions, failed]
+
+
+def footprint(row: AgentRow) -> tuple[Any, ...]:
+    """What usage reads of an agent: its interval, labels and FAILED stop."""
+    failed = row.stopped_at if row.state is lifecycle.State.FAILED else None
+    return (row.active_from, row.active_until, row.labels, failed)
+
+
+def hours(row: AgentRow) -> set[int]:
+    """The hours (µs) whose rollup counts the agent: its start, every hour its closed interval
+    overlaps, its FAILED stop. An open interval counts in its start hour only (as a session)."""
+    out: set[int] = set()
+    if row.active_from is not None:
+        start = pcu.to_us(row.active_from)
+        out.add(start - start % HOUR_US)
+        if row.active_until is not None:
+            out.update(range(start - start % HOUR_US, pcu.to_us(row.active_until), HOUR_US))
+    if row.state is lifecycle.State.FAILED and row.stopped_at is not None:
+        stop = pcu.to_us(row.stopped_at)
+        out.add(stop - stop % HOUR_US)
+    return out
+
+
+def marks(before: AgentRow, after: AgentRow) -> set[int]:
+    """The hours (µs) a change of one agent from `before` to `after` changes in the rollup."""
+    if footprint(before) == footprint(after):
+        return set()
+    return hours(before) | hours(after)
+
+
+def _us(expr: str) -> str:
+    """µs since the epoch of a timestamptz expression (exact: `extract` answers numeric)."""
+    return f"(extract(epoch FROM {expr}) * 1000000)::bigint"
+
+
+# The agents' figures over pieces [s, e) (`piece`: s, e as timestamptz, pos), grouped by
+# piece and `{group}`: closed intervals' overlap (GiST on the range), starts, FAILED stops. Each
+# is a LATERAL index probe per piece (`OFFSET 0` keeps it one): joined plainly, the planner's
+# guess for a range given as a parameter made it compare every FAILED agent with every piece.
+_FROM_AGENTS: Final = f"""
+    SELECT p.pos, a.grp, a.agent_us, 0 AS sessions, 0 AS failed
+    FROM piece AS p CROSS JOIN LATERAL (
+        SELECT {{group}} AS grp,
+               {_us("least(a.active_until, p.e)")} - {_us("greatest(a.active_from, p.s)")}
+                   AS agent_us
+        FROM agent AS a
+        WHERE a.app_id = %(app)s AND a.active_from IS NOT NULL AND a.active_until IS NOT NULL
+          AND tstzrange(a.active_from, a.active_until) && tstzrange(p.s, p.e)
+        OFFSET 0
+    ) AS a
+    UNION ALL
+    SELECT p.pos, a.grp, 0, 1, 0
+    FROM piece AS p CROSS JOIN LATERAL (
+        SELECT {{group}} AS grp FROM agent AS a
+        WHERE a.app_id = %(app)s AND a.active_from >= p.s AND a.active_from < p.e
+        OFFSET 0
+    ) AS a
+    UNION ALL
+    SELECT p.pos, a.grp, 0, 0, 1
+    FROM piece AS p CROSS JOIN LATERAL (
+        SELECT {{group}} AS grp FROM agent AS a
+        WHERE a.app_id = %(app)s AND a.stopped_at >= p.s AND a.stopped_at < p.e
+          AND a.state = '{_FAILED}'
+        OFFSET 0
+    ) AS a"""
+
+# One app's marked hours recomputed in ONE statement (one snapshot): the marks it can see are
+# deleted (a mark committed after its snapshot stays, for the next fold), their hours computed
+# from the agents by label set and written over the rollup's; a label set gone from an hour
+# loses its row.
+FOLD_SQL: Final = f"""
+    WITH taken AS (
+        DELETE FROM insight_change WHERE app_id = %(app)s AND kind = 'usage' RETURNING hour
+    ),
+    piece AS (
+        SELECT DISTINCT hour AS s, hour + interval '1 hour' AS e, hour AS pos
+        FROM taken
+    ),
+    computed AS (
+        SELECT pos AS hour, grp AS labels, sum(agent_us)::bigint AS agent_us,
+               sum(sessions)::int AS sessions, sum(failed)::int AS failed
+        FROM ({_FROM_AGENTS.format(group="a.labels")}) AS f
+        GROUP BY pos, grp
+    ),
+    written AS (
+        INSERT INTO usage_hour (app_id, hour, labels, agent_us, sessions, failed)
+        SELECT %(app)s, hour, labels, agent_us, sessions, failed FROM computed
+        ON CONFLICT (app_id, hour, labels) DO UPDATE
+        SET agent_us = excluded.agent_us, sessions = excluded.sessions, failed = excluded.failed
+    ),
+    cleared AS (
+        DELETE FROM usage_hour AS u USING piece AS p
+        WHERE u.app_id = %(app)s AND u.hour = p.s
+          AND NOT EXISTS (SELECT FROM computed AS c WHERE c.hour = u.hour AND c.labels = u.labels)
+    )
+    SELECT count(*) FROM taken"""
+
+# Spans as sent by `series()`: one comma-joined text per column (cheap to send).
+_PIECES: Final = """
+    piece AS (
+        SELECT timestamptz 'epoch' + s * interval '1 microsecond' AS s,
+               timestamptz 'epoch' + e * interval '1 microsecond' AS e, pos
+        FROM unnest(string_to_array(%(s)s, ',')::bigint[], string_to_array(%(e)s, ',')::bigint[],
+                    string_to_array(%(pos)s, ',')::int[]) AS p(s, e, pos)
+    )"""
+
+_READ_AGENTS: Final = f"""
+    WITH {_PIECES}
+    SELECT pos, grp, sum(agent_us)::bigint, sum(sessions)::int, sum(failed)::int
+    FROM ({_FROM_AGENTS.format(group="a.labels ->> %(key)s::text")}) AS f
+    GROUP BY pos, grp"""
+
+# Whole unmarked hours from the rollup: (hour, pos) per hour and bucket.
+_READ_ROLLUP: Final = """
+    SELECT r.pos, u.labels ->> %(key)s::text, sum(u.agent_us)::bigint, sum(u.sessions)::int,
+           sum(u.failed)::int
+    FROM unnest(string_to_array(%(hour)s, ',')::bigint[], string_to_array(%(pos)s, ',')::int[])
+        AS r(hour, pos)
+    JOIN usage_hour AS u
+      ON u.app_id = %(app)s AND u.hour = timestamptz 'epoch' + r.hour * interval '1 microsecond'
+    GROUP BY 1, 2"""
+
+# Hours of [s, e) with marks not folded yet.
+_MARKED: Final = f"""
+    SELECT DISTINCT {_us("hour")} FROM insight_change
+    WHERE app_id = %(app)s AND kind = 'usage' AND hour >= %(s)s AND hour < %(e)s"""
+
+# Agents still holding a slot that started before the series' end: their start and group.
+_OPEN: Final = f"""
+    SELECT a.labels ->> %(key)s::text, {_us("a.active_from")} FROM agent AS a
+    WHERE a.app_id = %(app)s AND a.active_from IS NOT NULL AND a.active_until IS NULL
+      AND a.active_from < %(e)s"""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Group:
+    key: str | None
+    agent_us: int
+    sessions: int
+    failed: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Point:
+    start: int  # µs
+    groups: tuple[Group, ...]
+
+
+async def fold(conn: psycopg.AsyncConnection[Any], app_id: str) -> int:
+    """Recompute the rollup's marked hours of `app_id` and delete the marks seen; answers how
+    many marks went (0 also when another folder holds the app). `conn` must be in no
+    transaction; this commits its own."""
+    async with conn.transaction():
+        held = await (
+            await conn.execute("SELECT pg_try_advisory_xact_lock(%s)", [lock_key(app_id)])
+        ).fetchone()
+        if held is None or not held[0]:
+            return 0
+        row = await (await conn.execute(FOLD_SQL, {"app": app_id})).fetchone()
+    return int(row[0]) if row is not None else 0
+
+
+def lock_key(app_id: str) -> int:
+    """The app's usage folder lock (signed 64-bit advisory key, apart from PCU's)."""
+    digest = hashlib.blake2b(f"usage_fold/{app_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def plan(
+    grid: Sequence[tuple[int, int]], marked: set[int]
+) -> tuple[list[tuple[int, int]], list[tuple[int, int, int, int]]]:
+    """How to read each bucket: rollup hours `(hour, pos)` and agent pieces `(s, e, pos,
+    sign)`, so that for each bucket the rollup hours plus the signed pieces are its figures."""
+    hours_read: list[tuple[int, int]] = []
+    pieces: list[tuple[int, int, int, int]] = []
+
+    def piece(s: int, e: int, pos: int, sign: int) -> None:
+        if pieces and pieces[-1][1] == s and pieces[-1][2:] == (pos, sign):
+            pieces[-1] = (pieces[-1][0], e, pos, sign)  # adjacent: one probe, not two
+        else:
+            pieces.append((s, e, pos, sign))
+
+    for pos, (start, end) in enumerate(grid):
+        for hour in range(start - start % HOUR_US, end, HOUR_US):
+            a, b = max(start, hour), min(end, hour + HOUR_US)
+            if hour in marked or 2 * (b - a) <= HOUR_US:  # marked, or at most half the hour
+                piece(a, b, pos, 1)
+                continue
+            hours_read.append((hour, pos))
+            if hour < a:
+                piece(hour, a, pos, -1)
+            if b < hour + HOUR_US:
+                piece(b, hour + HOUR_US, pos, -1)
+    return hours_read, pieces
+
+
+def _joined(values: Iterable[object]) -> str:
+    return ",".join(map(str, values))
+
+
+async def series(
+    conn: AsyncConnection, *, app_id: str, start: int, end: int, step: int, key: str | None
+) -> list[Point]:
+    """Usage per `step` over `[start, end)` (µs), grouped by the label `key` (None: one group).
+
+    `conn` must hold one snapshot for all its statements (`concurrency.snapshot`)."""
+    # JIT would compile these statements for a second on their (pessimistic) row estimates,
+    # while running them takes milliseconds.
+    now = pcu.to_us(await conn.scalar(text("SELECT now() FROM set_config('jit', 'off', true)")))
+    raw = await db.driver_connection(conn)
+    grid = pcu.buckets(start, end, step)
+    bounds = {"app": app_id, "s": pcu.from_us(start - start % HOUR_US), "e": pcu.from_us(end)}
+    marked = {int(row[0]) for row in await (await raw.execute(_MARKED, bounds)).fetchall()}
+    totals = await _figures(raw, app_id=app_id, key=key, parts=plan(grid, marked))
+    opened = await raw.execute(_OPEN, {"app": app_id, "key": key, "e": bounds["e"]})
+    _add_open(totals, grid, await opened.fetchall(), now=now)
+    return _points(grid, totals, grouped=key is not None)
+
+
+async def _figures(
+    raw: psycopg.AsyncConnection[Any],
+    *,
+    app_id: str,
+    key: str | None,
+    parts: tuple[list[tuple[int, int]], list[tuple[int, int, int, int]]],
+) -> dict[tuple[int, str | None], Figures]:
+    """Per (bucket, group) the figures of `plan()`'s parts: rollup hours and agent pieces."""
+    hours_read, pieces = parts
+    totals: dict[tuple[int, str | None], Figures] = defaultdict(lambda: [0, 0, 0])
+    rollup_columns = {"hour": (h for h, _ in hours_read), "pos": (p for _, p in hours_read)}
+    rows = await _fetch(raw, _READ_ROLLUP, app_id=app_id, key=key, columns=rollup_columns)
+    for pos, group, *figures in rows:
+        _add(totals[(pos, group)], figures)
+    # A span may serve several buckets (a sliver taken from one hour's rollup row is added to
+    # the next bucket): each distinct span is computed once.
+    spans: dict[tuple[int, int], list[tuple[int, int]]] = defaultdict(list)
+    for s, e, pos, sign in pieces:
+        spans[(s, e)].append((pos, sign))
+    serves = list(spans.values())
+    span_columns = {
+        "s": (s for s, _ in spans),
+        "e": (e for _, e in spans),
+        "pos": range(len(spans)),
+    }
+    rows = await _fetch(raw, _READ_AGENTS, app_id=app_id, key=key, columns=span_columns)
+    for index, group, *figures in rows:
+        for pos, sign in serves[index]:
+            _add(totals[(pos, group)], [sign * value for value in figures])
+    return totals
+
+
+def _add(figures: Figures, more: Sequence[int]) -> None:
+    for i, value in enumerate(more):
+        figures[i] += value
+
+
+async def _fetch(
+    raw: psycopg.AsyncConnection[Any],
+    query: str,
+    *,
+    app_id: str,
+    key: str | None,
+    columns: Mapping[str, Iterable[object]],
+) -> list[Any]:
+    """The rows `query` answers for rows sent as comma-joined columns (none sent: none)."""
+    joined = {name: _joined(values) for name, values in columns.items()}
+    if not all(joined.values()):
+        return []
+    cursor = await raw.execute(query, {"app": app_id, "key": key, **joined})
+    return await cursor.fetchall()
+
+
+def _add_open(
+    totals: dict[tuple[int, str | None], Figures],
+    grid: Sequence[tuple[int, int]],
+    opened: Sequence[tuple[str | None, int]],
+    *,
+    now: int,
+) -> None:
+    """Add the open intervals `[active_from, now)` of each group to each bucket: per bucket
+    `[s, e)` cut at now, the sum over starts before its end of `e - max(start, s)`, with the
+    starts sorted and prefix sums (O((agents + buckets) log agents))."""
+    starts: dict[str | None, list[int]] = defaultdict(list)
+    for group, at in opened:
+        starts[group].append(int(at))
+    for group, values in starts.items():
+        values.sort()
+        prefix = [0]
+        for value in values:
+            prefix.append(prefix[-1] + value)
+        for pos, (s, e) in enumerate(grid):
+            e = min(e, now)
+            if e <= s:
+                break
+            before = bisect.bisect_left(values, s)  # started before the bucket: all of it
+            inside = bisect.bisect_left(values, e) - before  # started inside: from their start
+            if before or inside:
+                total = before * (e - s) + inside * e - (prefix[before + inside] - prefix[before])
+                totals[(pos, group)][0] += total
+
+
+def _points(
+    grid: Sequence[tuple[int, int]],
+    totals: dict[tuple[int, str | None], Figures],
+    *,
+    grouped: bool,
+) -> list[Point]:
+    """One point per bucket: with a label key, its groups with anything to show, by key (null
+    last); without, its one group (zeros included)."""
+    found: dict[int, list[Group]] = defaultdict(list)
+    for (pos, group), (agent_us, sessions, failed) in totals.items():
+        if agent_us or sessions or failed:
+            found[pos].append(Group(key=group, agent_us=agent_us, sessions=sessions, failed=failed))
+    points = []
+    for pos, (start, _) in enumerate(grid):
+        groups = sorted(found[pos], key=lambda g: (g.key is None, g.key or ""))
+        if not grouped and not groups:
+            groups = [Group(key=None, agent_us=0, sessions=0, failed=0)]
+        points.append(Point(start=start, groups=tuple(groups)))
+    return points

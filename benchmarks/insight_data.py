@@ -294,14 +294,14 @@ MARKS_SQL: Final = """
     INSERT INTO insight_change (app_id, kind, hour)
     SELECT DISTINCT app_id, 'usage', h
     FROM agent,
-         LATERAL generate_series(date_trunc('hour', active_from),
-                                 date_trunc('hour', coalesce(active_until, active_from)),
+         LATERAL generate_series(date_trunc('hour', active_from, 'UTC'),
+                                 date_trunc('hour', coalesce(active_until, active_from), 'UTC'),
                                  interval '1 hour') AS h
     WHERE active_from IS NOT NULL
     UNION
-    SELECT DISTINCT app_id, 'usage', date_trunc('hour', stopped_at)
+    SELECT DISTINCT app_id, 'usage', date_trunc('hour', stopped_at, 'UTC')
     FROM agent WHERE state = 'FAILED' AND stopped_at IS NOT NULL
     UNION
-    SELECT DISTINCT app_id, 'latency', date_trunc('hour', end_at)
+    SELECT DISTINCT app_id, 'latency', date_trunc('hour', end_at, 'UTC')
     FROM agent_turn WHERE end_at IS NOT NULL
 """

@@ -169,6 +169,15 @@ agent: Final = Table(
         "active_from",
         postgresql_where=text("active_from IS NOT NULL AND active_until IS NULL"),
     ),
+    # Closed intervals longer than a day: usage reads them from the agents (`service.usage`).
+    Index(
+        "ix_agent_long_interval",
+        "app_id",
+        "active_from",
+        postgresql_where=text(
+            "active_from IS NOT NULL AND active_until - active_from > interval '1 day'"
+        ),
+    ),
     Index(None, "app_id", "stopped_at", postgresql_where=text("stopped_at IS NOT NULL")),
     Index(None, "app_id", "name", postgresql_where=text("name IS NOT NULL")),
 )

@@ -5,7 +5,10 @@ What an agent counts for (CONTRACT §6.1): its active interval `[active_from, ac
 when it ended `FAILED`, its `stopped_at` for `failed`; its `labels` say which group it is in.
 
 The rollup (`usage_hour`) holds per app, hour and label set the microseconds of overlap of the
-CLOSED intervals with the hour, the starts and the FAILED stops in it. The write path marks the
+CLOSED intervals of at most a day (`LONG`) with the hour, the starts and the FAILED stops in it.
+Longer intervals (a stuck agent, or a signed notification claiming a start years ago) are read
+from the agents at read time, like the open ones: so one agent's change marks at most a day's
+hours and a few more, whatever its times say. The write path marks the
 hours an agent's change touches (`marks()`, old and new, written with the change into
 `insight_change`); `fold()` recomputes those hours from the agents and deletes the marks it saw.
 So for every hour without a mark, the rollup is what the agents say.
@@ -15,7 +18,8 @@ from the rollup; a marked hour, or a partial one (a bucket edge off the hour), i
 the agents themselves (GiST range overlap, start and stop indexes) over the part in the bucket,
 or, when that part is more than half the hour and the hour is unmarked, as the rollup's hour less
 the agents over the rest. Agents still active are added from their own index up to the
-snapshot's `now()`. Everything is summed in integer microseconds; `agent_seconds` is that sum
+snapshot's `now()`, and so are the closed intervals longer than a day (`ix_agent_long_interval`).
+Everything is summed in integer microseconds; `agent_seconds` is that sum
 divided by 10⁶ once (the double nearest the exact figure).
 """
 
@@ -24,7 +28,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -38,6 +42,9 @@ from service.record import AgentRow
 HOUR_US: Final = pcu.HOUR_US
 _FAILED: Final = lifecycle.State.FAILED.value
 Figures = list[int]  # [agent µs, sessions, failed]
+# Closed intervals longer than this are not in the rollup (see the module); as SQL and in µs.
+LONG: Final = "interval '1 day'"
+LONG_US: Final = 24 * HOUR_US
 
 
 def footprint(row: AgentRow) -> tuple[Any, ...]:
@@ -48,12 +55,13 @@ def footprint(row: AgentRow) -> tuple[Any, ...]:
 
 def hours(row: AgentRow) -> set[int]:
     """The hours (µs) whose rollup counts the agent: its start, every hour its closed interval
-    overlaps, its FAILED stop. An open interval counts in its start hour only (as a session)."""
+    of at most a day overlaps, its FAILED stop. An open or longer interval counts in its start
+    hour only (as a session)."""
     out: set[int] = set()
     if row.active_from is not None:
         start = pcu.to_us(row.active_from)
         out.add(start - start % HOUR_US)
-        if row.active_until is not None:
+        if row.active_until is not None and pcu.to_us(row.active_until) - start <= LONG_US:
             out.update(range(start - start % HOUR_US, pcu.to_us(row.active_until), HOUR_US))
     if row.state is lifecycle.State.FAILED and row.stopped_at is not None:
         stop = pcu.to_us(row.stopped_at)
@@ -86,6 +94,7 @@ _FROM_AGENTS: Final = f"""
         FROM agent AS a
         WHERE a.app_id = %(app)s AND a.active_from IS NOT NULL AND a.active_until IS NOT NULL
           AND tstzrange(a.active_from, a.active_until) && tstzrange(p.s, p.e)
+          AND a.active_until - a.active_from <= {LONG}
         OFFSET 0
     ) AS a
     UNION ALL
@@ -165,11 +174,19 @@ _MARKED: Final = f"""
     SELECT DISTINCT {_us("hour")} FROM insight_change
     WHERE app_id = %(app)s AND kind = 'usage' AND hour >= %(s)s AND hour < %(e)s"""
 
-# Agents still holding a slot that started before the series' end: their start and group.
-_OPEN: Final = f"""
-    SELECT a.labels ->> %(key)s::text, {_us("a.active_from")} FROM agent AS a
+# The intervals read from the agents whatever the rollup holds, with their group: agents still
+# holding a slot (end NULL: up to now) and closed intervals longer than a day, those that start
+# before the series' end (and, closed, end after its start).
+_OUTSIDE: Final = f"""
+    SELECT a.labels ->> %(key)s::text, {_us("a.active_from")}, NULL::bigint FROM agent AS a
     WHERE a.app_id = %(app)s AND a.active_from IS NOT NULL AND a.active_until IS NULL
-      AND a.active_from < %(e)s"""
+      AND a.active_from < %(e)s
+    UNION ALL
+    SELECT a.labels ->> %(key)s::text, {_us("a.active_from")}, {_us("a.active_until")}
+    FROM agent AS a
+    WHERE a.app_id = %(app)s AND a.active_from IS NOT NULL
+      AND a.active_until - a.active_from > {LONG}
+      AND a.active_from < %(e)s AND a.active_until > %(s)s"""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -252,8 +269,8 @@ async def series(
     bounds = {"app": app_id, "s": pcu.from_us(start - start % HOUR_US), "e": pcu.from_us(end)}
     marked = {int(row[0]) for row in await (await raw.execute(_MARKED, bounds)).fetchall()}
     totals = await _figures(raw, app_id=app_id, key=key, parts=plan(grid, marked))
-    opened = await raw.execute(_OPEN, {"app": app_id, "key": key, "e": bounds["e"]})
-    _add_open(totals, grid, await opened.fetchall(), now=now)
+    outside = await raw.execute(_OUTSIDE, {"app": app_id, "key": key, **bounds})
+    _add_intervals(totals, grid, await outside.fetchall(), now=now)
     return _points(grid, totals, grouped=key is not None)
 
 
@@ -310,33 +327,45 @@ async def _fetch(
     return await cursor.fetchall()
 
 
-def _add_open(
+def _add_intervals(
     totals: dict[tuple[int, str | None], Figures],
     grid: Sequence[tuple[int, int]],
-    opened: Sequence[tuple[str | None, int]],
+    intervals: Sequence[tuple[str | None, int, int | None]],
     *,
     now: int,
 ) -> None:
-    """Add the open intervals `[active_from, now)` of each group to each bucket: per bucket
-    `[s, e)` cut at now, the sum over starts before its end of `e - max(start, s)`, with the
-    starts sorted and prefix sums (O((agents + buckets) log agents))."""
+    """Add the intervals `[start, end)` (end None: open, up to now) of each group to each
+    bucket. With `G(t)`, the time the group's intervals spent before t, a bucket `[s, e)` gets
+    `G(e) - G(s)`; `G(t) = H(starts, t) - H(ends, t)` where `H(xs, t) = sum of t - x over x < t`,
+    from the sorted values and their prefix sums: O((intervals + buckets) log intervals)."""
     starts: dict[str | None, list[int]] = defaultdict(list)
-    for group, at in opened:
-        starts[group].append(int(at))
+    ends: dict[str | None, list[int]] = defaultdict(list)
+    for group, start, end in intervals:
+        begin = int(start)
+        starts[group].append(begin)
+        ends[group].append(max(begin, now) if end is None else int(end))
     for group, values in starts.items():
-        values.sort()
-        prefix = [0]
-        for value in values:
-            prefix.append(prefix[-1] + value)
-        for pos, (s, e) in enumerate(grid):
-            e = min(e, now)
-            if e <= s:
-                break
-            before = bisect.bisect_left(values, s)  # started before the bucket: all of it
-            inside = bisect.bisect_left(values, e) - before  # started inside: from their start
-            if before or inside:
-                total = before * (e - s) + inside * e - (prefix[before + inside] - prefix[before])
-                totals[(pos, group)][0] += total
+        before_s, before_e = _spent(values), _spent(ends[group])
+        previous = before_s(grid[0][0]) - before_e(grid[0][0]) if grid else 0
+        for pos, (_, e) in enumerate(grid):
+            spent = before_s(e) - before_e(e)
+            if spent != previous:
+                totals[(pos, group)][0] += spent - previous
+            previous = spent
+
+
+def _spent(values: list[int]) -> Callable[[int], int]:
+    """`t -> sum of t - x over the x in values below t` (values sorted here)."""
+    values.sort()
+    prefix = [0]
+    for value in values:
+        prefix.append(prefix[-1] + value)
+
+    def below(t: int) -> int:
+        n = bisect.bisect_left(values, t)
+        return n * t - prefix[n]
+
+    return below
 
 
 def _points(

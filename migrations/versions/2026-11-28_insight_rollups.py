@@ -55,6 +55,14 @@ def upgrade() -> None:
         postgresql_where=sa.text("active_from IS NOT NULL AND active_until IS NULL"),
     )
     op.create_index(
+        "ix_agent_long_interval",
+        "agent",
+        ["app_id", "active_from"],
+        postgresql_where=sa.text(
+            "active_from IS NOT NULL AND active_until - active_from > interval '1 day'"
+        ),
+    )
+    op.create_index(
         op.f("ix_agent_app_id_stopped_at"),
         "agent",
         ["app_id", "stopped_at"],
@@ -123,15 +131,19 @@ def upgrade() -> None:
         INSERT INTO insight_change (app_id, kind, hour)
         SELECT DISTINCT app_id, 'usage', h
         FROM agent,
-             LATERAL generate_series(date_trunc('hour', active_from),
-                                     date_trunc('hour', coalesce(active_until, active_from)),
+             LATERAL generate_series(date_trunc('hour', active_from, 'UTC'),
+                                     date_trunc('hour', coalesce(active_until, active_from), 'UTC'),
                                      interval '1 hour') AS h
         WHERE active_from IS NOT NULL
+          AND (active_until IS NULL OR active_until - active_from <= interval '1 day')
         UNION
-        SELECT DISTINCT app_id, 'usage', date_trunc('hour', stopped_at)
+        SELECT DISTINCT app_id, 'usage', date_trunc('hour', active_from, 'UTC')
+        FROM agent WHERE active_until - active_from > interval '1 day'
+        UNION
+        SELECT DISTINCT app_id, 'usage', date_trunc('hour', stopped_at, 'UTC')
         FROM agent WHERE state = 'FAILED' AND stopped_at IS NOT NULL
         UNION
-        SELECT DISTINCT app_id, 'latency', date_trunc('hour', end_at)
+        SELECT DISTINCT app_id, 'latency', date_trunc('hour', end_at, 'UTC')
         FROM agent_turn WHERE end_at IS NOT NULL
         """
     )
@@ -147,5 +159,6 @@ def downgrade() -> None:
         op.drop_column("agent_turn", name)
     op.drop_index(op.f("ix_agent_app_id_name"), table_name="agent")
     op.drop_index(op.f("ix_agent_app_id_stopped_at"), table_name="agent")
+    op.drop_index("ix_agent_long_interval", table_name="agent")
     op.drop_index("ix_agent_open_interval", table_name="agent")
     op.drop_index("ix_agent_error_app_id_event_at", table_name="agent_error")

@@ -19,6 +19,7 @@ from tests.factories import (
     SCOPED_TOKEN,
     SECOND_APP,
     SECOND_SECRET,
+    Sql,
     deliver,
     payload,
     post,
@@ -177,6 +178,42 @@ def test_late_and_reordered_notifications_change_an_earlier_answer(client: TestC
     assert usage(client, THREE_HOURS)["points"] == hours(
         (None, 3540.0, 1, 0), (None, 600.0, 0, 1), (None, 0.0, 0, 0)
     )
+
+
+def test_an_interval_longer_than_a_day_is_exact_and_marks_few_hours(
+    make_settings: Callable[..., config.Settings], sql: Sql
+) -> None:
+    """A stuck agent, or a signed notification claiming a start days ago: read from the agent
+    at read time (not spread over the rollup), so its change marks a handful of hours."""
+    settings = make_settings()
+    day = 86_400
+    begin = START - 3 * day
+    query = "from=2025-06-28T00:00:00Z&to=2025-07-02T00:00:00Z&step=86400"
+    edges = [START - 3 * day - 20 * 3600 + d * day for d in range(5)]  # 2025-06-28 .. 07-02
+
+    def seconds(a: int, b: int) -> list[float]:
+        return [overlap(a, b, s, e) for s, e in itertools.pairwise(edges)]
+
+    with TestClient(create_app(settings)) as client:
+        join(client, "long", begin)
+        leave(client, "long", begin, START + 600)  # 3 days and 10 minutes
+        marks = sql.value("SELECT count(*) FROM insight_change WHERE kind = 'usage'")
+        assert marks <= 3
+        want = seconds(begin, START + 600)
+        for _ in range(2):  # marked, then folded
+            body = usage(client, query)
+            assert [p["groups"][0]["agent_seconds"] for p in body["points"]] == want
+            assert sum(p["groups"][0]["sessions"] for p in body["points"]) == 1
+            fold(settings)
+        # An earlier stop arrives late: the interval shrinks to half an hour, into the rollup.
+        leave(client, "long", begin, begin + 1800, status="FAILED")
+        want = seconds(begin, begin + 1800)
+        for _ in range(2):
+            body = usage(client, query)
+            assert [p["groups"][0]["agent_seconds"] for p in body["points"]] == want
+            assert [p["groups"][0]["failed"] for p in body["points"]] == [1, 0, 0, 0]
+            fold(settings)
+        assert sql.value("SELECT count(*) FROM insight_change WHERE kind = 'usage'") == 0
 
 
 def test_unaligned_ranges_are_exact_to_the_microsecond(client: TestClient) -> None:

@@ -134,8 +134,11 @@ def test_no_answer_is_a_server_error_or_breaks_the_schema(
 
 # ---- Junk in every parameter of every GET route ----------------------------------------------
 
+# The stream never ends when its parameters are good (its own tests read it): left out here.
 READS = sorted(
-    path for path, item in openapi.DOCUMENT["paths"].items() if "get" in item and path[:4] == "/v1/"
+    path
+    for path, item in openapi.DOCUMENT["paths"].items()
+    if "get" in item and path[:4] == "/v1/" and path != "/v1/stream"
 )
 LISTS = {  # a route that pages, and where a real cursor for it comes from
     "/v1/agents": "/v1/agents",
@@ -336,6 +339,12 @@ def hostile_requests(
     all of them, the others valid or left out."""
     route = draw(st.sampled_from(READS))
     params = parameters(route)
+    if not params:  # `/v1/apps`: nothing to fuzz but parameters it does not take
+        return (
+            route,
+            {},
+            [(draw(st.sampled_from(HOSTILE_TEXT)), draw(st.sampled_from(NUMBER_JUNK)))],
+        )
     target = draw(st.sampled_from([param["name"] for param in params]))
     if route in LISTS and draw(st.booleans()):
         target = "cursor"  # cursors take the most crafting

@@ -156,15 +156,20 @@ def _error(row: Any) -> dict[str, Any]:
     }
 
 
-# Ties in frequency: module, then code, in ascending order, absent ones last. Distinct agents are
-# counted by sorting their ids bytewise (`COLLATE "C"`: equality is the same, the sort a quarter
-# cheaper than the database's collation; 155,000 errors in 30 days: 148 → 108 ms).
+# Ties in frequency: module, then code, in ascending order, absent ones last. Distinct agents
+# come from a first grouping by (module, code, agent) and a count of its rows: two hash
+# aggregates instead of `count(DISTINCT agent_id)`'s sort of every error (155,000 errors in 30
+# days: 183-217 → 86-98 ms on PostgreSQL 18, about even on 15).
 _SUMMARY: Final = text(
     """
-    SELECT module, code, count(*) AS count, count(DISTINCT agent_id COLLATE "C") AS agents,
-           max(event_at) AS last_at
-    FROM agent_error
-    WHERE app_id = :app_id AND event_at >= :start AND event_at < :end
+    SELECT module, code, sum(errors)::bigint AS count, count(*) AS agents,
+           max(last_at) AS last_at
+    FROM (
+        SELECT module, code, agent_id, count(*) AS errors, max(event_at) AS last_at
+        FROM agent_error
+        WHERE app_id = :app_id AND event_at >= :start AND event_at < :end
+        GROUP BY module, code, agent_id
+    ) AS per_agent
     GROUP BY module, code
     ORDER BY count DESC, module ASC NULLS LAST, code ASC NULLS LAST
     LIMIT :n

@@ -18,11 +18,12 @@ from typing import Final
 from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.datastructures import QueryParams
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from service import access, concurrency, latency, lifecycle, queries
 from service.errors import InvalidParameter, NotFound
+from service.routes.answers import Answer
 
 DEFAULT_LIMIT: Final = 50
 MAX_LIMIT: Final = 500
@@ -74,7 +75,7 @@ async def list_agents(request: Request) -> Response:
         page = await queries.list_agents(
             conn, where=where, limit=_limit(params), cursor=_one(params, "cursor")
         )
-    return JSONResponse(page)
+    return Answer(page)
 
 
 async def get_agent(request: Request) -> Response:
@@ -85,7 +86,7 @@ async def get_agent(request: Request) -> Response:
         found = await queries.agent_detail(conn, app_id, agent_id)
     if found is None:
         raise NotFound()
-    return JSONResponse(found)
+    return Answer(found)
 
 
 async def get_history(request: Request) -> Response:
@@ -96,7 +97,7 @@ async def get_history(request: Request) -> Response:
         found = await queries.agent_history(conn, app_id, agent_id)
     if found is None:
         raise NotFound()
-    return JSONResponse(found)
+    return Answer(found)
 
 
 async def agent_events(request: Request) -> Response:
@@ -110,7 +111,7 @@ async def agent_events(request: Request) -> Response:
         )
     if found is None:
         raise NotFound()
-    return JSONResponse(found)
+    return Answer(found)
 
 
 async def unapplied_notifications(request: Request) -> Response:
@@ -125,7 +126,7 @@ async def unapplied_notifications(request: Request) -> Response:
         page = await queries.unapplied(
             conn, app_id=app_id, limit=_limit(params), cursor=_one(params, "cursor")
         )
-    return JSONResponse(page)
+    return Answer(page)
 
 
 async def _agent_key(
@@ -157,7 +158,7 @@ async def app_pcu(request: Request) -> Response:
             window_s=WINDOWS[window],
             now=datetime.now(UTC),
         )
-    return JSONResponse({**status, "window": window})
+    return Answer({**status, "window": window})
 
 
 async def app_pcu_series(request: Request) -> Response:
@@ -168,7 +169,7 @@ async def app_pcu_series(request: Request) -> Response:
     start, end, step = _series(params, default_step=DEFAULT_STEP_S)
     async with concurrency.snapshot(request.state.engine) as conn:
         series = await queries.pcu_series(conn, app_id=app_id, start=start, end=end, step_s=step)
-    return JSONResponse(series)
+    return Answer(series)
 
 
 async def app_usage(request: Request) -> Response:
@@ -182,7 +183,7 @@ async def app_usage(request: Request) -> Response:
         found = await queries.usage_series(
             conn, app_id=app_id, start=start, end=end, step_s=step, label=key
         )
-    return JSONResponse(found)
+    return Answer(found)
 
 
 async def app_latency(request: Request) -> Response:
@@ -196,7 +197,7 @@ async def app_latency(request: Request) -> Response:
         points = await latency.series(
             conn, app_id=app_id, start=start, end=end, step_s=step, labels=labels
         )
-    return JSONResponse(
+    return Answer(
         {
             "app_id": app_id,
             "from": queries.rfc3339(start),

@@ -13,12 +13,13 @@ from typing import Final
 
 from starlette.datastructures import QueryParams
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from service import access, concurrency, insight, timeline
 from service.errors import InvalidParameter, NotFound
 from service.routes import dashboard
+from service.routes.answers import Answer
 
 # An error code is Agora's integer, stored as a bigint.
 _CODE: Final = re.compile(r"-?[0-9]{1,19}")
@@ -35,7 +36,7 @@ async def list_apps(request: Request) -> Response:
             app_ids=grant.apps,
             caps={app_id: settings.pcu_limits(app_id).cap for app_id in grant.apps},
         )
-    return JSONResponse(found)
+    return Answer(found)
 
 
 async def list_errors(request: Request) -> Response:
@@ -58,7 +59,7 @@ async def list_errors(request: Request) -> Response:
         page = await insight.list_errors(
             conn, where=where, limit=limit, cursor=dashboard._one(params, "cursor")
         )
-    return JSONResponse(page)
+    return Answer(page)
 
 
 async def error_summary(request: Request) -> Response:
@@ -70,7 +71,7 @@ async def error_summary(request: Request) -> Response:
     dashboard._check_range(params, start, end)
     async with request.state.engine.connect() as conn:
         found = await insight.error_summary(conn, app_id=app_id, start=start, end=end)
-    return JSONResponse(found)
+    return Answer(found)
 
 
 async def agent_timeline(request: Request) -> Response:
@@ -83,7 +84,7 @@ async def agent_timeline(request: Request) -> Response:
         found = await timeline.read(conn, app_id=app_id, agent_id=agent_id, kinds=kinds)
     if found is None:
         raise NotFound()
-    return JSONResponse(found)
+    return Answer(found)
 
 
 def _code(params: QueryParams) -> int | None:

@@ -98,12 +98,17 @@ _FROM_ROLLUP: Final = text(
 )
 
 # One app's marks folded in one statement (one snapshot): the marks of its first `FOLD_HOURS`
-# marked hours are taken, those hours and their days recomputed from the turns; a bucket left
-# without turns is deleted. Answers the marks taken.
+# marked hours that have ended are taken, those hours and their ended days recomputed from the
+# turns; a bucket left without turns is deleted. Answers the marks taken. The current hour and
+# day are not folded: they change with every turn, and a day's percentiles are a sort of the
+# whole day, so folding them every few seconds would cost a day of turns each time. A day not
+# over yet keeps a mark on its last hour instead (`day_left`), so reads compute its daily bucket
+# from the turns and the folder folds the day once that hour has ended.
 FOLD_SQL: Final = f"""
     WITH first_hours AS (
         SELECT DISTINCT hour FROM insight_change
         WHERE app_id = %(app)s AND kind = 'latency'
+          AND hour < date_trunc('hour', now(), 'UTC')
         ORDER BY hour LIMIT {FOLD_HOURS}
     ),
     taken AS (
@@ -115,6 +120,13 @@ FOLD_SQL: Final = f"""
         SELECT DISTINCT 3600 AS width, hour AS at FROM taken
         UNION
         SELECT DISTINCT 86400, date_trunc('day', hour, 'UTC') FROM taken
+        WHERE date_trunc('day', hour, 'UTC') + interval '1 day' <= date_trunc('hour', now(), 'UTC')
+    ),
+    day_left AS (
+        INSERT INTO insight_change (app_id, kind, hour)
+        SELECT DISTINCT %(app)s, 'latency', date_trunc('day', hour, 'UTC') + interval '23 hours'
+        FROM taken
+        WHERE date_trunc('day', hour, 'UTC') + interval '1 day' > date_trunc('hour', now(), 'UTC')
     ),
     figure AS (
         SELECT g.width, g.at, f.* FROM target AS g

@@ -113,13 +113,16 @@ _FROM_AGENTS: Final = f"""
         OFFSET 0
     ) AS a"""
 
-# One app's marked hours recomputed in ONE statement (one snapshot): the marks it can see are
-# deleted (a mark committed after its snapshot stays, for the next fold), their hours computed
+# One app's marked hours recomputed in ONE statement (one snapshot): the marks it can see of
+# hours that have ended are deleted (the current hour changes with every start and stop: reads
+# compute it from the agents, and folding it every few seconds would read its agents each time) (a mark committed after its snapshot stays, for the next fold), their hours computed
 # from the agents by label set and written over the rollup's; a label set gone from an hour
 # loses its row.
 FOLD_SQL: Final = f"""
     WITH taken AS (
-        DELETE FROM insight_change WHERE app_id = %(app)s AND kind = 'usage' RETURNING hour
+        DELETE FROM insight_change
+        WHERE app_id = %(app)s AND kind = 'usage' AND hour < date_trunc('hour', now(), 'UTC')
+        RETURNING hour
     ),
     piece AS (
         SELECT DISTINCT hour AS s, hour + interval '1 hour' AS e, hour AS pos

@@ -279,6 +279,50 @@ def test_late_turns_change_an_earlier_answer_before_and_after_a_fold(
     run(sql.url, work)
 
 
+def test_today_is_folded_hour_by_hour_and_its_day_once_it_has_ended(
+    database_url: str, sql: Sql
+) -> None:
+    """The current hour and day change with every turn: the folder folds today's hours that have
+    ended, leaves the day marked on its last hour (reads compute it from the turns), and the
+    answers are the turns' throughout."""
+    now = datetime.now(UTC)
+    today = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    hour = now.replace(minute=0, second=0, microsecond=0)
+    ended = [
+        Turn("today", i, today + timedelta(minutes=7 * i), 900 + i, {"llm_ttft": i})
+        for i in range(1, 1 + min(60, int((hour - today) / timedelta(minutes=7))))
+    ]
+    current = [Turn("today", 500 + i, hour + timedelta(seconds=i), 2000 + i) for i in range(3)]
+    turns = ended + current
+    windows = [(today, today + timedelta(days=1), 86_400), (today, hour + HOUR, 3600)]
+
+    async def work(engine: AsyncEngine) -> None:
+        async def answers() -> list[list[dict[str, Any]]]:
+            return [await read(engine, s, e, step) for s, e, step in windows]
+
+        want = [expected(turns, s, e, step) for s, e, step in windows]
+        await send_112(engine, {"today": turns})
+        assert await answers() == want
+        await fold_all(engine)
+        assert await answers() == want
+        # Nothing of the current hour or of today as a day is in the rollup; a mark on today's
+        # last hour keeps the day for when it has ended.
+        assert (
+            sql.value(
+                "SELECT count(*) FROM latency_bucket WHERE width = 86400 OR at >= %(hour)s",
+                hour=hour,
+            )
+            == 0
+        )
+        last = today + timedelta(hours=23)
+        marks = {row["hour"] for row in sql.rows("SELECT DISTINCT hour FROM insight_change")}
+        assert hour in marks
+        assert marks <= {hour, last}
+        assert (last in marks) == bool(ended)
+
+    run(sql.url, work)
+
+
 def test_a_mark_committed_during_a_fold_survives_it(database_url: str, sql: Sql) -> None:
     """The fold's one statement takes only the marks its snapshot sees: a turn committed while
     it runs keeps its mark, so the hour is folded again and reads stay exact meanwhile."""

@@ -166,11 +166,13 @@ async def call_fold(module: ModuleType, conn: psycopg.AsyncConnection[Any]) -> N
 
 
 def marks_left(url: str, kind: str | None = None) -> int:
-    """Distinct (kind, hour) marks of the app still to fold (of one kind, or of both)."""
+    """Distinct (kind, hour) marks of the app still to fold (of one kind, or of both): those of
+    hours that have ended (the folders leave the current hour, and today as a day, to reads)."""
     with psycopg.connect(url) as conn:
         row = conn.execute(
             "SELECT count(DISTINCT (kind, hour)) FROM insight_change"
-            " WHERE app_id = %s AND kind = coalesce(%s, kind)",
+            " WHERE app_id = %s AND kind = coalesce(%s, kind)"
+            " AND hour < date_trunc('hour', now(), 'UTC')",
             [APP, kind],
         ).fetchone()
     return int(row[0]) if row else 0

@@ -26,7 +26,6 @@ divided by 10⁶ once (the double nearest the exact figure).
 from __future__ import annotations
 
 import bisect
-import hashlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -211,10 +210,7 @@ async def fold(conn: psycopg.AsyncConnection[Any], app_id: str) -> int:
     many marks went (0 also when another folder holds the app). `conn` must be in no
     transaction; this commits its own."""
     async with conn.transaction():
-        held = await (
-            await conn.execute("SELECT pg_try_advisory_xact_lock(%s)", [lock_key(app_id)])
-        ).fetchone()
-        if held is None or not held[0]:
+        if not await db.try_xact_lock(conn, lock_key(app_id)):
             return 0
         row = await (await conn.execute(FOLD_SQL, {"app": app_id})).fetchone()
     return int(row[0]) if row is not None else 0
@@ -222,8 +218,7 @@ async def fold(conn: psycopg.AsyncConnection[Any], app_id: str) -> int:
 
 def lock_key(app_id: str) -> int:
     """The app's usage folder lock (signed 64-bit advisory key, apart from PCU's)."""
-    digest = hashlib.blake2b(f"usage_fold/{app_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
+    return db.lock_key(f"usage_fold/{app_id}")
 
 
 def plan(

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
+import orjson
+
 from service import fields
 from service.errors import MalformedEvent
 
@@ -79,6 +81,25 @@ MAX_LABELS: Final = 64
 MAX_LABEL_CHARS: Final = 1024
 # Python refuses to turn longer digit strings into ints; such a number is absurd for any field.
 _MAX_INT_DIGITS: Final = 4000
+# What a body's numbers may need beyond a plain reading (`_plain_numbers`): a run of 19 digits
+# or more where a number's digits start (after `:`, `,`, `[`, `.`, white space, or a minus sign
+# after one of them), or an exponent of three digits or more. Without either no number is too
+# long for an integer of 64 bits (orjson reads longer ones as floats), too large for a double
+# (`_MAYBE_INFINITE`) or for `numeric` (`_LONG_NUMBER`): the regular expressions, which cost
+# tens of microseconds a body, then need not run. The body is mapped to the shapes of its
+# characters (C speed) and the shapes searched for; a false alarm (digits in a string) only
+# costs the slow way.
+_SHAPES: Final = bytes(
+    ord("0") if chr(c).isdigit() and c < 128
+    else ord(" ") if c in b":,[. \t\r\n"
+    else c if c in b"+-"
+    else ord("e") if c in b"eE"
+    else ord("x")
+    for c in range(256)
+)  # fmt: skip
+# At most this many arrays and objects in a body read by orjson (see `_loads`).
+_FAST_NESTING: Final = 256
+_NOT_PLAIN: Final = (b" " + b"0" * 19, b" -" + b"0" * 19, b"e000", b"e+000", b"e-000")
 # jsonb holds no NUL character and no unpaired surrogate: a body whose JSON escapes one is stored
 # with them replaced (and its exact bytes beside it).
 _UNSTORABLE: Final = re.compile(rb"\\u(?:0000|[dD][89a-fA-F][0-9a-fA-F]{2})")
@@ -279,7 +300,8 @@ def parse(body: bytes, *, received_at: datetime | None = None) -> Notification:
     `received_at` bounds plausible times (a day after it at most); it defaults to now.
     """
     received_at = received_at or datetime.now(UTC)
-    document, stored, raw = _decode(body)
+    plain = _plain_numbers(body)
+    document, stored, raw = _decode(body, plain=plain)
     notice_id = _notice_id(document.get("noticeId"))
     product_id = _envelope_int(document, "productId")
     event_type = _envelope_int(document, "eventType")
@@ -295,7 +317,9 @@ def parse(body: bytes, *, received_at: datetime | None = None) -> Notification:
     event, unusable = None, None
     if ignored is None:
         try:
-            reader = _Reader(payload, problems, received_at, infinite=_MAYBE_INFINITE.search(body))
+            reader = _Reader(
+                payload, problems, received_at, infinite=not plain and _MAYBE_INFINITE.search(body)
+            )
             event = reader.event(event_type)
         except _Unusable as exc:
             unusable = str(exc)
@@ -340,12 +364,18 @@ class _Unusable(Exception):
     """The event's agent cannot be identified."""
 
 
-def _decode(body: bytes) -> tuple[dict[str, Any], str, bytes | None]:
+def _plain_numbers(body: bytes) -> bool:
+    """Whether every number of `body` reads as it is (see `_SHAPES`)."""
+    shapes = body.translate(_SHAPES)
+    return not any(shape in shapes for shape in _NOT_PLAIN)
+
+
+def _decode(body: bytes, *, plain: bool) -> tuple[dict[str, Any], str, bytes | None]:
     """The decoded object, the JSON text to store and, when that text is not the body itself,
     the body's exact bytes."""
     try:
         text = body.decode("utf-8")
-        document = json.loads(text, parse_constant=_reject_constant, parse_int=_parse_int)
+        document = _loads(body, text, plain=plain)
     except (ValueError, RecursionError) as exc:
         raise MalformedEvent(f"body is not valid JSON: {_reason(exc)}") from None
     if not isinstance(document, dict):
@@ -353,11 +383,33 @@ def _decode(body: bytes) -> tuple[dict[str, Any], str, bytes | None]:
     stored, raw = text, None
     if _UNSTORABLE.search(body) is not None:
         document, stored, raw = _storable(document), _ESCAPE.sub(_storable_escape, text), body
-    if _LONG_NUMBER.search(body) is not None:
+    if not plain and _LONG_NUMBER.search(body) is not None:
         held = _STRING_OR_NUMBER.sub(_number_as_held, stored)
         if held != stored:
             stored, raw = held, body
     return document, stored, raw
+
+
+def _loads(body: bytes, text: str, *, plain: bool) -> Any:
+    """The JSON document: orjson's reading (several times faster), the same as the stdlib's for
+    every body it accepts whose numbers are `plain`; the stdlib's for the rest, which says what
+    is wrong (or reads what orjson refuses: an unpaired surrogate escape, a number past a
+    double). A body of many arrays and objects is left to the stdlib too: it refuses nesting
+    deeper than Python's recursion allows, where orjson's own limit is a little deeper."""
+    if plain and body.count(b"[") + body.count(b"{") <= _FAST_NESTING:
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(text, parse_constant=_reject_constant, parse_int=_parse_int)
+
+
+def _label_fits(value: Any) -> bool:
+    """Whether `value` as JSON (`json.dumps`) takes at most `MAX_LABEL_CHARS`; a short string is
+    known to without encoding it (a character takes at most 12 as JSON, the quotes 2)."""
+    if isinstance(value, str) and 12 * len(value) + 2 <= MAX_LABEL_CHARS:
+        return True
+    return len(json.dumps(value)) <= MAX_LABEL_CHARS
 
 
 def _as_sent(value: Any) -> Any:
@@ -555,7 +607,7 @@ class _Reader:
             if len(kept) == MAX_LABELS:
                 self.problems.add("payload.labels", f"has more than {MAX_LABELS} keys")
                 break
-            if len(key) > MAX_ID_CHARS or len(json.dumps(value)) > MAX_LABEL_CHARS:
+            if len(key) > MAX_ID_CHARS or not _label_fits(value):
                 self.problems.add(f"payload.labels.{key[:32]}", "is too long")
                 continue
             kept[key] = self.finite(value)

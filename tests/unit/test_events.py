@@ -6,6 +6,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from service import events
 from service.errors import MalformedEvent
@@ -447,3 +449,77 @@ def test_hostile_stage_figures_are_noted() -> None:
     assert note.problems is not None
     assert "payload.turns[0].metrics.segmented_latency_ms.asr_ttlw is negative" in note.problems
     assert "segmented_latency_ms.tts_ttfb is not a number" in note.problems
+
+
+_JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**30), max_value=10**30)
+    | st.integers(min_value=-(2**64), max_value=2**64)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    document=st.dictionaries(st.text(max_size=8), _JSON_VALUES, max_size=6), spaced=st.booleans()
+)
+def test_a_body_reads_as_the_standard_library_reads_it(
+    document: dict[str, Any], spaced: bool
+) -> None:
+    """The fast decoder's reading is the stdlib's, integers of any length included."""
+    separators = (", ", ": ") if spaced else (",", ":")
+    text = json.dumps(document, separators=separators, ensure_ascii=False)
+    body = text.encode()
+    read = events._loads(body, text, plain=events._plain_numbers(body))
+    assert read == json.loads(text)
+    assert json.dumps(read, sort_keys=True) == json.dumps(json.loads(text), sort_keys=True)
+
+
+_NUMBERS = st.one_of(
+    st.integers().map(str),
+    st.from_regex(r"-?(0|[1-9][0-9]{0,400})(\.[0-9]{1,40})?([eE][+-]?[0-9]{1,6})?", fullmatch=True),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    numbers=st.lists(_NUMBERS, min_size=1, max_size=4),
+    spaces=st.sampled_from(("", " ", "\n", "\t", "\r\n ")),
+    words=st.text(alphabet="ab1e0E+-.: ", max_size=40),
+)
+def test_a_body_called_plain_has_no_number_the_slow_checks_would_catch(
+    numbers: list[str], spaces: str, words: str
+) -> None:
+    """`_plain_numbers` may raise a false alarm, never miss what the regular expressions see."""
+    body = (
+        "{"
+        + f'"w":{json.dumps(words)},'
+        + ",".join(f'"{i}":{spaces}{n}' for i, n in enumerate(numbers))
+        + f',"l":[{spaces}{numbers[0]}]'
+        + "}"
+    ).encode()
+    if events._plain_numbers(body):
+        assert events._MAYBE_INFINITE.search(body) is None
+        assert events._LONG_NUMBER.search(body) is None
+        read = events._loads(body, body.decode(), plain=True)
+        assert json.dumps(read) == json.dumps(json.loads(body))
+
+
+@pytest.mark.parametrize("depth", [300, 1000, 1023, 5000])
+def test_a_body_nested_deeper_than_python_reads_is_refused_whichever_decoder_reads_it(
+    depth: int,
+) -> None:
+    nested = "[" * depth + "]" * depth
+    body = '{"noticeId":"n1","productId":17,"eventType":101,"payload":{"x":' + nested + "}}"
+    try:
+        note = events.parse(body.encode())
+    except MalformedEvent as refused:
+        assert "nested too deeply" in str(refused)
+    else:  # shallow enough for the stdlib: read the same way
+        assert note.notice_id == "n1" and json.loads(note.json) == json.loads(body)

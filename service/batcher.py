@@ -179,6 +179,8 @@ async def _alone(conn: psycopg.AsyncConnection[Any], waiting: _Waiting) -> inges
             raise
         log.error(
             "notification_unapplied",
+            app_id=waiting.delivery.app_id,
+            agent_id=waiting.delivery.note.agent_id,
             notice_id=waiting.delivery.note.notice_id,
             error=type(error).__name__,
         )

@@ -57,6 +57,8 @@ class Applied:
     """What one notification or observation recorded, as `count()` reports it."""
 
     app_id: str
+    agent_id: str | None = None
+    notice_id: str | None = None  # the notification's (None for reconciliation's observations)
     steps: tuple[lifecycle.Step, ...] = ()
     errors: tuple[tuple[str | None, int | None], ...] = ()  # (module, code) of a 110's errors
     slot_seconds: float | None = None  # the agent's slot closed here, after this long
@@ -158,7 +160,13 @@ def plan_delivery(plan: Plan, delivery: Delivery) -> Outcome:
         return _decide(plan, delivery, note.event, key)
     except Exception as error:  # a bug must cost this notification, not its group
         problem = f"applying failed: {type(error).__name__}"
-        log.error("notification_unapplied", notice_id=note.notice_id, exc_info=error)
+        log.error(
+            "notification_unapplied",
+            app_id=delivery.app_id,
+            agent_id=note.agent_id,
+            notice_id=note.notice_id,
+            exc_info=error,
+        )
         plan.unapplied.append((delivery.app_id, note.notice_id, problem))
         return Outcome(status="unapplied", agent_id=note.agent_id)
 
@@ -202,7 +210,14 @@ def plan_observation(
     before = plan.rows[key]
     decision = record.apply(before, obs)
     if decision.refused is not None:
-        log.warning("transition_refused", agent_id=key[1], kind=obs.kind, detail=decision.refused)
+        log.warning(
+            "transition_refused",
+            app_id=key[0],
+            agent_id=key[1],
+            notice_id=notice_id,
+            kind=obs.kind,
+            detail=decision.refused,
+        )
     plan.rows[key] = decision.row
     for step in decision.steps:
         plan.transitions.append(
@@ -221,7 +236,11 @@ def plan_observation(
         if lifecycle.is_terminal(step.to_state):
             plan.jobs.add(key)
     return Applied(
-        app_id=key[0], steps=decision.steps, slot_seconds=_closed_slot(before, decision.row)
+        app_id=key[0],
+        agent_id=key[1],
+        notice_id=notice_id,
+        steps=decision.steps,
+        slot_seconds=_closed_slot(before, decision.row),
     )
 
 
@@ -352,6 +371,9 @@ def count(applied: Applied, *, source: repositories.Source) -> None:
             metrics.session_ended(applied.app_id, step.to_state.value.lower())
         log.info(
             "transition_applied",
+            app_id=applied.app_id,
+            agent_id=applied.agent_id,
+            notice_id=applied.notice_id,
             from_state=step.from_state.value,
             to_state=step.to_state.value,
             cause=step.kind.value,

@@ -27,6 +27,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import Receive, Scope, Send
 
 from service import batcher, db, folder, monitoring, stream, webhook_counts, worker
 from service.config import Settings
@@ -113,7 +114,7 @@ def create_app(
             if own:
                 await active.dispose()
 
-    app = Starlette(
+    app = _Ledger(
         routes=[
             *webhooks.routes,
             *_within_database_timeout(dashboard.routes),
@@ -138,6 +139,40 @@ def create_app(
     # A path with a trailing slash is unknown (404 in JSON), never an empty redirect.
     app.router.redirect_slashes = False
     return app
+
+
+class _Ledger(Starlette):
+    """Starlette, with a webhook delivery (a POST to a webhook path) taken straight to its handler,
+    without the middleware stack and the router in between: the one request every notification
+    makes costs the web tier ~10 % less. What the handler raises is answered by the same exception
+    handlers; every other request (another method on a webhook path included) goes the usual way.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
+            found = webhooks.PATH.fullmatch(scope["path"])
+            if found is not None:
+                scope["app"] = self
+                scope["path_params"] = {"app_id": found[1]} if found[1] is not None else {}
+                await self._webhook(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+    async def _webhook(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        try:
+            response = await webhooks.receive(request)
+        except Exception as error:
+            handler = next(
+                (
+                    self.exception_handlers[c]
+                    for c in type(error).__mro__
+                    if c in self.exception_handlers
+                ),
+                _unexpected_error,
+            )
+            response = await handler(request, error)
+        await response(scope, receive, send)
 
 
 Endpoint = Callable[[Request], Awaitable[Response]]

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from prometheus_client import (
     REGISTRY,
@@ -158,8 +158,24 @@ def notification(
     app_id: str, event_type: int | None, *, outcome: str, reason: str = "", seconds: float
 ) -> None:
     """One webhook delivery: `outcome` accepted|duplicate|ignored|rejected|unavailable."""
-    NOTIFICATIONS.labels(app_id, event_label(event_type), outcome, reason).inc()
-    INGEST_DURATION.labels(app_id, outcome).observe(seconds)
+    key = (app_id, event_type, outcome, reason)
+    children = _DELIVERY_CHILDREN.get(key)
+    if children is None:
+        children = (
+            NOTIFICATIONS.labels(app_id, event_label(event_type), outcome, reason),
+            INGEST_DURATION.labels(app_id, outcome),
+        )
+        if len(_DELIVERY_CHILDREN) < _MAX_CACHED:
+            _DELIVERY_CHILDREN[key] = children
+    children[0].inc()
+    children[1].observe(seconds)
+
+
+# The labelled children `notification()` counts with, by its arguments: found by one dict lookup
+# instead of `labels()` twice per delivery (app ids are the configured ones or `unknown`, so the
+# keys are few; the cache stops growing past a bound all the same).
+_DELIVERY_CHILDREN: dict[tuple[str, int | None, str, str], tuple[Any, Any]] = {}
+_MAX_CACHED: Final = 10_000
 
 
 def group_committed(size: int) -> None:

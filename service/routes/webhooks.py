@@ -9,14 +9,16 @@ the outcome and duration.
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import time
 from collections.abc import Awaitable
 from datetime import UTC, datetime
-from typing import Final
+from typing import Final, get_args
 
 import structlog
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from service import events, ingest, metrics, signatures
@@ -35,31 +37,36 @@ PARSE_IN_THREAD_BYTES: Final = 64 * 1024
 
 log = structlog.get_logger(__name__)
 
+# The 200's body per outcome, rendered once.
+_ANSWERS: Final = {
+    status: json.dumps({"status": status}).encode() for status in get_args(ingest.Status)
+}
+
 
 async def receive(request: Request) -> Response:
-    structlog.contextvars.clear_contextvars()
     started = time.perf_counter()
     received_at = datetime.now(UTC)
     outcome, status, reason = "error", 500, "internal_error"
     app_label, event_type = metrics.UNKNOWN_APP, None
     # The App ID the path named (the console counts refusals of unknown ones too).
     counted_app: str | None = request.path_params.get("app_id")
+    # What the log lines of this delivery carry: passed to them, not bound as context variables
+    # (binding costs more than the line), except for a failure's lines logged after it.
+    context: dict[str, object] = {}
     try:
         app = _app(request.state.settings, request.path_params.get("app_id"))
         app_label = counted_app = app.app_id
-        structlog.contextvars.bind_contextvars(app_id=app.app_id)
+        context["app_id"] = app.app_id
         body = await _read_body(request)
         signatures.verify(body, request.headers, [str(s) for s in app.webhook_secrets])
         note = await _parse(body, received_at)
         event_type = note.event_type
-        structlog.contextvars.bind_contextvars(
-            notice_id=note.notice_id, agent_id=note.agent_id, event_type=note.event_type
-        )
+        context.update(notice_id=note.notice_id, agent_id=note.agent_id, event_type=event_type)
         settings = request.state.settings
         delivery = ingest.Delivery(app_id=app.app_id, note=note, received_at=received_at)
-        result = await _within(request.state.batcher.submit(delivery), settings)
+        result = await _within(request.state.batcher.submit(delivery), settings, context)
         outcome, status, reason = result.status, 200, ""
-        return JSONResponse({"status": result.status})
+        return Response(_ANSWERS[result.status], media_type="application/json")
     except ClientDisconnect:
         # Gone before its body arrived (or cut off for stalling): nothing stored, nobody to answer;
         # logged with nginx's "client closed request" status, never sent.
@@ -76,8 +83,11 @@ async def receive(request: Request) -> Response:
         seconds = time.perf_counter() - started
         metrics.notification(app_label, event_type, outcome=outcome, reason=reason, seconds=seconds)
         request.state.tally.add(counted_app, outcome=outcome, reason=reason, at=received_at)
+        if status != 200:  # the error handlers log after this, in this context
+            structlog.contextvars.bind_contextvars(**context)
         log.info(
             "webhook_handled",
+            **context,
             outcome=outcome,
             status=status,
             reason=reason or None,
@@ -85,7 +95,9 @@ async def receive(request: Request) -> Response:
         )
 
 
-async def _within(submitted: Awaitable[ingest.Outcome], settings: Settings) -> ingest.Outcome:
+async def _within(
+    submitted: Awaitable[ingest.Outcome], settings: Settings, context: dict[str, object]
+) -> ingest.Outcome:
     """The group commit's answer, or 503 once `DATABASE_TIMEOUT_S` has passed. Only a future is
     awaited here (the writer's connection is not ours to cancel), so a plain timeout does; a
     group nobody waits for any more is rolled back by its writer."""
@@ -93,7 +105,7 @@ async def _within(submitted: Awaitable[ingest.Outcome], settings: Settings) -> i
         async with asyncio.timeout(settings.database_timeout_s):
             return await submitted
     except TimeoutError:
-        log.warning("database_timed_out", timeout_s=settings.database_timeout_s)
+        log.warning("database_timed_out", **context, timeout_s=settings.database_timeout_s)
         raise Unavailable(
             f"database did not answer within {settings.database_timeout_s:g} s"
         ) from None
@@ -132,6 +144,10 @@ async def _read_body(request: Request) -> bytes:
         chunks.append(chunk)
     return b"".join(chunks)
 
+
+# The paths `routes` serve, as one pattern: the App ID is one path segment (`service.app` takes a
+# POST to them straight to `receive`).
+PATH: Final = re.compile(r"/v1/webhooks/agora(?:/([^/]+))?")
 
 routes: Final = [
     Route("/v1/webhooks/agora/{app_id}", receive, methods=["POST"]),

@@ -21,9 +21,10 @@ hour rows and the day rows containing them from `agent_turn` (and `agent`'s labe
 statement, so in one snapshot: a turn or label committed after it has a mark committed after it
 too, which the statement cannot see, so it survives the fold and the hour is folded again. The
 rollups plus the marks are therefore always what the turns and labels say: a series of whole
-UTC-aligned hours or days without a label filter takes the rollup's rows for unmarked buckets
-and computes the marked ones from the turns; any other series is computed from the turns
-(`agent_turn` by app and end time, an index-only range scan), in one statement either way.
+UTC-aligned hours or days with no label filter, or with exactly one `label.KEY=VALUE`, takes the
+rollup's rows for unmarked buckets and computes the marked ones from the turns; any other series
+(other steps, odd starts, several label pairs) is computed from the turns (`agent_turn` by app
+and end time, an index-only range scan), in one statement either way.
 """
 
 from __future__ import annotations
@@ -76,45 +77,74 @@ def _live(buckets: str, *, only: str = "") -> str:
 
 _GRID: Final = "unnest(CAST(:ats AS timestamptz[]), CAST(:untils AS timestamptz[])) AS b(at, until)"
 _CHOSEN: Final = """
-    WITH chosen AS MATERIALIZED (
+    chosen AS MATERIALIZED (
         SELECT agent_id FROM agent WHERE app_id = :app AND labels @> CAST(:labels AS jsonb)
     )"""
+_IN_CHOSEN: Final = "AND t.agent_id IN (SELECT agent_id FROM chosen)"
 _FROM_TURNS: Final = text(_live(_GRID))
-_FROM_LABELLED_TURNS: Final = text(
-    _CHOSEN + _live(_GRID, only="AND t.agent_id IN (SELECT agent_id FROM chosen)")
-)
+_FROM_LABELLED_TURNS: Final = text(f"WITH {_CHOSEN}" + _live(_GRID, only=_IN_CHOSEN))
+
+# The marks a rollup's buckets depend on: turns stored or deleted, and for the per-label rollup
+# also label changes.
+_APP_MARKS: Final = "('latency')"
+_LABEL_MARKS: Final = "('latency', 'latency_label')"
 
 # Whole buckets of `step` seconds (a rollup width) from `start` (aligned): the rollup's rows for
 # the buckets without marks, the marked ones (and the cut last bucket `tail`) from the turns.
-_FROM_ROLLUP: Final = text(
-    """
+_FROM_ROLLUP_SQL: Final = """
     WITH dirty AS (
         SELECT DISTINCT date_bin(CAST(:step AS int) * interval '1 second', hour, :start) AS at
         FROM insight_change
-        WHERE app_id = :app AND kind = 'latency' AND hour >= :start AND hour < :end
+        WHERE app_id = :app AND kind IN <kinds> AND hour >= :start AND hour < :end
         UNION
         SELECT CAST(:tail AS timestamptz) WHERE CAST(:tail AS timestamptz) IS NOT NULL
     ),
     marked AS (
         SELECT at, least(at + CAST(:step AS int) * interval '1 second', :end) AS until
         FROM dirty
-    )
-    SELECT at, turns, e2e, asr_ttlw, llm_ttft, tts_ttfb FROM latency_bucket
-    WHERE app_id = :app AND width = :step AND at >= :start AND at < :end
+    )<ctes>
+    SELECT at, turns, e2e, asr_ttlw, llm_ttft, tts_ttfb FROM <rollup>
+    WHERE app_id = :app AND width = :step <pair> AND at >= :start AND at < :end
       AND at NOT IN (SELECT at FROM dirty)
     UNION ALL"""
-    + _live("marked AS b")
+
+
+def _from_rollup(rollup: str, *, kinds: str, live: str, pair: str = "", ctes: str = "") -> str:
+    head = _FROM_ROLLUP_SQL.replace("<rollup>", rollup).replace("<kinds>", kinds)
+    return head.replace("<pair>", pair).replace("<ctes>", ctes) + live
+
+
+_FROM_ROLLUP: Final = text(
+    _from_rollup("latency_bucket", kinds=_APP_MARKS, live=_live("marked AS b"))
 )
 
-# The marks a rollup's buckets depend on: turns stored or deleted, and for the per-label rollup
-# also label changes.
-_LABEL_MARKS: Final = "('latency', 'latency_label')"
-
-# Turn `t`'s agent, looked up by key (`LIMIT 1` keeps the planner from hashing every agent of the
-# app instead, as it does for a join: a bucket's turns are a few thousand, the agents millions).
+# With one label pair: its rows of the per-label rollup, and the marked buckets from the turns of
+# the agents holding it. Those are found one of two ways, both exact: while the marked buckets
+# span a day at most (the current hour; today in a daily series), each turn's agent is looked up
+# by key (`LIMIT 1` keeps the planner from hashing every agent of the app instead, as it does
+# for a join); when more is marked (right after the migration, or a backlog of marks), the
+# agents holding the pair are hashed once (`chosen`), as for several pairs: a few thousand
+# lookups cost less than reading every agent of the app, a month of them much more. The
+# branch not taken reads nothing (its bucket set is empty, a one-time filter).
+LOOKUP_SPAN: Final = "interval '1 day'"
 _AGENT: Final = """
     SELECT a.labels FROM agent AS a
     WHERE a.app_id = t.app_id AND a.agent_id = t.agent_id LIMIT 1"""
+_SPLIT: Final = f""",
+    few AS (SELECT * FROM marked WHERE (SELECT sum(until - at) FROM marked) <= {LOOKUP_SPAN}),
+    many AS (SELECT * FROM marked WHERE (SELECT sum(until - at) FROM marked) > {LOOKUP_SPAN}),
+    {_CHOSEN.strip()}"""
+_FROM_LABEL_ROLLUP: Final = text(
+    _from_rollup(
+        "latency_label_bucket",
+        kinds=_LABEL_MARKS,
+        pair="AND key = :key AND value = :value",
+        ctes=_SPLIT,
+        live=_live("few AS b", only=f"AND ({_AGENT}) @> CAST(:labels AS jsonb)")
+        + "\n    UNION ALL"
+        + _live("many AS b", only=_IN_CHOSEN),
+    )
+)
 
 # The label pairs of agent `a` a filter can select: its labels with a string value (`@>` with a
 # string never matches a number, an array or an object); `pairs()` in Python.
@@ -245,10 +275,10 @@ def pairs(labels: Mapping[str, Any]) -> set[tuple[str, str]]:
 
 
 def folded(start: datetime, step_s: int, labels: Mapping[str, str]) -> bool:
-    """Whether a series can take the rollup's rows: a rollup width, `start` aligned on it (UTC),
-    no label filter."""
+    """Whether a series can take a rollup's rows: a rollup width, `start` aligned on it (UTC),
+    no label filter or exactly one pair (several pairs are computed from the turns)."""
     since_epoch = start - datetime(1970, 1, 1, tzinfo=UTC)
-    return step_s in WIDTHS and not labels and not since_epoch % timedelta(seconds=step_s)
+    return step_s in WIDTHS and len(labels) <= 1 and not since_epoch % timedelta(seconds=step_s)
 
 
 async def series(
@@ -261,21 +291,24 @@ async def series(
     labels: Mapping[str, str],
 ) -> list[dict[str, Any]]:
     """The points of `[start, end)` every `step_s` seconds (the last one cut at `end`), each
-    with the figures of the turns ending in it; one statement."""
+    with the figures of the turns ending in it (of the agents holding `labels`); one statement."""
     step = timedelta(seconds=step_s)
     grid = [start + i * step for i in range(-(-(end - start) // step))]
     params: dict[str, Any] = {"app": app_id, "start": start, "end": end, "step": step_s}
+    if labels:
+        params["labels"] = json.dumps(dict(labels))
     if folded(start, step_s, labels):
-        tail = grid[-1] if end - grid[-1] < step else None
-        rows = await conn.execute(_FROM_ROLLUP, {**params, "tail": tail})
+        params["tail"] = grid[-1] if end - grid[-1] < step else None
+        statement = _FROM_ROLLUP
+        if labels:
+            [(params["key"], params["value"])] = labels.items()
+            statement = _FROM_LABEL_ROLLUP
     else:
         # (`at + step` may lie past year 9999, where Python's datetime ends)
         untils = [at + step if end - at > step else end for at in grid]
         params |= {"ats": grid, "untils": untils}
-        if labels:
-            params["labels"] = json.dumps(dict(labels))
-        rows = await conn.execute(_FROM_LABELLED_TURNS if labels else _FROM_TURNS, params)
-    found = {row.at: row for row in rows}
+        statement = _FROM_LABELLED_TURNS if labels else _FROM_TURNS
+    found = {row.at: row for row in await conn.execute(statement, params)}
     return [_point(at, found.get(at)) for at in grid]
 
 

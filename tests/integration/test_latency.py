@@ -289,7 +289,7 @@ def check_labels(
     return check
 
 
-def test_one_label_pair_has_its_own_rollup_and_equals_the_turns(
+def test_one_label_pair_is_read_from_its_own_rollup_and_equals_the_turns(
     database_url: str, sql: Sql
 ) -> None:
     rng = random.Random(17)
@@ -332,6 +332,14 @@ def test_one_label_pair_has_its_own_rollup_and_equals_the_turns(
         await check()
         await fold_all(engine)
         await check()
+        # ... and an aligned series with one pair answers the rollup's row.
+        sql.execute(
+            "UPDATE latency_label_bucket SET turns = 4242"
+            " WHERE width = 3600 AND key = 'tier' AND value = 'gold' AND at = %(at)s",
+            at=BASE + 5 * HOUR,
+        )
+        gold = await read(engine, BASE, BASE + timedelta(days=1), 3600, {"tier": "gold"})
+        assert gold[5]["turns"] == 4242
 
     run(sql.url, work)
 

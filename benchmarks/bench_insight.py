@@ -93,7 +93,9 @@ def prepare(url: str, *, sessions: int, now: datetime) -> list[str]:
         )
     lines += asyncio.run(fold(url))
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("ANALYZE pcu_minute, pcu_hour, usage_hour, latency_bucket")
+        conn.execute(
+            "ANALYZE pcu_minute, pcu_hour, usage_hour, latency_bucket, latency_label_bucket"
+        )
     return lines
 
 

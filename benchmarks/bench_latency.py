@@ -1,14 +1,15 @@
 """Turn latency reads on a month of data: 1,000,000 turns over 30 days for one app.
 
 Starts a throw-away embedded PostgreSQL (or uses BENCH_DATABASE_URL's server), migrates a fresh
-database, loads 20,000 agents (a tenth labelled `tier=gold`) and their turns with
-`generate_series`, every hour marked as the migration marks stored turns, and measures
-`latency.series` (what GET /v1/apps/{app}/latency runs, one statement) for 30 days:
+database, loads 20,000 agents (a tenth labelled `tier=gold`, each in one of three `region`s) and
+their turns with `generate_series`, every hour marked as the migration marks stored turns, and
+measures `latency.series` (what GET /v1/apps/{app}/latency runs, one statement) for 30 days,
+without a label filter and with one pair (`label.tier=gold`):
 
 - unfolded: every hour still marked, so every bucket is computed from the turns;
-- folded (after `latency.fold` took every mark), and folded with the current hour marked (as
-  under live traffic);
-- from an arbitrary second and with a label filter (always from the turns).
+- folded (after `latency.fold` took every mark, building both rollups), and folded with the
+  current hour marked (as under live traffic);
+- from an arbitrary second and with two label pairs (always from the turns).
 
 Each answer is checked against the unfolded one first. Prints p50/p95/max and records them in
 BENCHMARKS.md.
@@ -42,7 +43,8 @@ AGENTS = 20_000
 _LOAD = """
     INSERT INTO agent (app_id, agent_id, state, labels)
     SELECT %(app)s, 'agent-' || i, 'STOPPED',
-           jsonb_build_object('tier', CASE WHEN i %% 10 = 0 THEN 'gold' ELSE 'free' END)
+           jsonb_build_object('tier', CASE WHEN i %% 10 = 0 THEN 'gold' ELSE 'free' END,
+                              'region', (ARRAY['eu', 'us', 'ap'])[i %% 3 + 1])
     FROM generate_series(0, %(agents)s - 1) AS i;
     INSERT INTO agent_turn (app_id, agent_id, turn_id, end_at, e2e_latency_ms, data, source,
                             asr_ttlw, llm_ttft, tts_ttfb)
@@ -94,17 +96,24 @@ async def run(url: str, *, turns: int, requests: int, now: datetime) -> list[str
         midnight = now.replace(hour=0)
         day_start = midnight - timedelta(days=DAYS)
         later = now + timedelta(minutes=40)  # the current hour (and day) cut at "now"
+        gold = {"tier": "gold"}
         cases = {
             "30 d x 1 h": (start, now, 3600, {}),
             "30 d x 1 h to now": (start, later, 3600, {}),
             "30 d x 1 d": (day_start, midnight, 86_400, {}),
             "30 d x 1 d to now": (day_start, later, 86_400, {}),
+            "30 d x 1 h, label.tier=gold": (start, now, 3600, gold),
+            "30 d x 1 h to now, label.tier=gold": (start, later, 3600, gold),
+            "30 d x 1 d, label.tier=gold": (day_start, midnight, 86_400, gold),
+            "30 d x 1 d to now, label.tier=gold": (day_start, later, 86_400, gold),
         }
         truth = {label: await series(engine, *case) for label, case in cases.items()}
         for label, case in cases.items():
             lines.append(f"{label}, unfolded {await timed(engine, case, requests, truth[label])}")
         fold_s, taken = await fold_everything(url)
         lines.append(f"fold of every mark ({taken:,} marks): {fold_s:.1f} s")
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("ANALYZE latency_bucket, latency_label_bucket")
         for label, case in cases.items():
             lines.append(f"{label}, folded {await timed(engine, case, requests, truth[label])}")
         with psycopg.connect(url, autocommit=True) as conn:
@@ -115,10 +124,11 @@ async def run(url: str, *, turns: int, requests: int, now: datetime) -> list[str
         for label, case in cases.items():
             timing = await timed(engine, case, requests, truth[label])
             lines.append(f"{label}, folded, last hour marked {timing}")
+        two = {"tier": "gold", "region": "eu"}
         other = {
             "30 d x 1 h from any second": (odd, odd + timedelta(days=DAYS), 3600, {}),
-            "30 d x 1 d, label.tier=gold": (day_start, later, 86_400, {"tier": "gold"}),
-            "30 d x 1 h, label.tier=gold": (start, now, 3600, {"tier": "gold"}),
+            "30 d x 1 h, label.tier=gold&label.region=eu": (start, now, 3600, two),
+            "30 d x 1 d to now, label.tier=gold&label.region=eu": (day_start, later, 86_400, two),
         }
         for label, case in other.items():
             lines.append(f"{label} {await timed(engine, case, max(10, requests // 5), None)}")

@@ -29,7 +29,7 @@ from typing import Any, Literal
 import psycopg
 import structlog
 
-from service import events, lifecycle, metrics, record, repositories, rollup, usage
+from service import events, latency, lifecycle, metrics, record, repositories, rollup, usage
 from service.record import AgentRow, Observation
 
 log = structlog.get_logger(__name__)
@@ -114,6 +114,16 @@ class Plan:
         for row in self.changed():
             out.update((row.app_id, hour) for hour in usage.marks(self.before[row.key], row))
         return sorted(out)
+
+    def label_marks(self) -> list[Key]:
+        """The agents whose label pairs the plan changes: their turns' hours are marked for the
+        per-label latency rollup (`latency.pairs`; a change of labels only, or of a label's
+        version, changes no figure)."""
+        return sorted(
+            row.key
+            for row in self.changed()
+            if latency.pairs(row.labels) != latency.pairs(self.before[row.key].labels)
+        )
 
 
 async def apply_deliveries(

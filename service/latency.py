@@ -1,4 +1,5 @@
-"""Turn latency per bucket: the rollup (`latency_bucket`), its folder and the series read.
+"""Turn latency per bucket: the rollups (`latency_bucket`, `latency_label_bucket`), their folder
+and the series read.
 
 A bucket's figures are the turns whose `end_at` falls in it: how many, and nearest-rank
 percentiles of their `e2e_latency_ms` (p50, p90, p99, max) and of each stage of their
@@ -6,15 +7,24 @@ percentiles of their `e2e_latency_ms` (p50, p90, p99, max) and of each stage of 
 whose position in the sorted figures reaches the fraction, rank ⌈p·n⌉. A turn without a figure
 counts in `turns` and in no percentile of that figure.
 
+The rollups hold the figures of ended UTC hours and days: `latency_bucket` over all the app's
+turns, `latency_label_bucket` over the turns of the agents holding one label pair (a row per
+pair: `key` and a string `value`, exactly what the filter `labels @> {"key": "value"}` selects;
+a value that is not a string matches no filter, so has no row).
+
 Every statement that adds or deletes turns marks their (app, UTC hour) in `insight_change` (kind
-`latency`) in the same statement (`repositories.TURNS`, `erasure`). `fold()` takes an app's marks
-and rewrites the hour rows and the day rows containing them from `agent_turn`, in ONE statement,
-so in one snapshot: a turn committed after it has a mark committed after it too, which the
-statement cannot see, so it survives the fold and the hour is folded again. The rollup plus the
-marks is therefore always what the turns say: a series of whole UTC-aligned hours or days without
-a label filter takes the rollup's rows for unmarked buckets and computes the marked ones from the
-turns; any other series is computed from the turns (`agent_turn` by app and end time, an
-index-only range scan), in one statement either way.
+`latency`) in the same statement (`repositories.TURNS`, `erasure`); one that changes which label
+pairs an agent holds marks the hours of that agent's turns (kind `latency_label`: the per-label
+figures only), in the same statement too (`repositories`, part `label_marks`), while holding the
+agent's row, as every writer of its turns does. `fold()` takes an app's marks and rewrites the
+hour rows and the day rows containing them from `agent_turn` (and `agent`'s labels), in ONE
+statement, so in one snapshot: a turn or label committed after it has a mark committed after it
+too, which the statement cannot see, so it survives the fold and the hour is folded again. The
+rollups plus the marks are therefore always what the turns and labels say: a series of whole
+UTC-aligned hours or days with no label filter, or with exactly one `label.KEY=VALUE`, takes the
+rollup's rows for unmarked buckets and computes the marked ones from the turns; any other series
+(other steps, odd starts, several label pairs) is computed from the turns (`agent_turn` by app
+and end time, an index-only range scan), in one statement either way.
 """
 
 from __future__ import annotations
@@ -30,7 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service import db, events, queries
 
-# What the rollup holds: hours and days, aligned on UTC (Unix time has no leap seconds).
+# What the rollups hold: hours and days, aligned on UTC (Unix time has no leap seconds).
 WIDTHS: Final = (3600, 86_400)
 # Hours one fold takes at most: each is an hour row and its day row rewritten, so this bounds a
 # fold's statement (the first fold after the migration takes every hour turns ever touched).
@@ -67,66 +77,126 @@ def _live(buckets: str, *, only: str = "") -> str:
 
 _GRID: Final = "unnest(CAST(:ats AS timestamptz[]), CAST(:untils AS timestamptz[])) AS b(at, until)"
 _CHOSEN: Final = """
-    WITH chosen AS MATERIALIZED (
+    chosen AS MATERIALIZED (
         SELECT agent_id FROM agent WHERE app_id = :app AND labels @> CAST(:labels AS jsonb)
     )"""
+_IN_CHOSEN: Final = "AND t.agent_id IN (SELECT agent_id FROM chosen)"
 _FROM_TURNS: Final = text(_live(_GRID))
-_FROM_LABELLED_TURNS: Final = text(
-    _CHOSEN + _live(_GRID, only="AND t.agent_id IN (SELECT agent_id FROM chosen)")
-)
+_FROM_LABELLED_TURNS: Final = text(f"WITH {_CHOSEN}" + _live(_GRID, only=_IN_CHOSEN))
+
+# The marks a rollup's buckets depend on: turns stored or deleted, and for the per-label rollup
+# also label changes.
+_APP_MARKS: Final = "('latency')"
+_LABEL_MARKS: Final = "('latency', 'latency_label')"
 
 # Whole buckets of `step` seconds (a rollup width) from `start` (aligned): the rollup's rows for
 # the buckets without marks, the marked ones (and the cut last bucket `tail`) from the turns.
-_FROM_ROLLUP: Final = text(
-    """
+_FROM_ROLLUP_SQL: Final = """
     WITH dirty AS (
         SELECT DISTINCT date_bin(CAST(:step AS int) * interval '1 second', hour, :start) AS at
         FROM insight_change
-        WHERE app_id = :app AND kind = 'latency' AND hour >= :start AND hour < :end
+        WHERE app_id = :app AND kind IN <kinds> AND hour >= :start AND hour < :end
         UNION
         SELECT CAST(:tail AS timestamptz) WHERE CAST(:tail AS timestamptz) IS NOT NULL
     ),
     marked AS (
         SELECT at, least(at + CAST(:step AS int) * interval '1 second', :end) AS until
         FROM dirty
-    )
-    SELECT at, turns, e2e, asr_ttlw, llm_ttft, tts_ttfb FROM latency_bucket
-    WHERE app_id = :app AND width = :step AND at >= :start AND at < :end
+    )<ctes>
+    SELECT at, turns, e2e, asr_ttlw, llm_ttft, tts_ttfb FROM <rollup>
+    WHERE app_id = :app AND width = :step <pair> AND at >= :start AND at < :end
       AND at NOT IN (SELECT at FROM dirty)
     UNION ALL"""
-    + _live("marked AS b")
+
+
+def _from_rollup(rollup: str, *, kinds: str, live: str, pair: str = "", ctes: str = "") -> str:
+    head = _FROM_ROLLUP_SQL.replace("<rollup>", rollup).replace("<kinds>", kinds)
+    return head.replace("<pair>", pair).replace("<ctes>", ctes) + live
+
+
+_FROM_ROLLUP: Final = text(
+    _from_rollup("latency_bucket", kinds=_APP_MARKS, live=_live("marked AS b"))
 )
+
+# With one label pair: its rows of the per-label rollup, and the marked buckets from the turns of
+# the agents holding it. Those are found one of two ways, both exact: while the marked buckets
+# span a day at most (the current hour; today in a daily series), each turn's agent is looked up
+# by key (`LIMIT 1` keeps the planner from hashing every agent of the app instead, as it does
+# for a join); when more is marked (right after the migration, or a backlog of marks), the
+# agents holding the pair are hashed once (`chosen`), as for several pairs: a few thousand
+# lookups cost less than reading every agent of the app, a month of them much more. The
+# branch not taken reads nothing (its bucket set is empty, a one-time filter).
+LOOKUP_SPAN: Final = "interval '1 day'"
+_AGENT: Final = """
+    SELECT a.labels FROM agent AS a
+    WHERE a.app_id = t.app_id AND a.agent_id = t.agent_id LIMIT 1"""
+_SPLIT: Final = f""",
+    few AS (SELECT * FROM marked WHERE (SELECT sum(until - at) FROM marked) <= {LOOKUP_SPAN}),
+    many AS (SELECT * FROM marked WHERE (SELECT sum(until - at) FROM marked) > {LOOKUP_SPAN}),
+    {_CHOSEN.strip()}"""
+_FROM_LABEL_ROLLUP: Final = text(
+    _from_rollup(
+        "latency_label_bucket",
+        kinds=_LABEL_MARKS,
+        pair="AND key = :key AND value = :value",
+        ctes=_SPLIT,
+        live=_live("few AS b", only=f"AND ({_AGENT}) @> CAST(:labels AS jsonb)")
+        + "\n    UNION ALL"
+        + _live("many AS b", only=_IN_CHOSEN),
+    )
+)
+
+# The label pairs of agent `a` a filter can select: its labels with a string value (`@>` with a
+# string never matches a number, an array or an object); `pairs()` in Python.
+_PAIRS: Final = """
+    SELECT e.key, e.value #>> '{}' AS value
+    FROM jsonb_each(CASE jsonb_typeof(a.labels) WHEN 'object' THEN a.labels END) AS e
+    WHERE jsonb_typeof(e.value) = 'string'"""
+# A figure column as the rollups store it: never NULL, an array of NULLs for no figures.
+_STORED: Final = """
+    turns, coalesce(e2e, '{NULL,NULL,NULL,NULL}'), coalesce(asr_ttlw, '{NULL,NULL}'),
+    coalesce(llm_ttft, '{NULL,NULL}'), coalesce(tts_ttfb, '{NULL,NULL}')"""
+_SET_FIGURES: Final = """
+    turns = excluded.turns, e2e = excluded.e2e, asr_ttlw = excluded.asr_ttlw,
+    llm_ttft = excluded.llm_ttft, tts_ttfb = excluded.tts_ttfb"""
 
 # One app's marks folded in one statement (one snapshot): the marks of its first `FOLD_HOURS`
 # marked hours that have ended are taken, those hours and their ended days recomputed from the
-# turns; a bucket left without turns is deleted. Answers the marks taken. The current hour and
-# day are not folded: they change with every turn, and a day's percentiles are a sort of the
-# whole day, so folding them every few seconds would cost a day of turns each time. A day not
-# over yet keeps a mark on its last hour instead (`day_left`), so reads compute its daily bucket
-# from the turns and the folder folds the day once that hour has ended.
+# turns; a bucket left without turns is deleted. Answers the marks taken. An hour with only
+# `latency_label` marks (labels changed, turns did not) has its per-label rows recomputed only.
+# The current hour and day are not folded: they change with every turn, and a day's percentiles
+# are a sort of the whole day, so folding them every few seconds would cost a day of turns each
+# time. A day not over yet keeps a mark on its last hour instead (`day_left`, of the kinds it
+# took), so reads compute its daily bucket from the turns and the folder folds the day once that
+# hour has ended. Per label pair, a bucket's rows are those of the pairs its turns' agents hold
+# now (`label_figure`, each turn's agent looked up by key); the rows of other pairs go.
 FOLD_SQL: Final = f"""
     WITH first_hours AS (
         SELECT DISTINCT hour FROM insight_change
-        WHERE app_id = %(app)s AND kind = 'latency'
+        WHERE app_id = %(app)s AND kind IN {_LABEL_MARKS}
           AND hour < date_trunc('hour', now(), 'UTC')
         ORDER BY hour LIMIT {FOLD_HOURS}
     ),
     taken AS (
         DELETE FROM insight_change
-        WHERE app_id = %(app)s AND kind = 'latency' AND hour IN (SELECT hour FROM first_hours)
-        RETURNING hour
+        WHERE app_id = %(app)s AND kind IN {_LABEL_MARKS}
+          AND hour IN (SELECT hour FROM first_hours)
+        RETURNING hour, date_trunc('day', hour, 'UTC') AS day, kind = 'latency' AS turned
     ),
     target AS (
-        SELECT DISTINCT 3600 AS width, hour AS at FROM taken
-        UNION
-        SELECT DISTINCT 86400, date_trunc('day', hour, 'UTC') FROM taken
-        WHERE date_trunc('day', hour, 'UTC') + interval '1 day' <= date_trunc('hour', now(), 'UTC')
+        SELECT 3600 AS width, hour AS at, bool_or(turned) AS turned FROM taken GROUP BY hour
+        UNION ALL
+        SELECT 86400, day, bool_or(turned) FROM taken
+        WHERE day + interval '1 day' <= date_trunc('hour', now(), 'UTC')
+        GROUP BY day
     ),
     day_left AS (
         INSERT INTO insight_change (app_id, kind, hour)
-        SELECT DISTINCT %(app)s, 'latency', date_trunc('day', hour, 'UTC') + interval '23 hours'
+        SELECT %(app)s, CASE WHEN bool_or(turned) THEN 'latency' ELSE 'latency_label' END,
+               day + interval '23 hours'
         FROM taken
-        WHERE date_trunc('day', hour, 'UTC') + interval '1 day' > date_trunc('hour', now(), 'UTC')
+        WHERE day + interval '1 day' > date_trunc('hour', now(), 'UTC')
+        GROUP BY day
     ),
     figure AS (
         SELECT g.width, g.at, f.* FROM target AS g
@@ -135,6 +205,7 @@ FOLD_SQL: Final = f"""
             WHERE t.app_id = %(app)s AND t.end_at >= g.at
               AND t.end_at < g.at + g.width * interval '1 second'
         ) AS f
+        WHERE g.turned
     ),
     cleared AS (
         DELETE FROM latency_bucket AS b USING figure AS f
@@ -142,18 +213,42 @@ FOLD_SQL: Final = f"""
     ),
     written AS (
         INSERT INTO latency_bucket (app_id, width, at, turns, e2e, asr_ttlw, llm_ttft, tts_ttfb)
-        SELECT %(app)s, width, at, turns, coalesce(e2e, '{{NULL,NULL,NULL,NULL}}'),
-               coalesce(asr_ttlw, '{{NULL,NULL}}'), coalesce(llm_ttft, '{{NULL,NULL}}'),
-               coalesce(tts_ttfb, '{{NULL,NULL}}')
-        FROM figure WHERE turns > 0
-        ON CONFLICT (app_id, width, at) DO UPDATE
-        SET turns = excluded.turns, e2e = excluded.e2e, asr_ttlw = excluded.asr_ttlw,
-            llm_ttft = excluded.llm_ttft, tts_ttfb = excluded.tts_ttfb
+        SELECT %(app)s, width, at, {_STORED} FROM figure WHERE turns > 0
+        ON CONFLICT (app_id, width, at) DO UPDATE SET {_SET_FIGURES}
+    ),
+    label_figure AS (
+        SELECT g.width, g.at, f.* FROM target AS g
+        CROSS JOIN LATERAL (
+            SELECT p.key, p.value, {_FIGURES} FROM agent_turn AS t
+            CROSS JOIN LATERAL ({_AGENT}) AS a
+            CROSS JOIN LATERAL ({_PAIRS}) AS p
+            WHERE t.app_id = %(app)s AND t.end_at >= g.at
+              AND t.end_at < g.at + g.width * interval '1 second'
+            GROUP BY p.key, p.value
+        ) AS f
+    ),
+    label_gone AS (
+        SELECT b.width, b.key, b.value, b.at
+        FROM target AS g JOIN latency_label_bucket AS b
+            ON b.app_id = %(app)s AND b.width = g.width AND b.at = g.at
+        EXCEPT
+        SELECT width, key, value, at FROM label_figure
+    ),
+    label_cleared AS (
+        DELETE FROM latency_label_bucket AS b USING label_gone AS f
+        WHERE b.app_id = %(app)s AND b.width = f.width AND b.key = f.key AND b.value = f.value
+          AND b.at = f.at
+    ),
+    label_written AS (
+        INSERT INTO latency_label_bucket (app_id, width, key, value, at, turns, e2e, asr_ttlw,
+                                          llm_ttft, tts_ttfb)
+        SELECT %(app)s, width, key, value, at, {_STORED} FROM label_figure
+        ON CONFLICT (app_id, width, key, value, at) DO UPDATE SET {_SET_FIGURES}
     )
     SELECT count(*) FROM taken
 """
 
-PENDING_SQL: Final = "SELECT DISTINCT app_id FROM insight_change WHERE kind = 'latency'"
+PENDING_SQL: Final = f"SELECT DISTINCT app_id FROM insight_change WHERE kind IN {_LABEL_MARKS}"
 
 
 async def fold(conn: psycopg.AsyncConnection[Any], app_id: str) -> int | None:
@@ -174,11 +269,16 @@ def lock_key(app_id: str) -> int:
     return db.lock_key(f"latency_fold/{app_id}")
 
 
+def pairs(labels: Mapping[str, Any]) -> set[tuple[str, str]]:
+    """The label pairs that put an agent's turns in `latency_label_bucket` (as `_PAIRS`)."""
+    return {(key, value) for key, value in labels.items() if isinstance(value, str)}
+
+
 def folded(start: datetime, step_s: int, labels: Mapping[str, str]) -> bool:
-    """Whether a series can take the rollup's rows: a rollup width, `start` aligned on it (UTC),
-    no label filter."""
+    """Whether a series can take a rollup's rows: a rollup width, `start` aligned on it (UTC),
+    no label filter or exactly one pair (several pairs are computed from the turns)."""
     since_epoch = start - datetime(1970, 1, 1, tzinfo=UTC)
-    return step_s in WIDTHS and not labels and not since_epoch % timedelta(seconds=step_s)
+    return step_s in WIDTHS and len(labels) <= 1 and not since_epoch % timedelta(seconds=step_s)
 
 
 async def series(
@@ -191,21 +291,24 @@ async def series(
     labels: Mapping[str, str],
 ) -> list[dict[str, Any]]:
     """The points of `[start, end)` every `step_s` seconds (the last one cut at `end`), each
-    with the figures of the turns ending in it; one statement."""
+    with the figures of the turns ending in it (of the agents holding `labels`); one statement."""
     step = timedelta(seconds=step_s)
     grid = [start + i * step for i in range(-(-(end - start) // step))]
     params: dict[str, Any] = {"app": app_id, "start": start, "end": end, "step": step_s}
+    if labels:
+        params["labels"] = json.dumps(dict(labels))
     if folded(start, step_s, labels):
-        tail = grid[-1] if end - grid[-1] < step else None
-        rows = await conn.execute(_FROM_ROLLUP, {**params, "tail": tail})
+        params["tail"] = grid[-1] if end - grid[-1] < step else None
+        statement = _FROM_ROLLUP
+        if labels:
+            [(params["key"], params["value"])] = labels.items()
+            statement = _FROM_LABEL_ROLLUP
     else:
         # (`at + step` may lie past year 9999, where Python's datetime ends)
         untils = [at + step if end - at > step else end for at in grid]
         params |= {"ats": grid, "untils": untils}
-        if labels:
-            params["labels"] = json.dumps(dict(labels))
-        rows = await conn.execute(_FROM_LABELLED_TURNS if labels else _FROM_TURNS, params)
-    found = {row.at: row for row in rows}
+        statement = _FROM_LABELLED_TURNS if labels else _FROM_TURNS
+    found = {row.at: row for row in await conn.execute(statement, params)}
     return [_point(at, found.get(at)) for at in grid]
 
 

@@ -320,6 +320,15 @@ _PARTS: Final = {
         INSERT INTO insight_change (app_id, kind, hour)
         SELECT c->>0, 'usage', timestamptz 'epoch' + (c->>1)::bigint * interval '1 microsecond'
         FROM jsonb_array_elements(%(usage)s::jsonb) AS c""",
+    # Hours holding turns of agents whose label pairs changed (`Plan.label_marks`), for the folder
+    # to recompute their per-label latency (`latency`). The group holds these agents locked, as
+    # every writer of their turns does, so no turn of theirs commits unseen by this statement.
+    "label_marks": """
+        INSERT INTO insight_change (app_id, kind, hour)
+        SELECT DISTINCT t.app_id, 'latency_label', date_trunc('hour', t.end_at, 'UTC')
+        FROM jsonb_array_elements(%(label_marks)s::jsonb) AS k
+        JOIN agent_turn AS t ON t.app_id = k->>0 AND t.agent_id = k->>1
+        WHERE t.end_at IS NOT NULL""",
     "unapplied": """
         UPDATE notification AS n SET outcome = 'unapplied', problem = u->>2
         FROM jsonb_array_elements(%(unapplied)s::jsonb) AS u
@@ -424,6 +433,7 @@ def _write_params(plan: Plan) -> dict[str, str]:
         "jobs": sorted(plan.jobs),
         "pcu": [(app, _iso(at), d, live) for app, at, d, live in plan.pcu_changes()],
         "usage": plan.usage_marks(),
+        "label_marks": plan.label_marks(),
         "unapplied": plan.unapplied,
         "stripped": plan.transcript_notices,
     }

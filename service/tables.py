@@ -411,10 +411,11 @@ pcu_alarm: Final = Table(
 
 # Insight rollups (`service.usage`, `service.latency`), folded off the request path like PCU's:
 # the write path records which (app, hour) a transaction changed for usage (an agent's active
-# interval, its labels or its FAILED stop) or for latency (a turn stored or deleted), the folders
-# recompute those hours from the agents and turns and delete the marks they saw. Reads take the
-# rollup for hours without marks and compute the others from the agents and turns themselves, so
-# an answer is always what the rows say.
+# interval, its labels or its FAILED stop) or for latency (`latency`: a turn stored or deleted;
+# `latency_label`: the labels of an agent with turns changed, so only the per-label figures), the
+# folders recompute those hours from the agents and turns and delete the marks they saw. Reads
+# take the rollup for hours without marks and compute the others from the agents and turns
+# themselves, so an answer is always what the rows say.
 insight_change: Final = Table(
     "insight_change",
     metadata,
@@ -422,7 +423,7 @@ insight_change: Final = Table(
     Column("app_id", Text, nullable=False),
     Column("kind", Text, nullable=False),
     _timestamp("hour", nullable=False),
-    CheckConstraint("kind IN ('usage', 'latency')", name="kind"),
+    CheckConstraint("kind IN ('usage', 'latency', 'latency_label')", name="kind"),
     Index(None, "app_id", "kind", "hour"),
 )
 
@@ -457,6 +458,27 @@ latency_bucket: Final = Table(
     Column("tts_ttfb", ARRAY(Integer), nullable=False),
     PrimaryKeyConstraint("app_id", "width", "at"),
     CheckConstraint("width IN (3600, 86400)", name="width"),
+)
+
+# The same figures per label pair: the turns ending in the bucket whose agent's labels hold `key`
+# with the string `value` (what `label.KEY=VALUE` selects), a row per pair with turns. Keyed for
+# the read (one pair's buckets in a range); the fold replaces a bucket's rows by (app, width, at).
+latency_label_bucket: Final = Table(
+    "latency_label_bucket",
+    metadata,
+    Column("app_id", Text, nullable=False),
+    Column("width", Integer, nullable=False),
+    Column("key", Text, nullable=False),
+    Column("value", Text, nullable=False),
+    _timestamp("at", nullable=False),
+    Column("turns", Integer, nullable=False),
+    Column("e2e", ARRAY(Integer), nullable=False),
+    Column("asr_ttlw", ARRAY(Integer), nullable=False),
+    Column("llm_ttft", ARRAY(Integer), nullable=False),
+    Column("tts_ttfb", ARRAY(Integer), nullable=False),
+    PrimaryKeyConstraint("app_id", "width", "key", "value", "at"),
+    CheckConstraint("width IN (3600, 86400)", name="width"),
+    Index(None, "app_id", "width", "at"),
 )
 
 

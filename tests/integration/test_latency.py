@@ -112,14 +112,22 @@ def random_turns(rng: random.Random, agent_id: str, count: int, *, span: timedel
     return out
 
 
-async def send_112(engine: AsyncEngine, agent_turns: Mapping[str, Sequence[Turn]]) -> None:
-    """Each agent's turns as one 112, through the webhook write path (group commit)."""
+async def send_112(
+    engine: AsyncEngine,
+    agent_turns: Mapping[str, Sequence[Turn]],
+    *,
+    labels: Mapping[str, Mapping[str, Any]] | None = None,
+    notify_ms: int | None = None,
+) -> None:
+    """Each agent's turns as one 112, through the webhook write path (group commit), with its
+    `labels` (default `tier` = its id) at `notify_ms` (default now)."""
     group = batcher.Batcher(engine.url.render_as_string(hide_password=False), writers=1)
     await group.start()
     try:
         for agent_id, turns in agent_turns.items():
-            body = payload(agent_id, turns=[t.as_112() for t in turns], labels={"tier": agent_id})
-            note = events.parse(deliver(112, body).body)
+            tags = {"tier": agent_id} if labels is None else labels[agent_id]
+            body = payload(agent_id, turns=[t.as_112() for t in turns], labels=tags)
+            note = events.parse(deliver(112, body, notify_ms=notify_ms).body)
             delivery = ingest.Delivery(app_id=APP_ID, note=note, received_at=datetime.now(UTC))
             await group.submit(delivery)
     finally:
@@ -216,6 +224,231 @@ def test_a_label_filter_takes_the_turns_of_the_agents_holding_it(
         nobody = await read(engine, BASE, end, 3600, {"tier": "none"})
         assert nobody == expected([], BASE, end, 3600)
         assert all(p["turns"] == 0 and p["e2e_ms"]["p50"] is None for p in nobody)
+
+    run(sql.url, work)
+
+
+# Agents and their labels for the per-label tests: pairs shared, a pair alone, none at all, and
+# values no `label.KEY=VALUE` can select (a number, a list, an object).
+LABELLED: dict[str, dict[str, Any]] = {
+    "gold-eu": {"tier": "gold", "region": "eu"},
+    "gold-us": {"tier": "gold", "region": "us"},
+    "free-eu": {"tier": "free", "region": "eu"},
+    "eu-only": {"region": "eu"},
+    "bare": {},
+    "number": {"tier": 5, "region": "eu"},
+    "listed": {"tier": ["gold"]},
+    "nested": {"tier": {"gold": "gold"}},
+}
+# Filters asked: one pair (the per-label rollup), several pairs (from the turns), and pairs only
+# a value of another type would seem to hold.
+FILTERS: list[dict[str, str]] = [
+    {"tier": "gold"},
+    {"tier": "free"},
+    {"region": "eu"},
+    {"region": "us"},
+    {"tier": "5"},
+    {"tier": "silver"},
+    {"tier": "gold", "region": "eu"},
+    {"tier": "gold", "region": "nowhere"},
+]
+LABEL_WINDOWS = [
+    (BASE, BASE + timedelta(days=2), 3600),
+    (BASE, BASE + timedelta(days=2), 86_400),
+    (BASE - timedelta(days=1), BASE + timedelta(days=3, hours=5), 86_400),  # a cut last day
+    (BASE + timedelta(hours=7), BASE + timedelta(hours=31, minutes=20), 3600),
+    (BASE + timedelta(minutes=5), BASE + timedelta(days=1), 3600),  # an odd start
+]
+
+
+def holding(
+    turns: Mapping[str, Sequence[Turn]], labels: Mapping[str, Mapping[str, Any]], wanted: Any
+) -> list[Turn]:
+    """The turns of the agents whose labels hold every pair of `wanted` (values compared as
+    they are: the number 5 is not the string "5")."""
+    return [
+        t
+        for agent_id, agent_turns in turns.items()
+        if all(labels[agent_id].get(k) == v for k, v in wanted.items())
+        for t in agent_turns
+    ]
+
+
+def check_labels(
+    engine: AsyncEngine,
+    turns: Mapping[str, Sequence[Turn]],
+    labels: Mapping[str, Mapping[str, Any]],
+) -> Callable[[], Awaitable[None]]:
+    async def check() -> None:
+        for wanted in FILTERS:
+            chosen = holding(turns, labels, wanted)
+            for start, end, step_s in LABEL_WINDOWS:
+                got = await read(engine, start, end, step_s, wanted)
+                assert got == expected(chosen, start, end, step_s), (wanted, start, step_s)
+
+    return check
+
+
+def test_one_label_pair_is_read_from_its_own_rollup_and_equals_the_turns(
+    database_url: str, sql: Sql
+) -> None:
+    rng = random.Random(17)
+    turns = {a: random_turns(rng, a, 40, span=timedelta(days=2)) for a in LABELLED}
+
+    async def work(engine: AsyncEngine) -> None:
+        await send_112(engine, turns, labels=LABELLED)
+        check = check_labels(engine, turns, LABELLED)
+        await check()  # nothing folded yet
+        await fold_all(engine)
+        assert sql.value("SELECT count(*) FROM insight_change") == 0
+        # One row per bucket and string pair with turns; no row for other types of value.
+        pairs = sql.rows("SELECT DISTINCT key, value FROM latency_label_bucket ORDER BY key, value")
+        assert [(p["key"], p["value"]) for p in pairs] == [
+            ("region", "eu"),
+            ("region", "us"),
+            ("tier", "free"),
+            ("tier", "gold"),
+        ]
+        assert sql.value(
+            "SELECT turns FROM latency_label_bucket"
+            " WHERE width = 86400 AND key = 'region' AND value = 'eu' AND at = %(at)s",
+            at=BASE,
+        ) == len(
+            [
+                t
+                for t in holding(turns, LABELLED, {"region": "eu"})
+                if t.end_at is not None and BASE <= t.end_at < BASE + timedelta(days=1)
+            ]
+        )
+        await check()  # folded
+        # Late turns in one hour: that hour is marked (a day at most: its agents looked up).
+        late = [
+            Turn("gold-eu", 900 + i, BASE + 3 * HOUR + i * timedelta(minutes=3), 4000 + i)
+            for i in range(9)
+        ]
+        await send_112(engine, {"gold-eu": late}, labels=LABELLED)
+        more = {**turns, "gold-eu": [*turns["gold-eu"], *late]}
+        check = check_labels(engine, more, LABELLED)
+        await check()
+        await fold_all(engine)
+        await check()
+        # ... and an aligned series with one pair answers the rollup's row.
+        sql.execute(
+            "UPDATE latency_label_bucket SET turns = 4242"
+            " WHERE width = 3600 AND key = 'tier' AND value = 'gold' AND at = %(at)s",
+            at=BASE + 5 * HOUR,
+        )
+        gold = await read(engine, BASE, BASE + timedelta(days=1), 3600, {"tier": "gold"})
+        assert gold[5]["turns"] == 4242
+
+    run(sql.url, work)
+
+
+def test_a_label_change_moves_folded_turns_to_the_new_value(database_url: str, sql: Sql) -> None:
+    rng = random.Random(23)
+    turns = {a: random_turns(rng, a, 50, span=timedelta(days=2)) for a in ("mover", "stayer")}
+    before = {"mover": {"tier": "gold"}, "stayer": {"tier": "gold"}}
+    earlier_ms = int((datetime.now(UTC) - timedelta(minutes=5)).timestamp() * 1000)
+
+    async def work(engine: AsyncEngine) -> None:
+        await send_112(engine, turns, labels=before, notify_ms=earlier_ms)
+        await fold_all(engine)
+        buckets = sql.value("SELECT count(*) FROM latency_bucket")
+        check = check_labels(engine, turns, before)
+        await check()
+        # The mover is relabelled (a later event, no turns): every hour holding its turns is
+        # marked for the per-label rollup only, in the same transaction.
+        after = {"mover": {"tier": "silver"}, "stayer": before["stayer"]}
+        await send_112(engine, {"mover": []}, labels=after)
+        hours = {
+            t.end_at.replace(minute=0, second=0, microsecond=0)
+            for t in turns["mover"]
+            if t.end_at is not None
+        }
+        marks = sql.rows("SELECT kind, hour FROM insight_change")
+        assert {m["kind"] for m in marks} == {"latency_label"}
+        assert {m["hour"] for m in marks} == hours
+        check = check_labels(engine, turns, after)
+        await check()  # marked: gold loses the mover's turns, silver gains them
+        silver = await read(engine, BASE, BASE + timedelta(days=2), 86_400, {"tier": "silver"})
+        assert sum(p["turns"] for p in silver) == len([t for t in turns["mover"] if t.end_at])
+        await fold_all(engine)
+        assert sql.value("SELECT count(*) FROM insight_change") == 0
+        await check()  # folded
+        assert sql.value("SELECT count(*) FROM latency_bucket") == buckets
+        # A value no filter selects takes the mover out of every pair's rows.
+        gone = {"mover": {"tier": 7}, "stayer": before["stayer"]}
+        await send_112(engine, {"mover": []}, labels=gone)
+        await fold_all(engine)
+        assert sql.value("SELECT count(*) FROM latency_label_bucket WHERE value = 'silver'") == 0
+        await check_labels(engine, turns, gone)()
+
+    run(sql.url, work)
+
+
+def test_labels_that_change_no_pair_mark_nothing(database_url: str, sql: Sql) -> None:
+    turns = {"a": [Turn("a", 1, BASE + timedelta(minutes=5), 1000)]}
+    earlier_ms = int((datetime.now(UTC) - timedelta(minutes=5)).timestamp() * 1000)
+
+    async def work(engine: AsyncEngine) -> None:
+        await send_112(engine, turns, labels={"a": {"tier": "gold"}}, notify_ms=earlier_ms)
+        await fold_all(engine)
+        # The same value again, later (a new version of the label), and a new key whose value
+        # no filter selects: no pair changes.
+        await send_112(engine, {"a": []}, labels={"a": {"tier": "gold", "seats": 3}})
+        assert sql.value("SELECT count(*) FROM insight_change") == 0
+        # A label change of an agent without turns marks no hour either.
+        await send_112(engine, {"b": []}, labels={"b": {"tier": "gold"}}, notify_ms=earlier_ms)
+        await send_112(engine, {"b": []}, labels={"b": {"tier": "free"}})
+        assert sql.value("SELECT count(*) FROM insight_change") == 0
+
+    run(sql.url, work)
+
+
+def test_erasure_takes_an_agents_turns_out_of_its_pairs(database_url: str, sql: Sql) -> None:
+    rng = random.Random(29)
+    turns = {a: random_turns(rng, a, 40, span=timedelta(days=2)) for a in LABELLED}
+
+    async def work(engine: AsyncEngine) -> None:
+        await send_112(engine, turns, labels=LABELLED)
+        await fold_all(engine)
+        await erasure.erase_agent(engine, app_id=APP_ID, agent_id="gold-eu", who="test")
+        left = {**turns, "gold-eu": []}
+        await check_labels(engine, left, LABELLED)()  # marked
+        await fold_all(engine)
+        await check_labels(engine, left, LABELLED)()  # folded
+        await erasure.erase_by_label(engine, app_id=APP_ID, key="region", value="eu", who="test")
+        left = {a: [] if LABELLED[a].get("region") == "eu" else t for a, t in turns.items()}
+        await fold_all(engine)
+        await check_labels(engine, left, LABELLED)()
+        assert sql.value("SELECT count(*) FROM latency_label_bucket WHERE value = 'eu'") == 0
+
+    run(sql.url, work)
+
+
+def test_a_label_change_committed_during_a_fold_survives_it(database_url: str, sql: Sql) -> None:
+    """The fold's snapshot does not see a label change committed while it runs, nor its marks:
+    they stay, and the hour is folded again with the new labels."""
+    turns = {"a": [Turn("a", 1, BASE + timedelta(minutes=5), 1000)]}
+    earlier_ms = int((datetime.now(UTC) - timedelta(minutes=5)).timestamp() * 1000)
+
+    async def work(engine: AsyncEngine) -> None:
+        await send_112(engine, turns, labels={"a": {"tier": "gold"}}, notify_ms=earlier_ms)
+        url = engine.url.render_as_string(hide_password=False)
+        async with await db.connect(url, name="test-folder") as conn:
+            await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+            await conn.execute("SELECT count(*) FROM agent")  # the snapshot is taken now
+            await send_112(engine, {"a": []}, labels={"a": {"tier": "free"}})
+            await conn.execute(latency.FOLD_SQL, {"app": APP_ID})
+            await conn.execute("COMMIT")
+        assert sql.rows("SELECT kind FROM insight_change") == [{"kind": "latency_label"}]
+        assert sql.value("SELECT value FROM latency_label_bucket WHERE width = 3600") == "gold"
+        end = BASE + HOUR
+        for tier, want in (("gold", []), ("free", turns["a"])):
+            got = await read(engine, BASE, end, 3600, {"tier": tier})
+            assert got == expected(want, BASE, end, 3600)
+        await fold_all(engine)
+        assert sql.value("SELECT value FROM latency_label_bucket WHERE width = 3600") == "free"
 
     run(sql.url, work)
 

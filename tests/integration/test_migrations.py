@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import psycopg
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine
 
-from service import schema, tables
+from service import latency, schema, tables
 from tests.factories import Sql
 
 
@@ -125,3 +127,47 @@ def test_agents_of_the_previous_revision_survive_the_upgrade_keyed_by_their_app(
     sql.execute("INSERT INTO agent (app_id, agent_id) VALUES ('app-two', 'a1')")
     sql.execute("INSERT INTO history (app_id, agent_id) VALUES ('app-two', 'a1')")
     assert sql.value("SELECT count(*) FROM agent WHERE agent_id = 'a1'") == 2
+
+
+def test_turns_stored_before_the_per_label_rollup_are_marked_for_it(
+    empty_database_url: str,
+) -> None:
+    """The revision that adds `latency_label_bucket` marks every hour holding turns (for the
+    per-label rollup only, so the previous release's folder leaves them), and the folder then
+    builds the rows of each label pair from them."""
+    schema.upgrade(empty_database_url, "dbcc06e59ee8")
+    sql = Sql(empty_database_url)
+    sql.execute(
+        "INSERT INTO agent (app_id, agent_id, labels) VALUES"
+        """ ('app', 'a', '{"tier": "gold"}'), ('app', 'b', '{"tier": "free", "n": 1}')"""
+    )
+    sql.execute(
+        "INSERT INTO agent_turn (app_id, agent_id, turn_id, end_at, e2e_latency_ms, data, source)"
+        " VALUES ('app', 'a', 1, '2026-01-01T10:05:00Z', 900, '{}', 'api'),"
+        " ('app', 'a', 2, '2026-01-01T10:50:00Z', 700, '{}', 'api'),"
+        " ('app', 'b', 1, '2026-01-01T12:00:00Z', 500, '{}', 'api'),"
+        " ('app', 'b', 2, NULL, 500, '{}', 'api')"
+    )
+
+    schema.upgrade(empty_database_url)
+
+    day = datetime(2026, 1, 1, tzinfo=UTC)
+    ten, noon = day + timedelta(hours=10), day + timedelta(hours=12)
+    assert sql.rows("SELECT kind, hour FROM insight_change ORDER BY hour") == [
+        {"kind": "latency_label", "hour": ten},
+        {"kind": "latency_label", "hour": noon},
+    ]
+    with psycopg.connect(sql.url, autocommit=True) as conn:
+        conn.execute(latency.FOLD_SQL, {"app": "app"})
+    rows = sql.rows(
+        "SELECT width, key, value, at, turns, e2e FROM latency_label_bucket"
+        " ORDER BY width, key, value, at"
+    )
+    free, gold = [500] * 4, [700, 900, 900, 900]
+    assert [tuple(row.values()) for row in rows] == [
+        (3600, "tier", "free", noon, 1, free),
+        (3600, "tier", "gold", ten, 2, gold),
+        (86400, "tier", "free", day, 1, free),
+        (86400, "tier", "gold", day, 2, gold),
+    ]
+    assert sql.value("SELECT count(*) FROM latency_bucket") == 0  # its marks were not taken

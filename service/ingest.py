@@ -118,12 +118,17 @@ class Plan:
     def label_marks(self) -> list[Key]:
         """The agents whose label pairs the plan changes: their turns' hours are marked for the
         per-label latency rollup (`latency.pairs`; a change of labels only, or of a label's
-        version, changes no figure)."""
-        return sorted(
-            row.key
-            for row in self.changed()
-            if latency.pairs(row.labels) != latency.pairs(self.before[row.key].labels)
-        )
+        version, changes no figure). An agent that nothing had been recorded for (as created, all
+        defaults: the first notification of nearly every agent) has no turns to mark: every path
+        that stores turns records something for their agent first."""
+        out = []
+        for row in self.changed():
+            before = self.before[row.key]
+            if before == AgentRow(app_id=row.app_id, agent_id=row.agent_id):
+                continue
+            if latency.pairs(row.labels) != latency.pairs(before.labels):
+                out.append(row.key)
+        return sorted(out)
 
 
 async def apply_deliveries(

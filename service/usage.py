@@ -82,34 +82,35 @@ def _us(expr: str) -> str:
 
 # The agents' figures over pieces [s, e) (`piece`: s, e as timestamptz, pos), grouped by
 # piece and `{group}`: closed intervals' overlap (GiST on the range), starts, FAILED stops. Each
-# is a LATERAL index probe per piece (`OFFSET 0` keeps it one): joined plainly, the planner's
-# guess for a range given as a parameter made it compare every FAILED agent with every piece.
+# is a LATERAL index probe per piece, aggregated there (which also keeps it one: joined plainly,
+# the planner's guess for a range given as a parameter made it compare every FAILED agent with
+# every piece); overlaps are summed as intervals, exact in µs, and turned into a number once.
 _FROM_AGENTS: Final = f"""
     SELECT p.pos, a.grp, a.agent_us, 0 AS sessions, 0 AS failed
     FROM piece AS p CROSS JOIN LATERAL (
         SELECT {{group}} AS grp,
-               {_us("least(a.active_until, p.e)")} - {_us("greatest(a.active_from, p.s)")}
+               {_us("sum(least(a.active_until, p.e) - greatest(a.active_from, p.s))")}
                    AS agent_us
         FROM agent AS a
         WHERE a.app_id = %(app)s AND a.active_from IS NOT NULL AND a.active_until IS NOT NULL
           AND tstzrange(a.active_from, a.active_until) && tstzrange(p.s, p.e)
           AND a.active_until - a.active_from <= {LONG}
-        OFFSET 0
+        GROUP BY 1
     ) AS a
     UNION ALL
-    SELECT p.pos, a.grp, 0, 1, 0
+    SELECT p.pos, a.grp, 0, a.n, 0
     FROM piece AS p CROSS JOIN LATERAL (
-        SELECT {{group}} AS grp FROM agent AS a
+        SELECT {{group}} AS grp, count(*) AS n FROM agent AS a
         WHERE a.app_id = %(app)s AND a.active_from >= p.s AND a.active_from < p.e
-        OFFSET 0
+        GROUP BY 1
     ) AS a
     UNION ALL
-    SELECT p.pos, a.grp, 0, 0, 1
+    SELECT p.pos, a.grp, 0, 0, a.n
     FROM piece AS p CROSS JOIN LATERAL (
-        SELECT {{group}} AS grp FROM agent AS a
+        SELECT {{group}} AS grp, count(*) AS n FROM agent AS a
         WHERE a.app_id = %(app)s AND a.stopped_at >= p.s AND a.stopped_at < p.e
           AND a.state = '{_FAILED}'
-        OFFSET 0
+        GROUP BY 1
     ) AS a"""
 
 # One app's marked hours recomputed in ONE statement (one snapshot): the marks it can see of

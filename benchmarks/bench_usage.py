@@ -233,8 +233,8 @@ def _brute(
 def measure(base: str, *, now: datetime, requests: int) -> list[str]:
     hour = now.replace(minute=0, second=0)
     odd = now - timedelta(seconds=17)
-    aligned = f"from={bench_pcu.rfc(hour - timedelta(days=DAYS))}&to={bench_pcu.rfc(hour)}"
-    unaligned = f"from={bench_pcu.rfc(odd - timedelta(days=DAYS))}&to={bench_pcu.rfc(odd)}"
+    aligned = f"from={common.rfc(hour - timedelta(days=DAYS))}&to={common.rfc(hour)}"
+    unaligned = f"from={common.rfc(odd - timedelta(days=DAYS))}&to={common.rfc(odd)}"
     cases = [
         ("30 d x 1 h, hour-aligned", f"{aligned}&step=3600", requests),
         ("30 d x 1 h, hour-aligned, by tier", f"{aligned}&step=3600&group_by=label.tier", requests),

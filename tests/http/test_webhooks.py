@@ -244,6 +244,12 @@ def test_one_log_line_per_webhook_with_ids_and_no_secret(client: TestClient) -> 
     assert [(e["outcome"], e["status"]) for e in lines] == [("accepted", 200), ("rejected", 401)]
     assert lines[0]["reason"] is None and lines[1]["reason"] == "invalid_signature"
     assert isinstance(lines[0]["duration_ms"], float)
+    ids = ("app_id", "agent_id", "notice_id")
+    assert [lines[0].get(k) for k in ids] == [APP_ID, "a-log", "n-log"]
+    assert lines[1].get("app_id") == APP_ID and "notice_id" not in lines[1]  # never verified
+    # The transition is logged by the group-commit writer, outside the request: ids passed too.
+    [applied] = [entry for entry in logs if entry["event"] == "transition_applied"]
+    assert [applied.get(k) for k in ids] == [APP_ID, "a-log", "n-log"]
     assert SECRET not in repr(logs)
     assert delivery.body.decode() not in repr(logs)
 

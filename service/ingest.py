@@ -93,11 +93,13 @@ class Plan:
         self.before = dict(self.rows)
 
     def changed(self) -> list[AgentRow]:
+        """The rows the decisions changed; what the write derives from them (`pcu_changes`,
+        `usage_marks`, `label_marks`) takes this list, computed once per group."""
         return [row for key, row in self.rows.items() if row != self.before[key]]
 
-    def pcu_changes(self) -> list[rollup.Change]:
+    def pcu_changes(self, changed: Sequence[AgentRow]) -> list[rollup.Change]:
         out: list[rollup.Change] = []
-        for row in self.changed():
+        for row in changed:
             old = self.before[row.key]
             out += rollup.changes(
                 row.app_id,
@@ -108,21 +110,21 @@ class Plan:
             )
         return out
 
-    def usage_marks(self) -> list[tuple[str, int]]:
+    def usage_marks(self, changed: Sequence[AgentRow]) -> list[tuple[str, int]]:
         """The (app_id, hour µs) whose usage rollup the plan changes (`usage.marks`), once each."""
         out: set[tuple[str, int]] = set()
-        for row in self.changed():
+        for row in changed:
             out.update((row.app_id, hour) for hour in usage.marks(self.before[row.key], row))
         return sorted(out)
 
-    def label_marks(self) -> list[Key]:
+    def label_marks(self, changed: Sequence[AgentRow]) -> list[Key]:
         """The agents whose label pairs the plan changes: their turns' hours are marked for the
         per-label latency rollup (`latency.pairs`; a change of labels only, or of a label's
         version, changes no figure). An agent that nothing had been recorded for (as created, all
         defaults: the first notification of nearly every agent) has no turns to mark: every path
         that stores turns records something for their agent first."""
         out = []
-        for row in self.changed():
+        for row in changed:
             before = self.before[row.key]
             if before == AgentRow(app_id=row.app_id, agent_id=row.agent_id):
                 continue

@@ -422,8 +422,9 @@ def _stored_turns(rows: Sequence[Sequence[Any]] | None) -> list[StoredTurn]:
 
 def _write_params(plan: Plan) -> dict[str, str]:
     """The JSON array of each table `plan` writes to (see `_PARTS`)."""
+    changed = plan.changed()
     rows: dict[str, Sequence[Any]] = {
-        "agents": [_agent(row) for row in plan.changed()],
+        "agents": [_agent(row) for row in changed],
         "transitions": plan.transitions,
         "errors": plan.errors,
         "metrics": plan.metrics,
@@ -431,9 +432,9 @@ def _write_params(plan: Plan) -> dict[str, str]:
         "call_states": plan.call_states,
         "transcripts": [(*key, t) for key, t in plan.transcripts.items()],
         "jobs": sorted(plan.jobs),
-        "pcu": [(app, _iso(at), d, live) for app, at, d, live in plan.pcu_changes()],
-        "usage": plan.usage_marks(),
-        "label_marks": plan.label_marks(),
+        "pcu": [(app, _iso(at), d, live) for app, at, d, live in plan.pcu_changes(changed)],
+        "usage": plan.usage_marks(changed),
+        "label_marks": plan.label_marks(changed),
         "unapplied": plan.unapplied,
         "stripped": plan.transcript_notices,
     }

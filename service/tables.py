@@ -442,6 +442,19 @@ usage_hour: Final = Table(
     PrimaryKeyConstraint("app_id", "hour", "labels"),
 )
 
+
+def _latency_figures() -> tuple[Column[object], ...]:
+    """A latency bucket's figures (`service.latency`): its turns, nearest-rank percentiles of
+    `e2e` [p50, p90, p99, max] and of each stage [p50, p90], NULL where no turn reported it."""
+    return (
+        Column("turns", Integer, nullable=False),
+        Column("e2e", ARRAY(Integer), nullable=False),
+        Column("asr_ttlw", ARRAY(Integer), nullable=False),
+        Column("llm_ttft", ARRAY(Integer), nullable=False),
+        Column("tts_ttfb", ARRAY(Integer), nullable=False),
+    )
+
+
 # Turn latency per app and UTC-aligned bucket (`width` 3600 or 86400 s, `at` its start): the
 # turns ending in it and nearest-rank percentiles: `e2e` [p50, p90, p99, max], each stage
 # [p50, p90] (NULL where no turn reported it).
@@ -451,11 +464,7 @@ latency_bucket: Final = Table(
     Column("app_id", Text, nullable=False),
     Column("width", Integer, nullable=False),
     _timestamp("at", nullable=False),
-    Column("turns", Integer, nullable=False),
-    Column("e2e", ARRAY(Integer), nullable=False),
-    Column("asr_ttlw", ARRAY(Integer), nullable=False),
-    Column("llm_ttft", ARRAY(Integer), nullable=False),
-    Column("tts_ttfb", ARRAY(Integer), nullable=False),
+    *_latency_figures(),
     PrimaryKeyConstraint("app_id", "width", "at"),
     CheckConstraint("width IN (3600, 86400)", name="width"),
 )
@@ -471,11 +480,7 @@ latency_label_bucket: Final = Table(
     Column("key", Text, nullable=False),
     Column("value", Text, nullable=False),
     _timestamp("at", nullable=False),
-    Column("turns", Integer, nullable=False),
-    Column("e2e", ARRAY(Integer), nullable=False),
-    Column("asr_ttlw", ARRAY(Integer), nullable=False),
-    Column("llm_ttft", ARRAY(Integer), nullable=False),
-    Column("tts_ttfb", ARRAY(Integer), nullable=False),
+    *_latency_figures(),
     PrimaryKeyConstraint("app_id", "width", "key", "value", "at"),
     CheckConstraint("width IN (3600, 86400)", name="width"),
     Index(None, "app_id", "width", "at"),

@@ -19,7 +19,7 @@ such writes, mark the hours again once it is done (the INSERT below, run by hand
 
 Revision ID: d5e973cd9b1f
 Revises: dbcc06e59ee8
-Create Date: 2026-11-29 09:00:00
+Create Date: 2026-11-28 13:00:00
 """
 
 from __future__ import annotations

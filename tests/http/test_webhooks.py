@@ -257,3 +257,10 @@ def test_one_log_line_per_webhook_with_ids_and_no_secret(client: TestClient) -> 
 def test_wrong_methods_and_paths_answer_json(client: TestClient) -> None:
     assert client.get(f"/v1/webhooks/agora/{APP_ID}").json() == {"error": "method_not_allowed"}
     assert client.get("/nowhere").json() == {"error": "not_found"}
+    # A POST goes straight to the webhook handler only on the webhook paths themselves.
+    body = deliver(101, payload("a-path")).body
+    for path in (f"/v1/webhooks/agora/{APP_ID}/", f"/v1/webhooks/agora/{APP_ID}/x", "/v1/webhooks"):
+        response = client.post(path, content=body)
+        assert (response.status_code, response.json()) == (404, {"error": "not_found"}), path
+    response = client.post("/v1/webhooks/agora/unknown%2Fapp", content=body)
+    assert (response.status_code, response.json()) == (404, {"error": "not_found"})

@@ -4,10 +4,11 @@ Starts a throw-away embedded PostgreSQL (or uses BENCH_DATABASE_URL's server), m
 database and loads one app's month with COPY (`insight_data`: agents, transitions, ~5 turns a
 session, errors on ~10 %). Then it writes the rollup marks the write path would have left, and
 folds them as the service does (the PCU rollup, the service's folder, `service.usage.fold` and
-`service.latency.fold`), timing each. It starts `convoai-ledger serve`, checks a few answers
-against figures computed here from the rows (`insight_checks`; a wrong figure ends the run with
-an error) and measures every endpoint of CONTRACT §6.1 over real HTTP, for a 30-day range at
-hourly and daily steps, from a step boundary and from an odd second: target p95 < 150 ms.
+`service.latency.fold`; the folder folds the error summary's hours too), timing each. It starts
+`convoai-ledger serve`, checks a few answers against figures computed here from the rows
+(`insight_checks`; a wrong figure ends the run with an error) and measures every endpoint of
+CONTRACT §6.1 over real HTTP, for a 30-day range at hourly and daily steps, from a step boundary
+and from an odd second: target p95 < 150 ms.
 
 An endpoint whose route answers 404 (not built yet) is reported as not available, as is a
 `/v1/agents` filter answered 400 for its name; either fails the run when /openapi.json describes
@@ -89,12 +90,14 @@ def prepare(url: str, *, sessions: int, now: datetime) -> list[str]:
         )
         lines.append(
             f"vacuum, analyze, change marks ({marks.get('usage', 0):,} usage hours,"
-            f" {marks.get('latency', 0):,} latency hours): {time.perf_counter() - started:.1f} s"
+            f" {marks.get('latency', 0):,} latency hours, {marks.get('errors', 0):,} error hours):"
+            f" {time.perf_counter() - started:.1f} s"
         )
     lines += asyncio.run(fold(url))
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(
-            "ANALYZE pcu_minute, pcu_hour, usage_hour, latency_bucket, latency_label_bucket"
+            "ANALYZE pcu_minute, pcu_hour, usage_hour, latency_bucket, latency_label_bucket,"
+            " error_hour"
         )
     return lines
 

@@ -289,7 +289,8 @@ def _error_rows(
 
 # The marks the write path leaves for what it stores (as the insight migration marks the rows
 # already there): usage for every hour an agent's active interval touches (a running agent's
-# start hour) and a FAILED agent's stop hour, latency for every hour a turn ends in.
+# start hour) and a FAILED agent's stop hour, latency for every hour a turn ends in, errors for
+# every hour holding a timed error.
 MARKS_SQL: Final = """
     INSERT INTO insight_change (app_id, kind, hour)
     SELECT DISTINCT app_id, 'usage', h
@@ -304,4 +305,7 @@ MARKS_SQL: Final = """
     UNION
     SELECT DISTINCT app_id, 'latency', date_trunc('hour', end_at, 'UTC')
     FROM agent_turn WHERE end_at IS NOT NULL
+    UNION
+    SELECT DISTINCT app_id, 'errors', date_trunc('hour', event_at, 'UTC')
+    FROM agent_error WHERE event_at IS NOT NULL
 """

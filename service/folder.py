@@ -9,9 +9,9 @@ advisory lock: one folds, the others skip, so each threshold crossing is announc
 folder that folded it, within about `FOLD_INTERVAL_S` of the commit that made it. Reads never
 wait for a folder: they add what it has not folded yet (`concurrency`).
 
-The same round folds the insight marks the write path left: usage hours (`usage.fold`, every
-`USAGE_INTERVAL_S` at most) and turn latency hours (`latency.fold`, every
-`LATENCY_FOLD_INTERVAL_S` at most). Nothing is announced from them, and reads compute marked
+The same round folds the insight marks the write path left: usage and error-summary hours
+(`usage.fold`, `error_hours.fold`, every `USAGE_INTERVAL_S` at most) and turn latency hours
+(`latency.fold`, every `LATENCY_FOLD_INTERVAL_S` at most). Nothing is announced from them, and reads compute marked
 hours from the agents and turns meanwhile, so folding more often would only recompute the
 current hour again and again.
 """
@@ -27,7 +27,7 @@ from typing import Any, Final
 import psycopg
 import structlog
 
-from service import db, latency, metrics, rollup, usage
+from service import db, error_hours, latency, metrics, rollup, usage
 from service.config import Settings
 
 log = structlog.get_logger(__name__)
@@ -95,6 +95,7 @@ class Folder:
             if insight_now or time.monotonic() >= self._usage_due:
                 self._usage_due = time.monotonic() + USAGE_INTERVAL_S
                 await self._fold_usage(conn)
+                await self._fold_errors(conn)
         except db.RAW_ERRORS as error:
             log.warning("pcu_fold_failed", error=type(error).__name__)
             await self._close()
@@ -106,6 +107,13 @@ class Folder:
         await conn.commit()
         for app_id in marked:
             await usage.fold(conn, app_id)
+
+    async def _fold_errors(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Fold the error-summary marks of every app that has some (`error_hours.fold`)."""
+        marked = [row[0] for row in await (await conn.execute(error_hours.PENDING_SQL)).fetchall()]
+        await conn.commit()
+        for app_id in marked:
+            await error_hours.fold(conn, app_id)
 
     async def _fold(self, conn: psycopg.AsyncConnection[Any], app_id: str) -> rollup.Folded | None:
         folded = await rollup.fold(conn, app_id=app_id, limits=self._settings.pcu_limits(app_id))

@@ -20,9 +20,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service import pcu, queries
 
-# A summary answers at most this many (module, code) groups, the most frequent.
-MAX_GROUPS: Final = 500
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ErrorFilter:
@@ -153,57 +150,4 @@ def _error(row: Any) -> dict[str, Any]:
         "code": row["code"],
         "message": row["message"],
         "turn_id": row["turn_id"],
-    }
-
-
-# Ties in frequency: module, then code, in ascending order, absent ones last. Distinct agents
-# come from a first grouping by (module, code, agent) and a count of its rows: two hash
-# aggregates instead of `count(DISTINCT agent_id)`'s sort of every error (155,000 errors in 30
-# days: 183-217 → 86-98 ms on PostgreSQL 18, about even on 15).
-_SUMMARY: Final = text(
-    """
-    SELECT module, code, sum(errors)::bigint AS count, count(*) AS agents,
-           max(last_at) AS last_at
-    FROM (
-        SELECT module, code, agent_id, count(*) AS errors, max(event_at) AS last_at
-        FROM agent_error
-        WHERE app_id = :app_id AND event_at >= :start AND event_at < :end
-        GROUP BY module, code, agent_id
-    ) AS per_agent
-    GROUP BY module, code
-    ORDER BY count DESC, module ASC NULLS LAST, code ASC NULLS LAST
-    LIMIT :n
-    """
-)
-
-
-async def error_summary(
-    conn: AsyncConnection, *, app_id: str, start: datetime, end: datetime
-) -> dict[str, Any]:
-    """The app's errors with event time in `[start, end)` by module and code, most frequent
-    first; `truncated` when there were more than `MAX_GROUPS` groups."""
-    rows = (
-        (
-            await conn.execute(
-                _SUMMARY, {"app_id": app_id, "start": start, "end": end, "n": MAX_GROUPS + 1}
-            )
-        )
-        .mappings()
-        .all()
-    )
-    return {
-        "app_id": app_id,
-        "from": queries.rfc3339(start),
-        "to": queries.rfc3339(end),
-        "items": [
-            {
-                "module": row["module"],
-                "code": row["code"],
-                "count": row["count"],
-                "agents": row["agents"],
-                "last_at": queries.rfc3339(row["last_at"]),
-            }
-            for row in rows[:MAX_GROUPS]
-        ],
-        "truncated": len(rows) > MAX_GROUPS,
     }

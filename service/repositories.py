@@ -32,7 +32,7 @@ from sqlalchemy import RowMapping, and_, cast, func, literal, or_, select, tuple
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service import db, events, jobs, lifecycle, record
+from service import db, error_hours, events, jobs, lifecycle, record
 from service.record import AgentRow
 from service.tables import agent, history
 
@@ -278,7 +278,8 @@ _PARTS: Final = {
         SELECT e->>0, e->>1, e->>2, (e->>3)::int, e->>4, (e->>5)::bigint, e->>6, e->>7,
                (e->>8)::timestamptz, (e->>9)::timestamptz
         FROM jsonb_array_elements(%(errors)s::jsonb) AS e
-        ON CONFLICT DO NOTHING""",
+        ON CONFLICT DO NOTHING
+        RETURNING app_id, agent_id, module, code, event_at""",
     "metrics": """
         INSERT INTO agent_metric (app_id, agent_id, notice_id, position, turn_id, asr_ttlw,
                                   llm_ttfb, llm_ttfs, tts_ttfb, figures, event_at)
@@ -359,6 +360,7 @@ _TURN_FIGURES: Final = """
                          AND h.status IN ('erased', 'expired')))"""
 _PARTS["turns"] = TURNS
 _PARTS["turn_marks"] = _TURN_MARKS
+_PARTS["error_marks"] = error_hours.MARKS
 # A 103's transcript or a 112's turns stored in this group for an agent whose history was erased
 # (or expired) go again: the agent's row is ours now, so no erasure is under way.
 _PARTS["stripped"] = """
@@ -370,7 +372,7 @@ _PARTS["stripped"] = """
         JOIN history AS h ON h.app_id = s->>0 AND h.agent_id = s->>2
         WHERE n.app_id = s->>0 AND n.notice_id = s->>1 AND h.status IN ('erased', 'expired')"""
 # What each part needs in the statement besides itself.
-_NEEDS: Final = {"due": "transcripts", "turn_marks": "turns"}
+_NEEDS: Final = {"due": "transcripts", "turn_marks": "turns", "error_marks": "errors"}
 
 
 @functools.cache

@@ -409,11 +409,13 @@ pcu_alarm: Final = Table(
 )
 
 
-# Insight rollups (`service.usage`, `service.latency`), folded off the request path like PCU's:
-# the write path records which (app, hour) a transaction changed for usage (an agent's active
-# interval, its labels or its FAILED stop) or for latency (`latency`: a turn stored or deleted;
-# `latency_label`: the labels of an agent with turns changed, so only the per-label figures), the
-# folders recompute those hours from the agents and turns and delete the marks they saw. Reads
+# Insight rollups (`service.usage`, `service.latency`, `service.error_hours`), folded off the
+# request path like PCU's: the write path records which (app, hour) a transaction changed for
+# usage (an agent's active interval, its labels or its FAILED stop), for latency (`latency`: a
+# turn stored or deleted; `latency_label`: the labels of an agent with turns changed, so only the
+# per-label figures) or for errors (`errors`: an error stored, and the agent's next hour with the
+# same error), the folders recompute those hours from the agents, turns and errors and delete the
+# marks they saw. Reads
 # take the rollup for hours without marks and compute the others from the agents and turns
 # themselves, so an answer is always what the rows say.
 insight_change: Final = Table(
@@ -423,8 +425,28 @@ insight_change: Final = Table(
     Column("app_id", Text, nullable=False),
     Column("kind", Text, nullable=False),
     _timestamp("hour", nullable=False),
-    CheckConstraint("kind IN ('usage', 'latency', 'latency_label')", name="kind"),
+    CheckConstraint("kind IN ('usage', 'latency', 'latency_label', 'errors')", name="kind"),
     Index(None, "app_id", "kind", "hour"),
+)
+
+# Agent errors per app, UTC hour (of `event_at`) and (module, code), for the error summary
+# (`service.error_hours`): the errors, the distinct agents with one, the latest time, and for
+# those agents that had the same error before this hour, how many hours back their previous one
+# was: `gap_agents[i]` agents `gap_hours[i]` hours back (ascending). Rows of an hour are replaced
+# together (no key: module and code may be NULL).
+error_hour: Final = Table(
+    "error_hour",
+    metadata,
+    Column("app_id", Text, nullable=False),
+    _timestamp("hour", nullable=False),
+    Column("module", Text),
+    Column("code", BigInteger),
+    Column("errors", BigInteger, nullable=False),
+    Column("agents", Integer, nullable=False),
+    _timestamp("last_at", nullable=False),
+    Column("gap_hours", ARRAY(Integer), nullable=False),
+    Column("gap_agents", ARRAY(Integer), nullable=False),
+    Index(None, "app_id", "hour"),
 )
 
 # Usage per app, hour and label set: `agent_us` the overlap (µs) of the agents' CLOSED active

@@ -15,7 +15,17 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from service import events, insight, jobs, latency, lifecycle, queries, stream, webhook_counts
+from service import (
+    error_hours,
+    events,
+    insight,
+    jobs,
+    latency,
+    lifecycle,
+    queries,
+    stream,
+    webhook_counts,
+)
 from service import timeline as agent_timeline
 from service.config import Settings
 from service.console import auth, charts, filters, layout, timeline
@@ -121,7 +131,7 @@ async def _last_day(
 async def _insight(conn: AsyncConnection, *, app_id: str, now: datetime) -> dict[str, Any]:
     """Top errors and turn latency over the last day: the answers of
     `GET /v1/apps/{app_id}/errors/summary` and of `…/latency` with one point for the day."""
-    summary = await insight.error_summary(conn, app_id=app_id, start=now - DAY, end=now)
+    summary = await error_hours.summary(conn, app_id=app_id, start=now - DAY, end=now)
     (day,) = await latency.series(
         conn, app_id=app_id, start=now - DAY, end=now, step_s=DAY_S, labels={}
     )

@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from service import access, concurrency, insight, timeline
+from service import access, concurrency, error_hours, insight, timeline
 from service.errors import InvalidParameter, NotFound
 from service.routes import dashboard
 from service.routes.answers import Answer
@@ -70,7 +70,7 @@ async def error_summary(request: Request) -> Response:
     start, end = dashboard._range(params)
     dashboard._check_range(params, start, end)
     async with request.state.engine.connect() as conn:
-        found = await insight.error_summary(conn, app_id=app_id, start=start, end=end)
+        found = await error_hours.summary(conn, app_id=app_id, start=start, end=end)
     return Answer(found)
 
 

@@ -8,7 +8,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine
 
-from service import latency, schema, tables
+from service import error_hours, latency, schema, tables
 from tests.factories import Sql
 
 
@@ -171,3 +171,38 @@ def test_turns_stored_before_the_per_label_rollup_are_marked_for_it(
         (86400, "tier", "gold", day, 2, gold),
     ]
     assert sql.value("SELECT count(*) FROM latency_bucket") == 0  # its marks were not taken
+
+
+def test_errors_stored_before_the_error_rollup_are_marked_for_it(empty_database_url: str) -> None:
+    """The revision that adds `error_hour` marks every hour holding timed errors, and the folder
+    then builds its rows from them."""
+    schema.upgrade(empty_database_url, "d5e973cd9b1f")
+    sql = Sql(empty_database_url)
+    sql.execute("INSERT INTO agent (app_id, agent_id) VALUES ('app', 'a'), ('app', 'b')")
+    sql.execute(
+        "INSERT INTO agent_error (app_id, agent_id, notice_id, position, module, code, event_at)"
+        " VALUES ('app', 'a', 'n1', 0, 'llm', 500, '2026-01-01T10:05:00Z'),"
+        " ('app', 'a', 'n2', 0, 'llm', 500, '2026-01-01T12:50:00Z'),"
+        " ('app', 'b', 'n3', 0, 'llm', 500, '2026-01-01T12:00:00Z'),"
+        " ('app', 'b', 'n4', 0, NULL, NULL, NULL)"
+    )
+
+    schema.upgrade(empty_database_url)
+
+    day = datetime(2026, 1, 1, tzinfo=UTC)
+    ten, noon = day + timedelta(hours=10), day + timedelta(hours=12)
+    assert sql.rows("SELECT kind, hour FROM insight_change ORDER BY hour") == [
+        {"kind": "errors", "hour": ten},
+        {"kind": "errors", "hour": noon},
+    ]
+    with psycopg.connect(sql.url, autocommit=True) as conn:
+        conn.execute(error_hours.FOLD_SQL, {"app": "app"})
+    rows = sql.rows(
+        "SELECT hour, module, code, errors, agents, gap_hours, gap_agents FROM error_hour"
+        " ORDER BY hour"
+    )
+    assert [tuple(row.values()) for row in rows] == [
+        (ten, "llm", 500, 1, 1, [], []),
+        (noon, "llm", 500, 2, 2, [2], [1]),
+    ]
+    assert sql.value("SELECT count(*) FROM insight_change") == 0

@@ -349,28 +349,32 @@ _TURN_MARKS: Final = """
     INSERT INTO insight_change (app_id, kind, hour)
     SELECT DISTINCT app_id, 'latency', date_trunc('hour', end_at, 'UTC')
     FROM turns WHERE end_at IS NOT NULL"""
+# Whether the history of the agent `{key}` names is erased or expired, as a probe of its key: as a
+# join, the planner may read every history of those states instead (a scan of the whole table
+# while it is small, for every group).
+_GONE: Final = """
+    coalesce((SELECT h.status IN ('erased', 'expired') FROM history AS h
+              WHERE h.app_id = {key}), false)"""
 # The new turns' figures as one JSON array (NULL for none), but those of an agent whose history
 # is erased or expired: the statement trigger on `agent_turn` deletes those again.
-_TURN_FIGURES: Final = """
+_TURN_FIGURES: Final = f"""
     (SELECT json_agg(json_build_array(t.app_id, t.e2e_latency_ms, t.asr_ttlw, t.llm_ttft,
                                       t.tts_ttfb))
      FROM turns AS t
-     WHERE NOT EXISTS (SELECT FROM history AS h
-                       WHERE h.app_id = t.app_id AND h.agent_id = t.agent_id
-                         AND h.status IN ('erased', 'expired')))"""
+     WHERE NOT {_GONE.format(key="t.app_id AND h.agent_id = t.agent_id").strip()})"""
 _PARTS["turns"] = TURNS
 _PARTS["turn_marks"] = _TURN_MARKS
 _PARTS["error_marks"] = error_hours.MARKS
 # A 103's transcript or a 112's turns stored in this group for an agent whose history was erased
 # (or expired) go again: the agent's row is ours now, so no erasure is under way.
-_PARTS["stripped"] = """
+_PARTS["stripped"] = f"""
         UPDATE notification AS n
-        SET body = n.body #- CASE n.event_type WHEN 103 THEN '{payload,contents}'::text[]
-                                                ELSE '{payload,turns}'::text[] END,
+        SET body = n.body #- CASE n.event_type WHEN 103 THEN '{{payload,contents}}'::text[]
+                                                ELSE '{{payload,turns}}'::text[] END,
             raw = NULL
         FROM jsonb_array_elements(%(stripped)s::jsonb) AS s
-        JOIN history AS h ON h.app_id = s->>0 AND h.agent_id = s->>2
-        WHERE n.app_id = s->>0 AND n.notice_id = s->>1 AND h.status IN ('erased', 'expired')"""
+        WHERE n.app_id = s->>0 AND n.notice_id = s->>1
+          AND {_GONE.format(key="s->>0 AND h.agent_id = s->>2").strip()}"""
 # What each part needs in the statement besides itself.
 _NEEDS: Final = {"due": "transcripts", "turn_marks": "turns", "error_marks": "errors"}
 

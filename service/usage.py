@@ -285,8 +285,11 @@ async def _figures(
     totals: dict[tuple[int, str | None], Figures] = defaultdict(lambda: [0, 0, 0])
     rollup_columns = {"hour": (h for h, _ in hours_read), "pos": (p for _, p in hours_read)}
     rows = await _fetch(raw, _READ_ROLLUP, app_id=app_id, key=key, columns=rollup_columns)
-    for pos, group, *figures in rows:
-        _add(totals[(pos, group)], figures)
+    # Grouped by bucket and group in SQL: each row is the first figures of its pair.
+    totals.update(
+        ((pos, group), [agent_us, sessions, failed])
+        for pos, group, agent_us, sessions, failed in rows
+    )
     # A span may serve several buckets (a sliver taken from one hour's rollup row is added to
     # the next bucket): each distinct span is computed once.
     spans: dict[tuple[int, int], list[tuple[int, int]]] = defaultdict(list)
@@ -299,15 +302,13 @@ async def _figures(
         "pos": range(len(spans)),
     }
     rows = await _fetch(raw, _READ_AGENTS, app_id=app_id, key=key, columns=span_columns)
-    for index, group, *figures in rows:
+    for index, group, agent_us, sessions, failed in rows:
         for pos, sign in serves[index]:
-            _add(totals[(pos, group)], [sign * value for value in figures])
+            figures = totals[(pos, group)]
+            figures[0] += sign * agent_us
+            figures[1] += sign * sessions
+            figures[2] += sign * failed
     return totals
-
-
-def _add(figures: Figures, more: Sequence[int]) -> None:
-    for i, value in enumerate(more):
-        figures[i] += value
 
 
 async def _fetch(
@@ -343,10 +344,19 @@ def _add_intervals(
         begin = int(start)
         starts[group].append(begin)
         ends[group].append(max(begin, now) if end is None else int(end))
+    if not grid:
+        return
+    edges = [e for _, e in grid]
     for group, values in starts.items():
         before_s, before_e = _spent(values), _spent(ends[group])
-        previous = before_s(grid[0][0]) - before_e(grid[0][0]) if grid else 0
-        for pos, (_, e) in enumerate(grid):
+        # G is 0 up to the first start and constant from the last end (both lists sorted by
+        # `_spent`): only the buckets ending from the first start to the last end change.
+        first = bisect.bisect_right(edges, values[0])
+        last = bisect.bisect_left(edges, ends[group][-1])
+        t = grid[0][0] if first == 0 else edges[first - 1]
+        previous = before_s(t) - before_e(t)
+        for pos in range(first, min(last + 1, len(grid))):
+            e = edges[pos]
             spent = before_s(e) - before_e(e)
             if spent != previous:
                 totals[(pos, group)][0] += spent - previous
@@ -375,13 +385,19 @@ def _points(
 ) -> list[Point]:
     """One point per bucket: with a label key, its groups with anything to show, by key (null
     last); without, its one group (zeros included)."""
-    found: dict[int, list[Group]] = defaultdict(list)
+    # Each group's place in the order once, so that a bucket's groups sort as plain tuples.
+    order = sorted({group for _, group in totals}, key=lambda g: (g is None, g or ""))
+    rank = {group: n for n, group in enumerate(order)}
+    found: dict[int, list[tuple[int, str | None, int, int, int]]] = defaultdict(list)
     for (pos, group), (agent_us, sessions, failed) in totals.items():
         if agent_us or sessions or failed:
-            found[pos].append(Group(key=group, agent_us=agent_us, sessions=sessions, failed=failed))
+            found[pos].append((rank[group], group, agent_us, sessions, failed))
     points = []
     for pos, (start, _) in enumerate(grid):
-        groups = sorted(found[pos], key=lambda g: (g.key is None, g.key or ""))
+        groups = [
+            Group(key=group, agent_us=agent_us, sessions=sessions, failed=failed)
+            for _, group, agent_us, sessions, failed in sorted(found[pos])
+        ]
         if not grouped and not groups:
             groups = [Group(key=None, agent_us=0, sessions=0, failed=0)]
         points.append(Point(start=start, groups=tuple(groups)))

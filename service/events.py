@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
@@ -79,6 +79,11 @@ _MAYBE_INFINITE: Final = re.compile(rb"[eE][+]?0*[1-9][0-9]{2}|[0-9]{309}")
 # later write of its agent.
 MAX_LABELS: Final = 64
 MAX_LABEL_CHARS: Final = 1024
+# Free-form values (a turn as sent, a message's other fields, labels) are kept in their rows up to
+# this many levels of arrays and objects; what nests deeper is left out there (and noted), kept
+# in the raw notification. A body may nest about a thousand levels; a row's JSON stays within
+# what every encoder on the way takes.
+MAX_FREE_DEPTH: Final = 100
 # Python refuses to turn longer digit strings into ints; such a number is absurd for any field.
 _MAX_INT_DIGITS: Final = 4000
 # What a body's numbers may need beyond a plain reading (`_plain_numbers`): a run of 19 digits
@@ -317,9 +322,10 @@ def parse(body: bytes, *, received_at: datetime | None = None) -> Notification:
     event, unusable = None, None
     if ignored is None:
         try:
-            reader = _Reader(
-                payload, problems, received_at, infinite=not plain and _MAYBE_INFINITE.search(body)
+            walk = body.count(b"[") + body.count(b"{") > MAX_FREE_DEPTH or (
+                not plain and _MAYBE_INFINITE.search(body) is not None
             )
+            reader = _Reader(payload, problems, received_at, walk=walk)
             event = reader.event(event_type)
         except _Unusable as exc:
             unusable = str(exc)
@@ -412,10 +418,6 @@ def _label_fits(value: Any) -> bool:
     return len(json.dumps(value)) <= MAX_LABEL_CHARS
 
 
-def _as_sent(value: Any) -> Any:
-    return value
-
-
 def _number_as_held(match: re.Match[str]) -> str:
     """A JSON string as it is; a number as it is if `numeric` holds it, else as a string."""
     whole, fraction, exponent = match.group(1), match.group(2) or "", match.group(3) or "0"
@@ -461,15 +463,17 @@ def _storable_escape(match: re.Match[str]) -> str:
 
 def _storable(value: Any) -> Any:
     """`value` with NUL characters and unpaired surrogates replaced, as jsonb can hold it."""
-    if isinstance(value, str):
-        if "\x00" in value:
-            value = value.replace("\x00", _REPLACEMENT)
-        return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
-    if isinstance(value, dict):
-        return {_storable(k): _storable(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_storable(item) for item in value]
-    return value
+    return fields.rebuild(value, _storable_scalar, key=_storable_text)[0]
+
+
+def _storable_scalar(value: Any) -> Any:
+    return _storable_text(value) if isinstance(value, str) else value
+
+
+def _storable_text(value: str) -> str:
+    if "\x00" in value:
+        value = value.replace("\x00", _REPLACEMENT)
+    return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
 
 
 def _notice_id(value: object) -> str:
@@ -521,12 +525,25 @@ class _Reader:
         problems: fields.Problems,
         received_at: datetime,
         *,
-        infinite: object = True,
+        walk: bool = True,
     ) -> None:
         self.payload, self.problems, self.received_at = payload, problems, received_at
         # Free-form values are kept as sent; only a body that may hold a number too large for a
-        # float needs them searched for one (`fields.finite`).
-        self.finite: Callable[[Any], Any] = fields.finite if infinite else _as_sent
+        # float, or nests more than `MAX_FREE_DEPTH` levels, needs them walked (`free`).
+        self.walk = walk
+
+    def free(self, value: Any, where: str) -> tuple[Any, bool]:
+        """A free-form value as kept (see `MAX_FREE_DEPTH`), and whether a part nested too
+        deeply was left out of it (noted)."""
+        if not self.walk:
+            return value, False
+        kept, cut = fields.rebuild(value, fields.finite_number, depth=MAX_FREE_DEPTH)
+        if cut:
+            self.problems.add(
+                where,
+                f"nests deeper than {MAX_FREE_DEPTH} levels (left out; the raw body keeps it)",
+            )
+        return kept, cut
 
     def event(self, event_type: int) -> Event:
         base = self.agent_fields()
@@ -607,10 +624,14 @@ class _Reader:
             if len(kept) == MAX_LABELS:
                 self.problems.add("payload.labels", f"has more than {MAX_LABELS} keys")
                 break
-            if len(key) > MAX_ID_CHARS or not _label_fits(value):
-                self.problems.add(f"payload.labels.{key[:32]}", "is too long")
+            where = f"payload.labels.{key[:32]}"
+            value, cut = self.free(value, where)
+            if cut:
                 continue
-            kept[key] = self.finite(value)
+            if len(key) > MAX_ID_CHARS or not _label_fits(value):
+                self.problems.add(where, "is too long")
+                continue
+            kept[key] = value
         return kept
 
     def text(self, key: str, *, max_chars: int | None = None) -> str | None:
@@ -650,7 +671,11 @@ class _Reader:
             return None
         role = fields.text(found.get("role"), f"{where}.role", self.problems) or "unknown"
         content = fields.text(found.get("content"), f"{where}.content", self.problems) or ""
-        extra = {k: self.finite(v) for k, v in found.items() if k not in ("role", "content")}
+        extra = {
+            k: self.free(v, f"{where}.{k[:32]}")[0]
+            for k, v in found.items()
+            if k not in ("role", "content")
+        }
         return Message(role=role, content=content, extra=extra)
 
     def error(self, item: object, where: str) -> ErrorItem | None:
@@ -712,7 +737,7 @@ class _Reader:
             e2e_latency_ms=fields.integer(
                 metrics.get("e2e_latency_ms"), f"{where}.metrics.e2e_latency_ms", self.problems
             ),
-            data=self.finite(found),
+            data=self.free(found, where)[0],
             stages=self.stages(metrics.get("segmented_latency_ms"), f"{where}.metrics"),
         )
 

@@ -18,7 +18,7 @@ Envelope fields are strict (`events.parse` refuses a bad envelope); these reader
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
@@ -143,15 +143,51 @@ def sequence(value: object, where: str, problems: Problems) -> list[Any]:
     return []
 
 
-def finite(value: Any) -> Any:
-    """A free-form JSON value (kept as Agora sent it) with every number too large for a float,
-    decoded as infinity, as None: jsonb holds no infinity."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {key: finite(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [finite(item) for item in value]
+def rebuild(
+    value: Any,
+    leaf: Callable[[Any], Any],
+    *,
+    key: Callable[[str], str] | None = None,
+    depth: int | None = None,
+) -> tuple[Any, bool]:
+    """A copy of a decoded JSON value with `leaf` applied to every scalar (and `key` to every
+    object key), and every array or object nested deeper than `depth` levels (the value itself
+    is level 1) as None; and whether anything was cut so. Iterative: a value nested as deeply as
+    a body may be (about a thousand levels) takes no room on the stack. Of keys that `key` makes
+    equal, the last one's value stays, as in a dict built from them in order."""
+    out: list[Any] = [None]
+    cut = False
+    # (source, where its copy goes, under which key or index, its level)
+    stack: list[tuple[Any, Any, Any, int]] = [(value, out, 0, 1)]
+    while stack:
+        source, parent, at, level = stack.pop()
+        if isinstance(source, dict | list):
+            if depth is not None and level > depth:
+                parent[at] = None
+                cut = True
+                continue
+            children: list[tuple[Any, Any, Any]]
+            if isinstance(source, dict):
+                copy: dict[str, Any] = {}
+                for k in source:
+                    copy[key(k) if key else k] = None  # the keys' order, filled below
+                children = [(item, copy, key(k) if key else k) for k, item in source.items()]
+                parent[at] = copy
+            else:
+                items: list[Any] = [None] * len(source)
+                children = [(item, items, i) for i, item in enumerate(source)]
+                parent[at] = items
+            stack.extend((item, into, k, level + 1) for item, into, k in reversed(children))
+        else:
+            parent[at] = leaf(source)
+    return out[0], cut
+
+
+def finite_number(value: Any) -> Any:
+    """A scalar as kept in free-form data: a number too large for a float (decoded as
+    infinity) as None, since jsonb holds no infinity; anything else as it is."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
     return value
 
 

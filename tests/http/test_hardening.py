@@ -12,12 +12,13 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from service import config
+from service import config, events, signatures
 from service.app import create_app
 from tests.factories import (
     APP_ID,
     SECOND_APP,
     SECOND_SECRET,
+    SECRET,
     Sql,
     apps_file,
     deliver,
@@ -245,3 +246,48 @@ def test_a_body_of_a_mebibyte_of_small_items_is_stored_and_applied_in_seconds(
     else:
         assert sql.value("SELECT jsonb_array_length(contents) FROM history") == len(items)
     assert len(items) > 20_000
+
+
+def deep(depth: int) -> bytes:
+    return b"[" * depth + b"1" + b"]" * depth
+
+
+@pytest.mark.parametrize("depth", [events.MAX_FREE_DEPTH + 5, 600, 900])
+@pytest.mark.parametrize(
+    ("event_type", "fields", "where"),
+    [
+        (112, {"turns": [{"turn_id": 1, "metrics": {"e2e_latency_ms": 5}, "x": "DEEP"}]}, "turns"),
+        (103, {"contents": [{"role": "user", "content": "hi", "x": "DEEP"}]}, "contents"),
+        (101, {"labels": {"tier": "gold", "deep": "DEEP"}}, "labels"),
+    ],
+)
+def test_a_free_form_value_nested_as_deep_as_a_body_may_be_is_kept_not_a_500(
+    client: TestClient,
+    sql: Sql,
+    depth: int,
+    event_type: int,
+    fields: dict[str, Any],
+    where: str,
+) -> None:
+    """A turn, a message or a label nested hundreds of levels deep (what the decoder takes):
+    the notification is accepted and stored as sent; its rows keep the first
+    `MAX_FREE_DEPTH` levels and the problem says what was left out. Walking such a value
+    recursively ran out of stack (500) and a writer's encoder could too."""
+    delivery = deliver(event_type, payload("deep-1", **fields))
+    body = delivery.body.replace(b'"DEEP"', deep(depth))
+    headers = {"Content-Type": "application/json", **signatures.sign(body, SECRET)}
+    response = client.post(f"/v1/webhooks/agora/{APP_ID}", content=body, headers=headers)
+    assert (response.status_code, response.json()) == (200, {"status": "accepted"})
+    (row,) = sql.rows("SELECT outcome, problem, body::text AS copy FROM notification")
+    assert row["outcome"] == "accepted"
+    assert f"nests deeper than {events.MAX_FREE_DEPTH} levels" in row["problem"]
+    assert row["copy"].count("[" * depth + "1" + "]" * depth) == 1  # stored as sent
+    if event_type == 112:
+        data = sql.value("SELECT data::text FROM agent_turn")
+        assert data.count("[") == events.MAX_FREE_DEPTH - 1  # the turn is level 1
+    elif event_type == 103:
+        contents = sql.value("SELECT contents::text FROM history")
+        # The message's other field is level 1 of its own: all its levels are arrays.
+        assert '"hi"' in contents and contents.count("[") == 1 + events.MAX_FREE_DEPTH
+    else:
+        assert sql.value("SELECT labels FROM agent") == {"tier": "gold"}

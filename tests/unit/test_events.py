@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service import events
+from service import events, fields
 from service.errors import MalformedEvent
 from tests.factories import load_payload
 
@@ -523,3 +523,72 @@ def test_a_body_nested_deeper_than_python_reads_is_refused_whichever_decoder_rea
         assert "nested too deeply" in str(refused)
     else:  # shallow enough for the stdlib: read the same way
         assert note.notice_id == "n1" and json.loads(note.json) == json.loads(body)
+
+
+# --- free-form values: rebuilt without recursion ---------------------------------------------
+
+free_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False)
+    | st.just(float("inf"))
+    | st.text(alphabet=st.characters(codec="utf-8") | st.just("\x00"), max_size=5),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(st.text(alphabet="a\x00\ufffd", max_size=2), children, max_size=4)
+    ),
+    max_leaves=30,
+)
+
+
+def reference(value: Any, depth: int | None, level: int = 1) -> Any:
+    """The recursive reading `fields.rebuild` replaces: non-finite numbers and what nests deeper
+    than `depth` as None, NUL in keys and strings as U+FFFD."""
+    if isinstance(value, dict | list) and depth is not None and level > depth:
+        return None
+    if isinstance(value, dict):
+        return {
+            k.replace("\x00", "\ufffd"): reference(v, depth, level + 1) for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [reference(v, depth, level + 1) for v in value]
+    if isinstance(value, float) and value in (float("inf"), float("-inf")):
+        return None
+    return value.replace("\x00", "\ufffd") if isinstance(value, str) else value
+
+
+def levels(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + max(map(levels, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(levels, value), default=0)
+    return 0
+
+
+@settings(max_examples=300)
+@given(value=free_values, depth=st.none() | st.integers(1, 4))
+def test_rebuild_equals_the_recursive_reading(value: Any, depth: int | None) -> None:
+    def scalar(v: Any) -> Any:
+        v = fields.finite_number(v)
+        return v.replace("\x00", "\ufffd") if isinstance(v, str) else v
+
+    rebuilt, cut = fields.rebuild(
+        value, scalar, key=lambda k: k.replace("\x00", "\ufffd"), depth=depth
+    )
+    expected = reference(value, depth)
+    assert json.dumps(rebuilt) == json.dumps(expected)  # same keys in the same order
+    assert cut == (depth is not None and levels(value) > depth)
+
+
+def test_rebuild_takes_no_stack_for_a_value_nested_far_beyond_the_recursion_limit() -> None:
+    value: Any = 1
+    for _ in range(50_000):
+        value = [value]
+    rebuilt, cut = fields.rebuild(value, fields.finite_number)
+    assert cut is False
+    for _ in range(50_000):
+        assert isinstance(rebuilt, list) and len(rebuilt) == 1
+        rebuilt = rebuilt[0]
+    assert rebuilt == 1
+    assert fields.rebuild(value, fields.finite_number, depth=3) == ([[[None]]], True)

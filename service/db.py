@@ -184,6 +184,19 @@ async def try_xact_lock(conn: psycopg.AsyncConnection[Any], key: int) -> bool:
     return held is not None and bool(held[0])
 
 
+async def fold_under_lock(
+    conn: psycopg.AsyncConnection[Any], *, lock: str, sql: str, app_id: str
+) -> int | None:
+    """Run a rollup's one-statement fold `sql` for `app_id` in a transaction of its own, under
+    the advisory lock named `lock` (no waiting); answers the count it selects, or None when
+    another folder holds the lock. `conn` must be in no transaction."""
+    async with conn.transaction():
+        if not await try_xact_lock(conn, lock_key(lock)):
+            return None
+        row = await (await conn.execute(sql, {"app": app_id})).fetchone()
+    return int(row[0]) if row is not None else 0
+
+
 async def connect(
     url: str, *, options: str = "", name: str = "convoai-ledger"
 ) -> psycopg.AsyncConnection[Any]:

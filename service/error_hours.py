@@ -174,16 +174,8 @@ async def fold(conn: psycopg.AsyncConnection[Any], app_id: str) -> int:
     """Recompute `app_id`'s first `FOLD_HOURS` marked hours and delete their marks; answers how
     many marks went (0 also when another folder holds the app). `conn` must be in no
     transaction; this commits its own."""
-    async with conn.transaction():
-        if not await db.try_xact_lock(conn, lock_key(app_id)):
-            return 0
-        row = await (await conn.execute(FOLD_SQL, {"app": app_id})).fetchone()
-    return int(row[0]) if row is not None else 0
-
-
-def lock_key(app_id: str) -> int:
-    """The app's error folder lock (signed 64-bit advisory key)."""
-    return db.lock_key(f"error_fold/{app_id}")
+    taken = await db.fold_under_lock(conn, lock=f"error_fold/{app_id}", sql=FOLD_SQL, app_id=app_id)
+    return taken or 0
 
 
 def whole_hours(start: datetime, end: datetime) -> tuple[datetime, datetime]:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final
 
 import psycopg
@@ -91,42 +91,34 @@ class Folder:
             done = [await self._fold(conn, app_id) for app_id in pending]
             if insight_now or time.monotonic() >= self._latency_due:
                 self._latency_due = time.monotonic() + LATENCY_FOLD_INTERVAL_S
-                await self._fold_latency(conn)
+                await self._fold_marked(conn, latency.PENDING_SQL, latency.fold)
             if insight_now or time.monotonic() >= self._usage_due:
                 self._usage_due = time.monotonic() + USAGE_INTERVAL_S
-                await self._fold_usage(conn)
-                await self._fold_errors(conn)
+                await self._fold_marked(conn, _USAGE_PENDING, usage.fold)
+                await self._fold_marked(conn, error_hours.PENDING_SQL, error_hours.fold)
         except db.RAW_ERRORS as error:
             log.warning("pcu_fold_failed", error=type(error).__name__)
             await self._close()
             return []
         return [folded for folded in done if folded is not None]
 
-    async def _fold_usage(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        marked = [row[0] for row in await (await conn.execute(_USAGE_PENDING)).fetchall()]
+    async def _fold_marked(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        pending: str,
+        fold: Callable[[psycopg.AsyncConnection[Any], str], Awaitable[int | None]],
+    ) -> None:
+        """`fold` every app that has marks by the query `pending` (an insight rollup's)."""
+        marked = [row[0] for row in await (await conn.execute(pending)).fetchall()]
         await conn.commit()
         for app_id in marked:
-            await usage.fold(conn, app_id)
-
-    async def _fold_errors(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        """Fold the error-summary marks of every app that has some (`error_hours.fold`)."""
-        marked = [row[0] for row in await (await conn.execute(error_hours.PENDING_SQL)).fetchall()]
-        await conn.commit()
-        for app_id in marked:
-            await error_hours.fold(conn, app_id)
+            await fold(conn, app_id)
 
     async def _fold(self, conn: psycopg.AsyncConnection[Any], app_id: str) -> rollup.Folded | None:
         folded = await rollup.fold(conn, app_id=app_id, limits=self._settings.pcu_limits(app_id))
         if folded is not None:
             report(folded)
         return folded
-
-    async def _fold_latency(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        """Fold the latency marks of every app that has some (`latency.fold`)."""
-        pending = [row[0] for row in await (await conn.execute(latency.PENDING_SQL)).fetchall()]
-        await conn.commit()
-        for app_id in pending:
-            await latency.fold(conn, app_id)
 
     async def _connection(self) -> psycopg.AsyncConnection[Any]:
         if self._conn is None or self._conn.closed:

@@ -257,16 +257,9 @@ async def fold(conn: psycopg.AsyncConnection[Any], app_id: str) -> int | None:
 
     `conn` must be in no transaction; this commits its own.
     """
-    async with conn.transaction():
-        if not await db.try_xact_lock(conn, lock_key(app_id)):
-            return None
-        row = await (await conn.execute(FOLD_SQL, {"app": app_id})).fetchone()
-    return int(row[0]) if row is not None else 0
-
-
-def lock_key(app_id: str) -> int:
-    """The app's latency folder lock: a signed 64-bit advisory lock key."""
-    return db.lock_key(f"latency_fold/{app_id}")
+    return await db.fold_under_lock(
+        conn, lock=f"latency_fold/{app_id}", sql=FOLD_SQL, app_id=app_id
+    )
 
 
 def pairs(labels: Mapping[str, Any]) -> set[tuple[str, str]]:

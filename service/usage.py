@@ -212,16 +212,17 @@ async def fold(conn: psycopg.AsyncConnection[Any], app_id: str) -> int:
     """Recompute the rollup's marked hours of `app_id` and delete the marks seen; answers how
     many marks went (0 also when another folder holds the app). `conn` must be in no
     transaction; this commits its own."""
-    async with conn.transaction():
-        if not await db.try_xact_lock(conn, lock_key(app_id)):
-            return 0
-        row = await (await conn.execute(FOLD_SQL, {"app": app_id})).fetchone()
-    return int(row[0]) if row is not None else 0
+    taken = await db.fold_under_lock(conn, lock=_lock(app_id), sql=FOLD_SQL, app_id=app_id)
+    return taken or 0
+
+
+def _lock(app_id: str) -> str:
+    return f"usage_fold/{app_id}"
 
 
 def lock_key(app_id: str) -> int:
     """The app's usage folder lock (signed 64-bit advisory key, apart from PCU's)."""
-    return db.lock_key(f"usage_fold/{app_id}")
+    return db.lock_key(_lock(app_id))
 
 
 def plan(

@@ -56,10 +56,10 @@ MARKS: Final = """
         ) AS m
         WHERE e.event_at IS NOT NULL AND m.hour IS NOT NULL"""
 
-# An agent's previous error like `p`'s before `p.hour` (the unique key's index, by agent).
-_BEFORE: Final = """
+# An agent's errors like `p`'s (the unique key's index, by agent); `{app}`: the app parameter.
+_SAME_ERROR: Final = """
     FROM agent_error AS x
-    WHERE x.app_id = %(app)s AND x.agent_id = p.agent_id
+    WHERE x.app_id = {app} AND x.agent_id = p.agent_id
       AND x.module IS NOT DISTINCT FROM p.module AND x.code IS NOT DISTINCT FROM p.code"""
 
 # One app's first `FOLD_HOURS` marked hours that have ended, recomputed in ONE statement (one
@@ -90,7 +90,7 @@ FOLD_SQL: Final = f"""
         CROSS JOIN LATERAL (
             SELECT (extract(epoch FROM p.hour - date_trunc('hour', max(x.event_at), 'UTC'))
                     / 3600)::int AS hours
-            {_BEFORE} AND x.event_at < p.hour
+            {_SAME_ERROR.format(app="%(app)s")} AND x.event_at < p.hour
         ) AS g
         WHERE g.hours IS NOT NULL
         GROUP BY 1, 2, 3, 4
@@ -157,7 +157,7 @@ _SUMMARY: Final = text(
         FROM per_agent AS p
         CROSS JOIN LATERAL (
             SELECT date_trunc('hour', min(x.event_at), 'UTC') AS hour
-            {_BEFORE.replace("%(app)s", ":app")} AND x.event_at >= :a AND x.event_at < :b
+            {_SAME_ERROR.format(app=":app")} AND x.event_at >= :a AND x.event_at < :b
         ) AS f
     )
     SELECT module, code, sum(errors)::bigint AS count, sum(agents)::bigint AS agents,

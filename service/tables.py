@@ -464,6 +464,20 @@ usage_hour: Final = Table(
     PrimaryKeyConstraint("app_id", "hour", "labels"),
 )
 
+# Starts and FAILED stops per app and hour, by minute, for usage without a label (the area under
+# the concurrency gives its agent time): `sessions[k]` (array index k + 1) the agents whose
+# interval starts in minutes [0, k) of the hour, `failed[k]` those that became FAILED with their
+# stop in them (k = 0..60). A row only for hours with either (`service.usage`).
+usage_count: Final = Table(
+    "usage_count",
+    metadata,
+    Column("app_id", Text, nullable=False),
+    _timestamp("hour", nullable=False),
+    Column("sessions", ARRAY(Integer), nullable=False),
+    Column("failed", ARRAY(Integer), nullable=False),
+    PrimaryKeyConstraint("app_id", "hour"),
+)
+
 
 def _latency_figures() -> tuple[Column[object], ...]:
     """A latency bucket's figures (`service.latency`): its turns, nearest-rank percentiles of

@@ -35,7 +35,7 @@ import psycopg
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service import db, lifecycle, pcu
+from service import concurrency, db, lifecycle, pcu
 from service.record import AgentRow
 
 HOUR_US: Final = pcu.HOUR_US
@@ -80,6 +80,31 @@ def _us(expr: str) -> str:
     return f"(extract(epoch FROM {expr}) * 1000000)::bigint"
 
 
+def _minute_of(at: str) -> str:
+    """The minute of the piece's hour (0..59) at which the timestamptz `at` falls."""
+    return f"floor(extract(epoch FROM {at} - p.s) / 60)::int"
+
+
+def _counts(at_start: str, at_stop: str) -> str:
+    """The starts and FAILED stops alone, as in `_FROM_AGENTS`, grouped by piece and the
+    expressions `at_start` (of a start) and `at_stop` (of a FAILED stop)."""
+    return f"""
+    SELECT p.pos, a.grp, 0 AS agent_us, a.n AS sessions, 0 AS failed
+    FROM piece AS p CROSS JOIN LATERAL (
+        SELECT {at_start} AS grp, count(*) AS n FROM agent AS a
+        WHERE a.app_id = %(app)s AND a.active_from >= p.s AND a.active_from < p.e
+        GROUP BY 1
+    ) AS a
+    UNION ALL
+    SELECT p.pos, a.grp, 0, 0, a.n
+    FROM piece AS p CROSS JOIN LATERAL (
+        SELECT {at_stop} AS grp, count(*) AS n FROM agent AS a
+        WHERE a.app_id = %(app)s AND a.stopped_at >= p.s AND a.stopped_at < p.e
+          AND a.state = '{_FAILED}'
+        GROUP BY 1
+    ) AS a"""
+
+
 # The agents' figures over pieces [s, e) (`piece`: s, e as timestamptz, pos), grouped by
 # piece and `{group}`: closed intervals' overlap (GiST on the range), starts, FAILED stops. Each
 # is a LATERAL index probe per piece, aggregated there (which also keeps it one: joined plainly,
@@ -97,27 +122,15 @@ _FROM_AGENTS: Final = f"""
           AND a.active_until - a.active_from <= {LONG}
         GROUP BY 1
     ) AS a
-    UNION ALL
-    SELECT p.pos, a.grp, 0, a.n, 0
-    FROM piece AS p CROSS JOIN LATERAL (
-        SELECT {{group}} AS grp, count(*) AS n FROM agent AS a
-        WHERE a.app_id = %(app)s AND a.active_from >= p.s AND a.active_from < p.e
-        GROUP BY 1
-    ) AS a
-    UNION ALL
-    SELECT p.pos, a.grp, 0, 0, a.n
-    FROM piece AS p CROSS JOIN LATERAL (
-        SELECT {{group}} AS grp, count(*) AS n FROM agent AS a
-        WHERE a.app_id = %(app)s AND a.stopped_at >= p.s AND a.stopped_at < p.e
-          AND a.state = '{_FAILED}'
-        GROUP BY 1
-    ) AS a"""
+    UNION ALL {_counts("{group}", "{group}")}"""
 
 # One app's marked hours recomputed in ONE statement (one snapshot): the marks it can see of
 # hours that have ended are deleted (the current hour changes with every start and stop: reads
-# compute it from the agents, and folding it every few seconds would read its agents each time) (a mark committed after its snapshot stays, for the next fold), their hours computed
-# from the agents by label set and written over the rollup's; a label set gone from an hour
-# loses its row.
+# compute it from the agents, and folding it every few seconds would read its agents each time)
+# (a mark committed after its snapshot stays, for the next fold), their hours computed from the
+# agents by label set and written over the rollup's (a label set gone from an hour loses its
+# row), and their starts and FAILED stops per minute into `usage_count` (an hour with none
+# loses its row).
 FOLD_SQL: Final = f"""
     WITH taken AS (
         DELETE FROM insight_change
@@ -144,6 +157,36 @@ FOLD_SQL: Final = f"""
         DELETE FROM usage_hour AS u USING piece AS p
         WHERE u.app_id = %(app)s AND u.hour = p.s
           AND NOT EXISTS (SELECT FROM computed AS c WHERE c.hour = u.hour AND c.labels = u.labels)
+    ),
+    per_minute AS (
+        SELECT pos AS hour, grp AS k, sum(sessions) AS sessions, sum(failed) AS failed
+        FROM ({_counts(_minute_of("a.active_from"), _minute_of("a.stopped_at"))}) AS f
+        GROUP BY 1, 2
+    ),
+    running AS (
+        SELECT h.hour, k.k,
+               sum(coalesce(m.sessions, 0)) OVER w AS sessions,
+               sum(coalesce(m.failed, 0)) OVER w AS failed
+        FROM (SELECT DISTINCT hour FROM per_minute) AS h
+        CROSS JOIN generate_series(0, 59) AS k(k)
+        LEFT JOIN per_minute AS m ON m.hour = h.hour AND m.k = k.k
+        WINDOW w AS (PARTITION BY h.hour ORDER BY k.k)
+    ),
+    counted AS (
+        SELECT hour, ARRAY[0] || array_agg(sessions::int ORDER BY k) AS sessions,
+               ARRAY[0] || array_agg(failed::int ORDER BY k) AS failed
+        FROM running GROUP BY hour
+    ),
+    counts_written AS (
+        INSERT INTO usage_count (app_id, hour, sessions, failed)
+        SELECT %(app)s, hour, sessions, failed FROM counted
+        ON CONFLICT (app_id, hour) DO UPDATE
+        SET sessions = excluded.sessions, failed = excluded.failed
+    ),
+    counts_cleared AS (
+        DELETE FROM usage_count AS u USING piece AS p
+        WHERE u.app_id = %(app)s AND u.hour = p.s
+          AND NOT EXISTS (SELECT FROM counted AS c WHERE c.hour = u.hour)
     )
     SELECT count(*) FROM taken"""
 
@@ -177,13 +220,35 @@ _MARKED: Final = f"""
     SELECT DISTINCT {_us("hour")} FROM insight_change
     WHERE app_id = %(app)s AND kind = 'usage' AND hour >= %(s)s AND hour < %(e)s"""
 
-# The intervals read from the agents whatever the rollup holds, with their group: agents still
-# holding a slot (end NULL: up to now) and closed intervals longer than a day, those that start
-# before the series' end (and, closed, end after its start).
-_OUTSIDE: Final = f"""
+# Starts and FAILED stops of pieces `(s, e, pos)` from the agents, per piece.
+_READ_COUNTS: Final = f"""
+    WITH {_PIECES}
+    SELECT pos, sum(sessions)::int, sum(failed)::int
+    FROM ({_counts("NULL::text", "NULL::text")}) AS f
+    GROUP BY pos"""
+
+# Starts and FAILED stops of runs of whole minutes [a, b) of folded hours, per bucket `pos`.
+_READ_COUNT_ROLLUP: Final = """
+    SELECT r.pos, sum(u.sessions[r.b + 1] - u.sessions[r.a + 1])::int,
+           sum(u.failed[r.b + 1] - u.failed[r.a + 1])::int
+    FROM unnest(string_to_array(%(hour)s, ',')::bigint[], string_to_array(%(a)s, ',')::int[],
+                string_to_array(%(b)s, ',')::int[], string_to_array(%(pos)s, ',')::int[])
+        AS r(hour, a, b, pos)
+    JOIN usage_count AS u
+      ON u.app_id = %(app)s AND u.hour = timestamptz 'epoch' + r.hour * interval '1 microsecond'
+    GROUP BY 1"""
+
+# The agents still holding a slot (end NULL: up to now) that start before the series' end,
+# with their group.
+_OPEN: Final = f"""
     SELECT a.labels ->> %(key)s::text, {_us("a.active_from")}, NULL::bigint FROM agent AS a
     WHERE a.app_id = %(app)s AND a.active_from IS NOT NULL AND a.active_until IS NULL
-      AND a.active_from < %(e)s
+      AND a.active_from < %(e)s"""
+
+# The intervals read from the agents whatever the rollup holds, with their group: the open ones
+# and the closed intervals longer than a day that start before the series' end and end after
+# its start.
+_OUTSIDE: Final = f"""{_OPEN}
     UNION ALL
     SELECT a.labels ->> %(key)s::text, {_us("a.active_from")}, {_us("a.active_until")}
     FROM agent AS a
@@ -270,10 +335,98 @@ async def series(
     grid = pcu.buckets(start, end, step)
     bounds = {"app": app_id, "s": pcu.from_us(start - start % HOUR_US), "e": pcu.from_us(end)}
     marked = {int(row[0]) for row in await (await raw.execute(_MARKED, bounds)).fetchall()}
+    if key is None:
+        totals = await _all_agents(
+            conn, app_id=app_id, grid=grid, step=step, marked=marked, now=now
+        )
+        return _points(grid, totals, grouped=False)
     totals = await _figures(raw, app_id=app_id, key=key, parts=plan(grid, marked))
     outside = await raw.execute(_OUTSIDE, {"app": app_id, "key": key, **bounds})
     _add_intervals(totals, grid, await outside.fetchall(), now=now)
     return _points(grid, totals, grouped=key is not None)
+
+
+def count_plan(
+    grid: Sequence[tuple[int, int]], marked: set[int]
+) -> tuple[list[tuple[int, int, int, int]], list[tuple[int, int, int]]]:
+    """How to count each bucket's starts and FAILED stops: runs of whole minutes `[a, b)` of
+    unmarked hours `(hour, a, b, pos)` from `usage_count`, and the rest, pieces `(s, e, pos)`
+    (a marked hour's part, a part of a minute), from the agents."""
+    runs: list[tuple[int, int, int, int]] = []
+    pieces: list[tuple[int, int, int]] = []
+
+    def piece(s: int, e: int, pos: int) -> None:
+        if s >= e:
+            return
+        if pieces and pieces[-1][1] == s and pieces[-1][2] == pos:
+            pieces[-1] = (pieces[-1][0], e, pos)  # adjacent: one probe, not two
+        else:
+            pieces.append((s, e, pos))
+
+    for pos, (start, end) in enumerate(grid):
+        for hour in range(start - start % HOUR_US, end, HOUR_US):
+            a, b = max(start, hour), min(end, hour + HOUR_US)
+            first, last = pcu.ceil_grain(a), pcu.floor_grain(b)
+            if hour in marked or first >= last:
+                piece(a, b, pos)
+                continue
+            piece(a, first, pos)
+            runs.append((hour, (first - hour) // pcu.GRAIN_US, (last - hour) // pcu.GRAIN_US, pos))
+            piece(last, b, pos)
+    return runs, pieces
+
+
+async def _all_agents(
+    conn: AsyncConnection,
+    *,
+    app_id: str,
+    grid: Sequence[tuple[int, int]],
+    step: int,
+    marked: set[int],
+    now: int,
+) -> dict[tuple[int, str | None], Figures]:
+    """Per bucket, the figures of all the app's agents (one group, None).
+
+    Agent time is the area under the app's concurrency (`concurrency.series`, exact and fast
+    from any second), which counts the same intervals except that an open one goes on past
+    now: each open interval's part from `max(start, now)` on is taken off. Starts and FAILED
+    stops come from `usage_count` by whole minutes and from the agents for the rest
+    (`count_plan`)."""
+    totals: dict[tuple[int, str | None], Figures] = defaultdict(lambda: [0, 0, 0])
+    if not grid:
+        return totals
+    start, end = grid[0][0], grid[-1][1]
+    for pos, point in enumerate(
+        await concurrency.series(conn, app_id=app_id, start=start, end=end, step=step)
+    ):
+        totals[(pos, None)][0] = point.area
+    raw = await db.driver_connection(conn)
+    cursor = await raw.execute(_OPEN, {"app": app_id, "key": None, "e": pcu.from_us(end)})
+    ahead = [(None, max(int(at), now), end) for _, at, _ in await cursor.fetchall()]
+    future: dict[tuple[int, str | None], Figures] = defaultdict(lambda: [0, 0, 0])
+    _add_intervals(future, grid, ahead, now=now)
+    for (pos, _), (agent_us, _, _) in future.items():
+        totals[(pos, None)][0] -= agent_us
+    runs, pieces = count_plan(grid, marked)
+    run_columns = {
+        "hour": (r[0] for r in runs),
+        "a": (r[1] for r in runs),
+        "b": (r[2] for r in runs),
+        "pos": (r[3] for r in runs),
+    }
+    piece_columns = {
+        "s": (p[0] for p in pieces),
+        "e": (p[1] for p in pieces),
+        "pos": (p[2] for p in pieces),
+    }
+    for query, columns in ((_READ_COUNT_ROLLUP, run_columns), (_READ_COUNTS, piece_columns)):
+        for pos, sessions, failed in await _fetch(
+            raw, query, app_id=app_id, key=None, columns=columns
+        ):
+            figures = totals[(pos, None)]
+            figures[1] += sessions
+            figures[2] += failed
+    return totals
 
 
 async def _figures(

@@ -52,6 +52,11 @@ def usage(client: TestClient, query: str, token: str | None = None) -> Any:
     return response.json()
 
 
+def stamp(at: int) -> str:
+    """RFC 3339 UTC of a Unix time."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
+
+
 def fold(settings: config.Settings) -> None:
     asyncio.run(folder.Folder(settings).fold_all())
 
@@ -142,6 +147,26 @@ def test_a_running_agent_counts_up_to_now(client: TestClient) -> None:
     (group,) = point["groups"]
     assert before - started - 1 <= group["agent_seconds"] <= after - started + 1
     assert group["sessions"] == 1
+
+
+def test_a_running_agent_counts_nothing_after_now_in_a_range_reaching_into_the_future(
+    client: TestClient,
+) -> None:
+    """The concurrency counts an open interval on past now; usage stops it at now, from any
+    second, with or without a label."""
+    started = int(time.time()) - 90
+    join(client, "live", started, tier="gold")
+    first = started - started % 3600 - 3600 + 17  # an odd second, 1 to 2 hours before the start
+    query = f"from={stamp(first)}&to={stamp(first + 4 * 3600)}&step=3600"
+    before = time.time()
+    plain = usage(client, query)["points"]
+    grouped = usage(client, f"{query}&group_by=label.tier")["points"]
+    after = time.time()
+    for points in (plain, grouped):
+        seconds = [sum(g["agent_seconds"] for g in point["groups"]) for point in points]
+        assert before - started - 1 <= sum(seconds) <= after - started + 1
+        assert seconds[-1] == 0  # wholly after now
+        assert sum(sum(g["sessions"] for g in point["groups"]) for point in points) == 1
 
 
 def test_a_label_changed_later_moves_usage_between_groups_folded_or_not(

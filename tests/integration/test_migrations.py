@@ -8,7 +8,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine
 
-from service import error_hours, latency, schema, tables
+from service import error_hours, latency, schema, tables, usage
 from tests.factories import Sql
 
 
@@ -204,5 +204,41 @@ def test_errors_stored_before_the_error_rollup_are_marked_for_it(empty_database_
     assert [tuple(row.values()) for row in rows] == [
         (ten, "llm", 500, 1, 1, [], []),
         (noon, "llm", 500, 2, 2, [2], [1]),
+    ]
+    assert sql.value("SELECT count(*) FROM insight_change") == 0
+
+
+def test_hours_folded_before_the_minute_counts_are_marked_for_them(
+    empty_database_url: str,
+) -> None:
+    """The revision that adds `usage_count` marks every hour `usage_hour` holds, and the folder
+    then writes that hour's starts and FAILED stops by minute."""
+    schema.upgrade(empty_database_url, "02e48edec146")
+    sql = Sql(empty_database_url)
+    hour = datetime(2026, 1, 1, 10, tzinfo=UTC)
+    sql.execute(
+        "INSERT INTO agent (app_id, agent_id, state, active_from, active_until, stopped_at)"
+        " VALUES ('app', 'a', 'STOPPED', %(a)s, %(b)s, %(b)s),"
+        " ('app', 'b', 'FAILED', %(c)s, %(d)s, %(d)s)",
+        a=hour + timedelta(minutes=5, seconds=59),
+        b=hour + timedelta(minutes=20),
+        c=hour + timedelta(minutes=5),
+        d=hour + timedelta(minutes=59, seconds=30),
+    )
+    # As the previous release's folder left it.
+    sql.execute(
+        "INSERT INTO usage_hour (app_id, hour, labels, agent_us, sessions, failed)"
+        " VALUES ('app', %(h)s, '{}', 4320000000, 2, 1)",
+        h=hour,
+    )
+
+    schema.upgrade(empty_database_url)
+
+    assert sql.rows("SELECT kind, hour FROM insight_change") == [{"kind": "usage", "hour": hour}]
+    with psycopg.connect(sql.url, autocommit=True) as conn:
+        conn.execute(usage.FOLD_SQL, {"app": "app"})
+    row = sql.rows("SELECT hour, sessions, failed FROM usage_count")
+    assert row == [
+        {"hour": hour, "sessions": [0] * 6 + [2] * 55, "failed": [0] * 60 + [1]},
     ]
     assert sql.value("SELECT count(*) FROM insight_change") == 0

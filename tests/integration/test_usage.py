@@ -98,7 +98,7 @@ def mark(sql: Sql, hour_s: int) -> None:
 def reset(sql: Sql) -> None:
     sql.execute(
         "TRUNCATE agent, notification, agent_transition, history, history_job, pcu_minute,"
-        " pcu_hour, pcu_alarm, pcu_change, insight_change, usage_hour CASCADE"
+        " pcu_hour, pcu_alarm, pcu_change, insight_change, usage_hour, usage_count CASCADE"
     )
 
 

@@ -179,6 +179,13 @@ agent: Final = Table(
         ),
     ),
     Index(None, "app_id", "stopped_at", postgresql_where=text("stopped_at IS NOT NULL")),
+    # FAILED stops per bucket (`service.usage`): a few agents, so a probe reads only theirs.
+    Index(
+        "ix_agent_failed_stop",
+        "app_id",
+        "stopped_at",
+        postgresql_where=text("state = 'FAILED' AND stopped_at IS NOT NULL"),
+    ),
     Index(None, "app_id", "name", postgresql_where=text("name IS NOT NULL")),
 )
 

@@ -348,31 +348,35 @@ async def series(
 
 def count_plan(
     grid: Sequence[tuple[int, int]], marked: set[int]
-) -> tuple[list[tuple[int, int, int, int]], list[tuple[int, int, int]]]:
+) -> tuple[list[tuple[int, int, int, int]], list[tuple[int, int, int, int]]]:
     """How to count each bucket's starts and FAILED stops: runs of whole minutes `[a, b)` of
-    unmarked hours `(hour, a, b, pos)` from `usage_count`, and the rest, pieces `(s, e, pos)`
-    (a marked hour's part, a part of a minute), from the agents."""
-    runs: list[tuple[int, int, int, int]] = []
-    pieces: list[tuple[int, int, int]] = []
+    unmarked hours `(hour, a, b, pos)` from `usage_count`, and signed pieces `(s, e, pos, sign)`
+    from the agents, so that for each bucket the runs plus the signed pieces are its counts.
 
-    def piece(s: int, e: int, pos: int) -> None:
+    A bucket edge inside a minute of an unmarked hour costs one piece, from the minute's start to
+    the edge: added to the bucket that ends there, and taken from the next one, which counts
+    that whole minute from its run. A marked hour's part is a piece of its own."""
+    runs: list[tuple[int, int, int, int]] = []
+    pieces: list[tuple[int, int, int, int]] = []
+
+    def piece(s: int, e: int, pos: int, sign: int) -> None:
         if s >= e:
             return
-        if pieces and pieces[-1][1] == s and pieces[-1][2] == pos:
-            pieces[-1] = (pieces[-1][0], e, pos)  # adjacent: one probe, not two
+        if pieces and pieces[-1][1] == s and pieces[-1][2:] == (pos, sign):
+            pieces[-1] = (pieces[-1][0], e, pos, sign)  # adjacent: one probe, not two
         else:
-            pieces.append((s, e, pos))
+            pieces.append((s, e, pos, sign))
 
     for pos, (start, end) in enumerate(grid):
         for hour in range(start - start % HOUR_US, end, HOUR_US):
             a, b = max(start, hour), min(end, hour + HOUR_US)
-            first, last = pcu.ceil_grain(a), pcu.floor_grain(b)
-            if hour in marked or first >= last:
-                piece(a, b, pos)
+            first, last = pcu.floor_grain(a), pcu.floor_grain(b)
+            if hour in marked or first == last:  # marked, or inside one minute
+                piece(a, b, pos, 1)
                 continue
-            piece(a, first, pos)
             runs.append((hour, (first - hour) // pcu.GRAIN_US, (last - hour) // pcu.GRAIN_US, pos))
-            piece(last, b, pos)
+            piece(first, a, pos, -1)
+            piece(last, b, pos, 1)
     return runs, pieces
 
 
@@ -414,18 +418,21 @@ async def _all_agents(
         "b": (r[2] for r in runs),
         "pos": (r[3] for r in runs),
     }
-    piece_columns = {
-        "s": (p[0] for p in pieces),
-        "e": (p[1] for p in pieces),
-        "pos": (p[2] for p in pieces),
-    }
-    for query, columns in ((_READ_COUNT_ROLLUP, run_columns), (_READ_COUNTS, piece_columns)):
-        for pos, sessions, failed in await _fetch(
-            raw, query, app_id=app_id, key=None, columns=columns
-        ):
+    for pos, sessions, failed in await _fetch(
+        raw, _READ_COUNT_ROLLUP, app_id=app_id, key=None, columns=run_columns
+    ):
+        figures = totals[(pos, None)]
+        figures[1] += sessions
+        figures[2] += failed
+    # A piece may serve two buckets (see `count_plan`).
+    serves, span_columns = _distinct_spans(pieces)
+    for index, sessions, failed in await _fetch(
+        raw, _READ_COUNTS, app_id=app_id, key=None, columns=span_columns
+    ):
+        for pos, sign in serves[index]:
             figures = totals[(pos, None)]
-            figures[1] += sessions
-            figures[2] += failed
+            figures[1] += sign * sessions
+            figures[2] += sign * failed
     return totals
 
 
@@ -447,16 +454,8 @@ async def _figures(
         for pos, group, agent_us, sessions, failed in rows
     )
     # A span may serve several buckets (a sliver taken from one hour's rollup row is added to
-    # the next bucket): each distinct span is computed once.
-    spans: dict[tuple[int, int], list[tuple[int, int]]] = defaultdict(list)
-    for s, e, pos, sign in pieces:
-        spans[(s, e)].append((pos, sign))
-    serves = list(spans.values())
-    span_columns = {
-        "s": (s for s, _ in spans),
-        "e": (e for _, e in spans),
-        "pos": range(len(spans)),
-    }
+    # the next bucket).
+    serves, span_columns = _distinct_spans(pieces)
     rows = await _fetch(raw, _READ_AGENTS, app_id=app_id, key=key, columns=span_columns)
     for index, group, agent_us, sessions, failed in rows:
         for pos, sign in serves[index]:
@@ -465,6 +464,22 @@ async def _figures(
             figures[1] += sign * sessions
             figures[2] += sign * failed
     return totals
+
+
+def _distinct_spans(
+    pieces: Iterable[tuple[int, int, int, int]],
+) -> tuple[list[list[tuple[int, int]]], dict[str, Iterable[object]]]:
+    """Each distinct span `[s, e)` of signed pieces `(s, e, pos, sign)` once: the `(pos, sign)`
+    pairs it serves, by its index, and the columns that send the spans (`pos` its index)."""
+    spans: dict[tuple[int, int], list[tuple[int, int]]] = defaultdict(list)
+    for s, e, pos, sign in pieces:
+        spans[(s, e)].append((pos, sign))
+    columns: dict[str, Iterable[object]] = {
+        "s": (s for s, _ in spans),
+        "e": (e for _, e in spans),
+        "pos": range(len(spans)),
+    }
+    return list(spans.values()), columns
 
 
 async def _fetch(

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -170,13 +171,17 @@ def test_the_rollup_equals_a_fold_from_scratch(sql: Sql) -> None:
     ]
     bodies = [body for session in items for body in session.deliveries()]
 
+    rollups = (
+        "SELECT hour, labels, agent_us, sessions, failed FROM usage_hour ORDER BY 1, 2::text",
+        "SELECT hour, sessions, failed FROM usage_count ORDER BY 1",
+    )
+
     async def work(engine: AsyncEngine) -> tuple[list[Any], list[Any]]:
         await ingest_all(engine, bodies)
         await fold_all(engine)
-        kept = sql.rows(
-            "SELECT hour, labels, agent_us, sessions, failed FROM usage_hour ORDER BY 1, 2::text"
-        )
+        kept = [sql.rows(query) for query in rollups]
         sql.execute("DELETE FROM usage_hour")
+        sql.execute("DELETE FROM usage_count")
         sql.execute(
             "INSERT INTO insight_change (app_id, kind, hour)"
             " SELECT app_id, 'usage', h FROM agent,"
@@ -184,13 +189,11 @@ def test_the_rollup_equals_a_fold_from_scratch(sql: Sql) -> None:
             " date_trunc('hour', coalesce(active_until, active_from)), interval '1 hour') AS h"
         )
         await fold_all(engine)
-        return kept, sql.rows(
-            "SELECT hour, labels, agent_us, sessions, failed FROM usage_hour ORDER BY 1, 2::text"
-        )
+        return kept, [sql.rows(query) for query in rollups]
 
     kept, rebuilt = run(sql.url, work)
     assert kept == rebuilt
-    by_hour = {(row["hour"].timestamp(), row["labels"].get(LABEL)): row for row in kept}
+    by_hour = {(row["hour"].timestamp(), row["labels"].get(LABEL)): row for row in kept[0]}
     # a: 3590 s in the first hour, 3600 s in the second, 100 s in the third; c (running) is
     # only a session in the rollup; b is a FAILED stop in the second hour, under silver.
     assert by_hour[(BASE_S, "gold")]["agent_us"] == 3590 * S
@@ -198,6 +201,47 @@ def test_the_rollup_equals_a_fold_from_scratch(sql: Sql) -> None:
     assert by_hour[(BASE_S + 3600, "gold")]["agent_us"] == 3600 * S
     assert by_hour[(BASE_S + 7200, "gold")]["agent_us"] == 100 * S
     assert by_hour[(BASE_S + 3600, "silver")]["failed"] == 1
+    # Starts before each minute of the first hour: a in minute 0, c in minute 1, b in minute 59;
+    # b's FAILED stop in minute 0 of the second hour.
+    counts = {row["hour"].timestamp(): row for row in kept[1]}
+    assert counts[BASE_S]["sessions"] == [0, 1] + [2] * 58 + [3]
+    assert counts[BASE_S + 3600]["failed"] == [0] + [1] * 60
+    assert counts[BASE_S + 3600]["sessions"] == [0] * 61
+
+
+@pytest.mark.parametrize("offset", [37, 20 * 60 + 37])  # edges in an hour's first minute or not
+def test_starts_and_failed_stops_beside_bucket_edges_inside_a_minute_count_once(
+    sql: Sql, offset: int
+) -> None:
+    """Buckets from an odd second: starts and FAILED stops just before, at and just after each
+    edge (inside the minute it cuts) fall in the right bucket, folded or not, with or without
+    a label."""
+    reset(sql)
+    edge = BASE_S + 3600 + offset  # hourly buckets from `offset` s past an hour
+    items = [
+        Session("before", edge - 30, edge + 1, True, "gold"),
+        Session("just-before", edge - 1, edge + 600, False, None),
+        Session("at", edge, edge + 3600 - offset, True, "gold"),  # stops at a full hour
+        Session("after", edge + 20, edge + 3600 - 1, True, "silver"),  # FAILED just before edge
+        Session("next", edge + 3600, edge + 3600 + 22, True, None),  # FAILED in the edge's minute
+    ]
+    bodies = [body for session in items for body in session.deliveries()]
+    start, end = edge - 3600, edge + 2 * 3600
+
+    async def work(engine: AsyncEngine) -> list[Any]:
+        await ingest_all(engine, bodies)
+        answers = []
+        for key in (None, LABEL):
+            answers.append(await read(engine, start * S, end * S, HOUR, key))  # from the agents
+        await fold_all(engine)
+        for key in (None, LABEL):
+            answers.append(await read(engine, start * S, end * S, HOUR, key))  # from the rollup
+        return answers
+
+    plain = expected(items, start * S, end * S, HOUR, grouped=False, now=end * S)
+    grouped = expected(items, start * S, end * S, HOUR, grouped=True, now=end * S)
+    assert run(sql.url, work) == [plain, grouped, plain, grouped]
+    assert [point[1][0][2:] for point in plain] == [(2, 0), (2, 3), (1, 1)]  # sessions, failed
 
 
 def test_a_mark_committed_after_the_folds_snapshot_survives_it(sql: Sql) -> None:

@@ -21,6 +21,12 @@ the agents over the rest. Agents still active are added from their own index up 
 snapshot's `now()`, and so are the closed intervals longer than a day (`ix_agent_long_interval`).
 Everything is summed in integer microseconds; `agent_seconds` is that sum
 divided by 10⁶ once (the double nearest the exact figure).
+
+Without a label key, a read needs no label sets and costs the same from any second
+(`_all_agents`): agent time is the area under the app's concurrency (PCU's rollup) less the part
+of each open interval after now, and starts and FAILED stops come from `usage_count` (per app and
+hour, how many happened before each minute; folded with `usage_hour`) and, for the parts of
+minutes at bucket edges and for marked hours, from the agents.
 """
 
 from __future__ import annotations
@@ -406,7 +412,8 @@ async def _all_agents(
         totals[(pos, None)][0] = point.area
     raw = await db.driver_connection(conn)
     cursor = await raw.execute(_OPEN, {"app": app_id, "key": None, "e": pcu.from_us(end)})
-    ahead = [(None, max(int(at), now), end) for _, at, _ in await cursor.fetchall()]
+    after_now = (max(int(at), now) for _, at, _ in await cursor.fetchall())
+    ahead = [(None, at, end) for at in after_now if at < end]
     future: dict[tuple[int, str | None], Figures] = defaultdict(lambda: [0, 0, 0])
     _add_intervals(future, grid, ahead, now=now)
     for (pos, _), (agent_us, _, _) in future.items():

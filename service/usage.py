@@ -50,6 +50,8 @@ Figures = list[int]  # [agent µs, sessions, failed]
 # Closed intervals longer than this are not in the rollup (see the module); as SQL and in µs.
 LONG: Final = "interval '1 day'"
 LONG_US: Final = 24 * HOUR_US
+# Marked hours one fold recomputes at most (the oldest first), as the other insight folds.
+FOLD_HOURS: Final = 168
 
 
 def footprint(row: AgentRow) -> tuple[Any, ...]:
@@ -130,17 +132,23 @@ _FROM_AGENTS: Final = f"""
     ) AS a
     UNION ALL {_counts("{group}", "{group}")}"""
 
-# One app's marked hours recomputed in ONE statement (one snapshot): the marks it can see of
-# hours that have ended are deleted (the current hour changes with every start and stop: reads
-# compute it from the agents, and folding it every few seconds would read its agents each time)
-# (a mark committed after its snapshot stays, for the next fold), their hours computed from the
-# agents by label set and written over the rollup's (a label set gone from an hour loses its
-# row), and their starts and FAILED stops per minute into `usage_count` (an hour with none
-# loses its row).
+# One app's first `FOLD_HOURS` marked hours that have ended recomputed in ONE statement (one
+# snapshot), so that a backlog (a migration marks every hour) is folded in bounded steps. The
+# current hour stays marked: it changes with every start and stop, reads compute it from the
+# agents, and folding it every few seconds would read its agents each time. The marks the
+# statement can see of those hours are deleted (a mark committed after its snapshot stays, for
+# the next fold), their hours computed from the agents by label set and written over the
+# rollup's (a label set gone from an hour loses its row), and their starts and FAILED stops per
+# minute into `usage_count` (an hour with none loses its row).
 FOLD_SQL: Final = f"""
-    WITH taken AS (
-        DELETE FROM insight_change
+    WITH first_hours AS (
+        SELECT DISTINCT hour FROM insight_change
         WHERE app_id = %(app)s AND kind = 'usage' AND hour < date_trunc('hour', now(), 'UTC')
+        ORDER BY hour LIMIT {FOLD_HOURS}
+    ),
+    taken AS (
+        DELETE FROM insight_change
+        WHERE app_id = %(app)s AND kind = 'usage' AND hour IN (SELECT hour FROM first_hours)
         RETURNING hour
     ),
     piece AS (
@@ -280,9 +288,9 @@ class Point:
 
 
 async def fold(conn: psycopg.AsyncConnection[Any], app_id: str) -> int:
-    """Recompute the rollup's marked hours of `app_id` and delete the marks seen; answers how
-    many marks went (0 also when another folder holds the app). `conn` must be in no
-    transaction; this commits its own."""
+    """Recompute the rollup's first `FOLD_HOURS` marked hours of `app_id` and delete the marks
+    seen; answers how many marks went (0 also when another folder holds the app). `conn` must be
+    in no transaction; this commits its own."""
     taken = await db.fold_under_lock(conn, lock=_lock(app_id), sql=FOLD_SQL, app_id=app_id)
     return taken or 0
 

@@ -271,6 +271,41 @@ def test_a_mark_committed_after_the_folds_snapshot_survives_it(sql: Sql) -> None
     assert sql.count("insight_change") == 1
 
 
+def test_a_backlog_of_marks_is_folded_oldest_first_a_bounded_number_of_hours_at_a_time(
+    sql: Sql,
+) -> None:
+    reset(sql)
+    hours = usage.FOLD_HOURS + 2
+    newest_s = BASE_S + (hours - 1) * 3600
+    first = Session("first", BASE_S + 5, BASE_S + 65, True, "gold")
+    last = Session("last", newest_s + 5, newest_s + 7, False, None)
+    bodies = [body for session in (first, last) for body in session.deliveries()]
+    end = (BASE_S + hours * 3600) * S
+
+    async def work(engine: AsyncEngine) -> list[Any]:
+        await ingest_all(engine, bodies)
+        sql.execute(
+            "INSERT INTO insight_change (app_id, kind, hour) SELECT %(app)s, 'usage',"
+            " to_timestamp(%(s)s) + n * interval '1 hour' FROM generate_series(0, %(n)s) AS n",
+            app=APP_ID,
+            s=BASE_S,
+            n=hours - 1,
+        )
+        url = engine.url.render_as_string(hide_password=False)
+        steps = []
+        async with await db.connect(url, name="fold") as conn:
+            for _ in range(3):
+                await usage.fold(conn, APP_ID)
+                left = sql.rows("SELECT DISTINCT hour FROM insight_change ORDER BY 1")
+                steps.append(([row["hour"].timestamp() for row in left], sql.count("usage_count")))
+                steps.append(await read(engine, BASE_S * S, end, HOUR * 24, None))
+        return steps
+
+    want = expected([first, last], BASE_S * S, end, HOUR * 24, grouped=False, now=end)
+    newest = [float(BASE_S + h * 3600) for h in range(usage.FOLD_HOURS, hours)]
+    assert run(sql.url, work) == [(newest, 1), want, ([], 2), want, ([], 2), want]
+
+
 def test_a_fold_skips_an_app_another_folder_holds(sql: Sql) -> None:
     reset(sql)
     mark(sql, BASE_S)

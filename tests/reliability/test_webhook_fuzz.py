@@ -206,7 +206,10 @@ def meaningful(data: st.DataObject, payload: dict[str, Any]) -> None:
             st.sampled_from((stamp + 0.75, stamp * 1000 + 0.5, str(stamp), f"{stamp}.5", 10**400))
         )
     elif field == "labels":
-        payload["labels"] = data.draw(st.sampled_from(([], [["k", "v"]], "tenant=acme", 7, None)))
+        # A copy: a later `mutate` may change it in place, and a sample shared between examples
+        # would then differ from one example to the next (hypothesis: flaky generation).
+        labels = data.draw(st.sampled_from(([], [["k", "v"]], "tenant=acme", 7, None)))
+        payload["labels"] = copy.deepcopy(labels)
     else:
         payload[field] = data.draw(st.sampled_from((500, -1, 1.5, 10**30, "500")))
 

@@ -38,9 +38,11 @@ demo: install
 		trap "kill $$web $$sim 2>/dev/null" INT TERM; \
 		wait $$web; kill $$sim 2>/dev/null; wait'
 
-# The whole suite against TEST_DATABASE_URL if set, else a throw-away embedded PostgreSQL.
+# The whole suite against TEST_DATABASE_URL if set, else a throw-away embedded PostgreSQL per
+# worker process: TEST_WORKERS of them (each test module stays on one), 1 to run in this process.
+TEST_WORKERS ?= 2
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
 
 # The slow reliability tests (marked chaos, left out of make test): PostgreSQL restarted under
 # load, replicas and workers racing, a full run's logs searched for secrets. A few minutes.

@@ -3,7 +3,8 @@
 Migrates a fresh database (embedded PostgreSQL, or BENCH_DATABASE_URL's server), generates the
 sessions in SQL (`generate_series`: starts spread over 30 days, mean ~3 min, 2 % up to 3 h, a
 few hundred still running, 5 % FAILED, labels `tier` (3 values, 10 % absent) and `region`
-(5 values)) plus 200,000 of another app, marks every hour and folds them (the backfill), checks
+(5 values)) plus 200,000 of another app, rebuilds the PCU rollup (series without a label take
+agent time from it), marks every hour and folds them (the backfill), checks
 30-day series against a brute-force SQL sum over the agents, starts `convoai-ledger serve` and
 measures GET /v1/apps/{app}/usage over real HTTP: 30 days hourly and daily, hour-aligned and
 from an odd second, with and without `group_by`; and in-process, the same with the last six
@@ -29,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import bench_pcu, common  # noqa: E402
-from service import concurrency, db, pcu, usage  # noqa: E402
+from service import concurrency, db, pcu, rollup, usage  # noqa: E402
 from tests.factories import reader_headers  # noqa: E402
 
 APP = bench_pcu.APP
@@ -126,6 +127,13 @@ def prepare(url: str, *, sessions: int, now: datetime) -> list[str]:
         conn.execute(_MARK_ALL)
         conn.commit()
         lines.append(f"seed {sessions:,} + {sessions // 5:,} sessions: {_since(started)}")
+        # The PCU rollup, as the write path would have kept it: usage without a label reads
+        # agent time from it.
+        started = time.perf_counter()
+        conn.execute(rollup.REBUILD_SQL)
+        conn.execute(rollup.REBUILD_HOURS_SQL)
+        conn.commit()
+        lines.append(f"PCU rollup rebuild: {_since(started)}")
         conn.autocommit = True
         conn.execute("VACUUM ANALYZE")
     started = time.perf_counter()

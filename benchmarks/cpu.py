@@ -89,8 +89,9 @@ def postgres(url: str, *, owned: bool) -> Tree | Backends:
         return Backends(url)
     with psycopg.connect(url) as conn:
         row = conn.execute("SELECT pg_backend_pid()").fetchone()
-    assert row is not None
-    stat = _stat(int(row[0]))
+        assert row is not None
+        # Read while connected: once the connection closes, the backend exits.
+        stat = _stat(int(row[0]))
     assert stat is not None, "PostgreSQL must run on this machine to count its CPU"
     return Tree(stat[0])
 

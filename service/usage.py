@@ -312,24 +312,29 @@ def plan(
     hours_read: list[tuple[int, int]] = []
     pieces: list[tuple[int, int, int, int]] = []
 
-    def piece(s: int, e: int, pos: int, sign: int) -> None:
-        if pieces and pieces[-1][1] == s and pieces[-1][2:] == (pos, sign):
-            pieces[-1] = (pieces[-1][0], e, pos, sign)  # adjacent: one probe, not two
-        else:
-            pieces.append((s, e, pos, sign))
-
     for pos, (start, end) in enumerate(grid):
         for hour in range(start - start % HOUR_US, end, HOUR_US):
             a, b = max(start, hour), min(end, hour + HOUR_US)
             if hour in marked or 2 * (b - a) <= HOUR_US:  # marked, or at most half the hour
-                piece(a, b, pos, 1)
+                _add_piece(pieces, a, b, pos, 1)
                 continue
             hours_read.append((hour, pos))
-            if hour < a:
-                piece(hour, a, pos, -1)
-            if b < hour + HOUR_US:
-                piece(b, hour + HOUR_US, pos, -1)
+            _add_piece(pieces, hour, a, pos, -1)
+            _add_piece(pieces, b, hour + HOUR_US, pos, -1)
     return hours_read, pieces
+
+
+def _add_piece(
+    pieces: list[tuple[int, int, int, int]], s: int, e: int, pos: int, sign: int
+) -> None:
+    """Append the signed piece `[s, e)` of bucket `pos` (nothing if empty), merged into the last
+    one when it continues it for the same bucket and sign: one probe, not two."""
+    if s >= e:
+        return
+    if pieces and pieces[-1][1] == s and pieces[-1][2:] == (pos, sign):
+        pieces[-1] = (pieces[-1][0], e, pos, sign)
+    else:
+        pieces.append((s, e, pos, sign))
 
 
 def _joined(values: Iterable[object]) -> str:
@@ -373,24 +378,16 @@ def count_plan(
     runs: list[tuple[int, int, int, int]] = []
     pieces: list[tuple[int, int, int, int]] = []
 
-    def piece(s: int, e: int, pos: int, sign: int) -> None:
-        if s >= e:
-            return
-        if pieces and pieces[-1][1] == s and pieces[-1][2:] == (pos, sign):
-            pieces[-1] = (pieces[-1][0], e, pos, sign)  # adjacent: one probe, not two
-        else:
-            pieces.append((s, e, pos, sign))
-
     for pos, (start, end) in enumerate(grid):
         for hour in range(start - start % HOUR_US, end, HOUR_US):
             a, b = max(start, hour), min(end, hour + HOUR_US)
             first, last = pcu.floor_grain(a), pcu.floor_grain(b)
             if hour in marked or first == last:  # marked, or inside one minute
-                piece(a, b, pos, 1)
+                _add_piece(pieces, a, b, pos, 1)
                 continue
             runs.append((hour, (first - hour) // pcu.GRAIN_US, (last - hour) // pcu.GRAIN_US, pos))
-            piece(first, a, pos, -1)
-            piece(last, b, pos, 1)
+            _add_piece(pieces, first, a, pos, -1)
+            _add_piece(pieces, last, b, pos, 1)
     return runs, pieces
 
 

@@ -96,8 +96,8 @@ def prepare(url: str, *, sessions: int, now: datetime) -> list[str]:
     lines += asyncio.run(fold(url))
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(
-            "ANALYZE pcu_minute, pcu_hour, usage_hour, latency_bucket, latency_label_bucket,"
-            " error_hour"
+            "ANALYZE pcu_minute, pcu_hour, usage_hour, usage_minute, latency_bucket,"
+            " latency_label_bucket, error_hour"
         )
     return lines
 
@@ -184,10 +184,16 @@ def marks_left(url: str, kind: str | None = None) -> int:
 
 
 def rollup_rows(url: str, kind: str) -> str:
-    table = "usage_hour" if kind == "usage" else "latency_bucket"
+    tables = ("usage_hour", "usage_minute") if kind == "usage" else ("latency_bucket",)
     with psycopg.connect(url) as conn:
-        row = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
-    return f"{row[0] if row else 0:,} {table} rows"
+        counted = []
+        for table in tables:
+            row = conn.execute(
+                f"SELECT count(*), pg_total_relation_size('{table}') FROM {table}"
+            ).fetchone()
+            rows, size = row if row else (0, 0)
+            counted.append(f"{rows:,} {table} rows ({size / 2**20:,.1f} MiB)")
+    return ", ".join(counted)
 
 
 def service_env(url: str) -> dict[str, str]:

@@ -140,13 +140,17 @@ def prepare(url: str, *, sessions: int, now: datetime) -> list[str]:
     asyncio.run(_fold(url))
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("VACUUM ANALYZE")
-        rows = conn.execute("SELECT count(*) FROM usage_hour").fetchone()
+        rows = conn.execute(
+            "SELECT (SELECT count(*) FROM usage_hour), pg_total_relation_size('usage_hour'),"
+            " pg_total_relation_size('usage_minute')"
+        ).fetchone()
         running = conn.execute(
             "SELECT count(*) FROM agent WHERE app_id = %s AND active_until IS NULL", [APP]
         ).fetchone()
     assert rows is not None and running is not None
     lines.append(
-        f"fold of every marked hour (backfill): {_since(started)}, {rows[0]:,} usage_hour rows,"
+        f"fold of every marked hour (backfill): {_since(started)}, {rows[0]:,} usage_hour rows"
+        f" ({rows[1] / 2**20:,.1f} MiB; usage_minute {rows[2] / 2**20:,.1f} MiB),"
         f" {running[0]} agents still running"
     )
     return lines

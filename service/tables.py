@@ -486,6 +486,26 @@ usage_count: Final = Table(
 )
 
 
+# Usage per app, hour and label set by minute, to cut an hour at any second when grouping by a
+# label (`service.usage`): for k = 0..60 (array index k + 1), `agent_us[k]` the overlap (µs) of
+# the intervals `usage_hour` counts with minutes [0, k) of the hour, `sessions[k]` and
+# `failed[k]` the starts and FAILED stops in them; for k = 0..59, `level[k]` how many of those
+# intervals hold minute k's first instant inside (started before it, end after it). The same
+# rows as `usage_hour` (a label set with anything in the hour), written by the same fold.
+usage_minute: Final = Table(
+    "usage_minute",
+    metadata,
+    Column("app_id", Text, nullable=False),
+    _timestamp("hour", nullable=False),
+    Column("labels", JSONB, nullable=False),
+    Column("agent_us", ARRAY(BigInteger), nullable=False),
+    Column("level", ARRAY(Integer), nullable=False),
+    Column("sessions", ARRAY(Integer), nullable=False),
+    Column("failed", ARRAY(Integer), nullable=False),
+    PrimaryKeyConstraint("app_id", "hour", "labels"),
+)
+
+
 def _latency_figures() -> tuple[Column[object], ...]:
     """A latency bucket's figures (`service.latency`): its turns, nearest-rank percentiles of
     `e2e` [p50, p90, p99, max] and of each stage [p50, p90], NULL where no turn reported it."""

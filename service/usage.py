@@ -13,12 +13,19 @@ hours an agent's change touches (`marks()`, old and new, written with the change
 `insight_change`); `fold()` recomputes those hours from the agents and deletes the marks it saw.
 So for every hour without a mark, the rollup is what the agents say.
 
+The same fold writes `usage_minute`: per app, hour and label set, the agent time, starts and
+FAILED stops before each minute of the hour, and how many of those intervals hold each minute's
+first instant inside (the level). The figures of an unmarked hour from its start to any instant
+t inside it (a cut, `plan()`) are then the minutes before t's minute, plus the level at that
+minute's first instant M times t - M, plus the few agents that start, end or fail in [M, t)
+(index probes on start, end and FAILED stop).
+
 A read (`series()`, in one REPEATABLE READ snapshot) takes each whole unmarked hour of a bucket
-from the rollup; a marked hour, or a partial one (a bucket edge off the hour), is computed from
-the agents themselves (GiST range overlap, start and stop indexes) over the part in the bucket,
-or, when that part is more than half the hour and the hour is unmarked, as the rollup's hour less
-the agents over the rest. Agents still active are added from their own index up to the
-snapshot's `now()`, and so are the closed intervals longer than a day (`ix_agent_long_interval`).
+from `usage_hour`, the part of an unmarked hour as the difference of two cuts (the cut at the
+hour's end is its `usage_hour` row), and a marked hour's part from the agents themselves (GiST
+range overlap, start and stop indexes). Agents still active are added from their own index up
+to the snapshot's `now()`, and so are the closed intervals longer than a day
+(`ix_agent_long_interval`).
 Everything is summed in integer microseconds; `agent_seconds` is that sum
 divided by 10⁶ once (the double nearest the exact figure).
 
@@ -132,14 +139,55 @@ _FROM_AGENTS: Final = f"""
     ) AS a
     UNION ALL {_counts("{group}", "{group}")}"""
 
+# What `usage_minute` holds of the hours `piece` (s, e, pos: the hour), per label set and minute
+# k of the hour: the overlap (µs) of the intervals `_FROM_AGENTS` counts with the minute, how
+# many of them hold its first instant inside (started before it; their end is after it, as
+# they overlap it), and its starts and FAILED stops. An interval's minutes are those from its
+# clipped start's to the one holding its clipped end's last microsecond.
+_BY_MINUTE: Final = f"""
+    SELECT p.pos AS hour, a.labels, k.k,
+           least(a.e, k.m + {pcu.GRAIN_US}) - greatest(a.s, k.m) AS agent_us,
+           (a.s0 < k.m)::int AS level, 0 AS sessions, 0 AS failed
+    FROM piece AS p CROSS JOIN LATERAL (
+        SELECT a.labels, {_us("a.active_from")} AS s0, {_us("p.s")} AS h,
+               greatest({_us("a.active_from")}, {_us("p.s")}) AS s,
+               least({_us("a.active_until")}, {_us("p.e")}) AS e
+        FROM agent AS a
+        WHERE a.app_id = %(app)s AND a.active_from IS NOT NULL AND a.active_until IS NOT NULL
+          AND tstzrange(a.active_from, a.active_until) && tstzrange(p.s, p.e)
+          AND a.active_until - a.active_from <= {LONG}
+    ) AS a
+    CROSS JOIN LATERAL (
+        SELECT k, a.h + k::bigint * {pcu.GRAIN_US} AS m
+        FROM generate_series(
+            ((a.s - a.h) / {pcu.GRAIN_US})::int, ((a.e - a.h - 1) / {pcu.GRAIN_US})::int
+        ) AS k
+    ) AS k
+    UNION ALL
+    SELECT p.pos, a.labels, a.k, 0, 0, a.n, 0
+    FROM piece AS p CROSS JOIN LATERAL (
+        SELECT a.labels, {_minute_of("a.active_from")} AS k, count(*) AS n FROM agent AS a
+        WHERE a.app_id = %(app)s AND a.active_from >= p.s AND a.active_from < p.e
+        GROUP BY 1, 2
+    ) AS a
+    UNION ALL
+    SELECT p.pos, a.labels, a.k, 0, 0, 0, a.n
+    FROM piece AS p CROSS JOIN LATERAL (
+        SELECT a.labels, {_minute_of("a.stopped_at")} AS k, count(*) AS n FROM agent AS a
+        WHERE a.app_id = %(app)s AND a.stopped_at >= p.s AND a.stopped_at < p.e
+          AND a.state = '{_FAILED}'
+        GROUP BY 1, 2
+    ) AS a"""
+
 # One app's first `FOLD_HOURS` marked hours that have ended recomputed in ONE statement (one
 # snapshot), so that a backlog (a migration marks every hour) is folded in bounded steps. The
 # current hour stays marked: it changes with every start and stop, reads compute it from the
 # agents, and folding it every few seconds would read its agents each time. The marks the
 # statement can see of those hours are deleted (a mark committed after its snapshot stays, for
 # the next fold), their hours computed from the agents by label set and written over the
-# rollup's (a label set gone from an hour loses its row), and their starts and FAILED stops per
-# minute into `usage_count` (an hour with none loses its row).
+# rollup's (a label set gone from an hour loses its row), their starts and FAILED stops per
+# minute into `usage_count` (an hour with none loses its row), and their figures by minute per
+# label set into `usage_minute` (as `usage_hour`'s rows).
 FOLD_SQL: Final = f"""
     WITH first_hours AS (
         SELECT DISTINCT hour FROM insight_change
@@ -201,6 +249,41 @@ FOLD_SQL: Final = f"""
         DELETE FROM usage_count AS u USING piece AS p
         WHERE u.app_id = %(app)s AND u.hour = p.s
           AND NOT EXISTS (SELECT FROM counted AS c WHERE c.hour = u.hour)
+    ),
+    by_minute AS (
+        SELECT hour, labels, k, sum(agent_us) AS agent_us, sum(level) AS level,
+               sum(sessions) AS sessions, sum(failed) AS failed
+        FROM ({_BY_MINUTE}) AS f
+        GROUP BY 1, 2, 3
+    ),
+    minute_running AS (
+        SELECT s.hour, s.labels, k.k, coalesce(m.level, 0) AS level,
+               sum(coalesce(m.agent_us, 0)) OVER w AS agent_us,
+               sum(coalesce(m.sessions, 0)) OVER w AS sessions,
+               sum(coalesce(m.failed, 0)) OVER w AS failed
+        FROM (SELECT DISTINCT hour, labels FROM by_minute) AS s
+        CROSS JOIN generate_series(0, 59) AS k(k)
+        LEFT JOIN by_minute AS m ON m.hour = s.hour AND m.labels = s.labels AND m.k = k.k
+        WINDOW w AS (PARTITION BY s.hour, s.labels ORDER BY k.k)
+    ),
+    minutes AS (
+        SELECT hour, labels, ARRAY[0::bigint] || array_agg(agent_us::bigint ORDER BY k) AS agent_us,
+               array_agg(level::int ORDER BY k) AS level,
+               ARRAY[0] || array_agg(sessions::int ORDER BY k) AS sessions,
+               ARRAY[0] || array_agg(failed::int ORDER BY k) AS failed
+        FROM minute_running GROUP BY hour, labels
+    ),
+    minutes_written AS (
+        INSERT INTO usage_minute (app_id, hour, labels, agent_us, level, sessions, failed)
+        SELECT %(app)s, hour, labels, agent_us, level, sessions, failed FROM minutes
+        ON CONFLICT (app_id, hour, labels) DO UPDATE
+        SET agent_us = excluded.agent_us, level = excluded.level, sessions = excluded.sessions,
+            failed = excluded.failed
+    ),
+    minutes_cleared AS (
+        DELETE FROM usage_minute AS u USING piece AS p
+        WHERE u.app_id = %(app)s AND u.hour = p.s
+          AND NOT EXISTS (SELECT FROM minutes AS c WHERE c.hour = u.hour AND c.labels = u.labels)
     )
     SELECT count(*) FROM taken"""
 
@@ -228,6 +311,65 @@ _READ_ROLLUP: Final = """
     JOIN usage_hour AS u
       ON u.app_id = %(app)s AND u.hour = timestamptz 'epoch' + r.hour * interval '1 microsecond'
     GROUP BY 1, 2"""
+
+# The figures of unmarked hours from their start to instants inside them, per cut `pos` and
+# group: sent as the hour, the minute k of the instant and its µs r into that minute. From
+# `usage_minute`, minutes [0, k) and the intervals holding minute k's first instant M (each
+# adds r); from the agents, the part [M, M + r) of the minute: a start at s there adds
+# M + r - s (and a session), an end at e inside it takes M + r - e off, a FAILED stop there
+# counts. Only the intervals `usage_hour` counts (closed, not empty, at most a day) add time.
+_READ_CUTS: Final = f"""
+    WITH sent AS (
+        SELECT hour, k, r, pos, hour + k::bigint * {pcu.GRAIN_US} AS m_us
+        FROM unnest(string_to_array(%(hour)s, ',')::bigint[], string_to_array(%(k)s, ',')::int[],
+                    string_to_array(%(r)s, ',')::bigint[], string_to_array(%(pos)s, ',')::int[])
+            AS c(hour, k, r, pos)
+    ),
+    cut AS (
+        SELECT timestamptz 'epoch' + hour * interval '1 microsecond' AS hour, k, r, pos,
+               timestamptz 'epoch' + m_us * interval '1 microsecond' AS m,
+               timestamptz 'epoch' + (m_us + r) * interval '1 microsecond' AS t, m_us + r AS t_us
+        FROM sent
+    )
+    SELECT pos, grp, sum(agent_us)::bigint, sum(sessions)::int, sum(failed)::int
+    FROM (
+        SELECT c.pos, u.labels ->> %(key)s::text AS grp,
+               u.agent_us[c.k + 1] + u.level[c.k + 1] * c.r AS agent_us,
+               u.sessions[c.k + 1] AS sessions, u.failed[c.k + 1] AS failed
+        FROM cut AS c
+        JOIN usage_minute AS u ON u.app_id = %(app)s AND u.hour = c.hour
+        UNION ALL
+        SELECT c.pos, a.grp, a.agent_us, a.n, 0
+        FROM cut AS c CROSS JOIN LATERAL (
+            SELECT a.labels ->> %(key)s::text AS grp, count(*) AS n,
+                   coalesce(sum(c.t_us - {_us("a.active_from")}) FILTER (
+                       WHERE a.active_until > a.active_from
+                         AND a.active_until - a.active_from <= {LONG}
+                   ), 0) AS agent_us
+            FROM agent AS a
+            WHERE c.r > 0 AND a.app_id = %(app)s AND a.active_from >= c.m AND a.active_from < c.t
+            GROUP BY 1
+        ) AS a
+        UNION ALL
+        SELECT c.pos, a.grp, -a.agent_us, 0, 0
+        FROM cut AS c CROSS JOIN LATERAL (
+            SELECT a.labels ->> %(key)s::text AS grp,
+                   sum(c.t_us - {_us("a.active_until")}) AS agent_us
+            FROM agent AS a
+            WHERE c.r > 0 AND a.app_id = %(app)s AND a.active_until > c.m AND a.active_until < c.t
+              AND a.active_until > a.active_from AND a.active_until - a.active_from <= {LONG}
+            GROUP BY 1
+        ) AS a
+        UNION ALL
+        SELECT c.pos, a.grp, 0, 0, a.n
+        FROM cut AS c CROSS JOIN LATERAL (
+            SELECT a.labels ->> %(key)s::text AS grp, count(*) AS n FROM agent AS a
+            WHERE c.r > 0 AND a.app_id = %(app)s AND a.stopped_at >= c.m AND a.stopped_at < c.t
+              AND a.state = '{_FAILED}'
+            GROUP BY 1
+        ) AS a
+    ) AS f
+    GROUP BY pos, grp"""
 
 # Hours of [s, e) with marks not folded yet.
 _MARKED: Final = f"""
@@ -304,24 +446,37 @@ def lock_key(app_id: str) -> int:
     return db.lock_key(_lock(app_id))
 
 
-def plan(
-    grid: Sequence[tuple[int, int]], marked: set[int]
-) -> tuple[list[tuple[int, int]], list[tuple[int, int, int, int]]]:
-    """How to read each bucket: rollup hours `(hour, pos)` and agent pieces `(s, e, pos,
-    sign)`, so that for each bucket the rollup hours plus the signed pieces are its figures."""
+class Plan(NamedTuple):
+    """How to read each bucket grouped by a label (`plan()`): for each bucket, its rollup hours
+    plus its signed cuts plus its signed agent pieces are its figures."""
+
+    hours: list[tuple[int, int]]  # (hour, pos): a whole unmarked hour from `usage_hour`
+    cuts: list[tuple[int, int, int]]  # (at, pos, sign): an unmarked hour from its start to `at`
+    pieces: list[tuple[int, int, int, int]]  # (s, e, pos, sign): [s, e) from the agents
+
+
+def plan(grid: Sequence[tuple[int, int]], marked: set[int]) -> Plan:
+    """Each bucket's part of each hour: a marked hour's part from the agents; an unmarked hour's
+    part `[a, b)` as `cut(b) - cut(a)`, where the cut at the hour's start is nothing and the one
+    at its end is the hour's rollup row (`cut()` is the hour's figures from its start to an
+    instant inside it: `usage_minute` and the agents of a part of a minute)."""
     hours_read: list[tuple[int, int]] = []
+    cuts: list[tuple[int, int, int]] = []
     pieces: list[tuple[int, int, int, int]] = []
 
     for pos, (start, end) in enumerate(grid):
         for hour in range(start - start % HOUR_US, end, HOUR_US):
             a, b = max(start, hour), min(end, hour + HOUR_US)
-            if hour in marked or 2 * (b - a) <= HOUR_US:  # marked, or at most half the hour
+            if hour in marked:
                 _add_piece(pieces, a, b, pos, 1)
                 continue
-            hours_read.append((hour, pos))
-            _add_piece(pieces, hour, a, pos, -1)
-            _add_piece(pieces, b, hour + HOUR_US, pos, -1)
-    return hours_read, pieces
+            if b == hour + HOUR_US:
+                hours_read.append((hour, pos))
+            else:
+                cuts.append((b, pos, 1))
+            if a > hour:
+                cuts.append((a, pos, -1))
+    return Plan(hours_read, cuts, pieces)
 
 
 def _add_piece(
@@ -449,32 +604,42 @@ async def _all_agents(
 
 
 async def _figures(
-    raw: psycopg.AsyncConnection[Any],
-    *,
-    app_id: str,
-    key: str | None,
-    parts: tuple[list[tuple[int, int]], list[tuple[int, int, int, int]]],
+    raw: psycopg.AsyncConnection[Any], *, app_id: str, key: str | None, parts: Plan
 ) -> dict[tuple[int, str | None], Figures]:
-    """Per (bucket, group) the figures of `plan()`'s parts: rollup hours and agent pieces."""
-    hours_read, pieces = parts
+    """Per (bucket, group) the figures of `plan()`'s parts: rollup hours, cuts, agent pieces."""
     totals: dict[tuple[int, str | None], Figures] = defaultdict(lambda: [0, 0, 0])
-    rollup_columns = {"hour": (h for h, _ in hours_read), "pos": (p for _, p in hours_read)}
+    rollup_columns = {"hour": (h for h, _ in parts.hours), "pos": (p for _, p in parts.hours)}
     rows = await _fetch(raw, _READ_ROLLUP, app_id=app_id, key=key, columns=rollup_columns)
     # Grouped by bucket and group in SQL: each row is the first figures of its pair.
     totals.update(
         ((pos, group), [agent_us, sessions, failed])
         for pos, group, agent_us, sessions, failed in rows
     )
-    # A span may serve several buckets (a sliver taken from one hour's rollup row is added to
-    # the next bucket).
-    serves, span_columns = _distinct_spans(pieces)
-    rows = await _fetch(raw, _READ_AGENTS, app_id=app_id, key=key, columns=span_columns)
-    for index, group, agent_us, sessions, failed in rows:
-        for pos, sign in serves[index]:
-            figures = totals[(pos, group)]
-            figures[0] += sign * agent_us
-            figures[1] += sign * sessions
-            figures[2] += sign * failed
+    # A cut serves the bucket ending there and the one starting there; a span may serve several
+    # buckets too.
+    cut_serves: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    for at, pos, sign in parts.cuts:
+        cut_serves[at].append((pos, sign))
+    cut_at = list(cut_serves)
+    cut_columns: dict[str, Iterable[object]] = {
+        "hour": (at - at % HOUR_US for at in cut_at),
+        "k": (at % HOUR_US // pcu.GRAIN_US for at in cut_at),
+        "r": (at % pcu.GRAIN_US for at in cut_at),
+        "pos": range(len(cut_at)),
+    }
+    serves, span_columns = _distinct_spans(parts.pieces)
+    for query, columns, served in (
+        (_READ_CUTS, cut_columns, list(cut_serves.values())),
+        (_READ_AGENTS, span_columns, serves),
+    ):
+        for index, group, agent_us, sessions, failed in await _fetch(
+            raw, query, app_id=app_id, key=key, columns=columns
+        ):
+            for pos, sign in served[index]:
+                figures = totals[(pos, group)]
+                figures[0] += sign * agent_us
+                figures[1] += sign * sessions
+                figures[2] += sign * failed
     return totals
 
 

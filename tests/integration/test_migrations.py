@@ -242,3 +242,57 @@ def test_hours_folded_before_the_minute_counts_are_marked_for_them(
         {"hour": hour, "sessions": [0] * 6 + [2] * 55, "failed": [0] * 60 + [1]},
     ]
     assert sql.value("SELECT count(*) FROM insight_change") == 0
+
+
+def test_hours_folded_before_the_minutes_per_label_set_are_marked_for_them(
+    empty_database_url: str,
+) -> None:
+    """The revision that adds `usage_minute` marks every hour `usage_hour` holds (once), and the
+    folder then writes that hour's figures by minute."""
+    schema.upgrade(empty_database_url, "5b1d7c2e9a30")
+    sql = Sql(empty_database_url)
+    hour = datetime(2026, 1, 1, 10, tzinfo=UTC)
+    minutes = [hour + timedelta(minutes=m) for m in range(61)]
+    a = (minutes[5] + timedelta(seconds=59), minutes[20])  # STOPPED
+    b = (minutes[5], minutes[59] + timedelta(seconds=30))  # FAILED
+    sql.execute(
+        "INSERT INTO agent (app_id, agent_id, state, active_from, active_until, stopped_at, labels)"
+        " VALUES ('app', 'a', 'STOPPED', %(a0)s, %(a1)s, %(a1)s, '{\"tier\": \"gold\"}'),"
+        " ('app', 'b', 'FAILED', %(b0)s, %(b1)s, %(b1)s, '{\"tier\": \"gold\"}')",
+        a0=a[0],
+        a1=a[1],
+        b0=b[0],
+        b1=b[1],
+    )
+    # As the previous release's folder left it, with one hour marked already.
+    sql.execute(
+        "INSERT INTO usage_hour (app_id, hour, labels, agent_us, sessions, failed)"
+        " VALUES ('app', %(h)s, '{\"tier\": \"gold\"}', 4111000000, 2, 1),"
+        " ('app', %(h)s, '{}', 1, 0, 0)",
+        h=hour,
+    )
+    sql.execute(
+        "INSERT INTO insight_change (app_id, kind, hour) VALUES ('app', 'usage', %(h)s)", h=hour
+    )
+
+    schema.upgrade(empty_database_url)
+
+    assert sql.rows("SELECT kind, hour FROM insight_change") == [{"kind": "usage", "hour": hour}]
+    with psycopg.connect(sql.url, autocommit=True) as conn:
+        conn.execute(usage.FOLD_SQL, {"app": "app"})
+
+    def overlap_us(interval: tuple[datetime, datetime], until: datetime) -> int:
+        return max(0, int((min(interval[1], until) - max(interval[0], hour)).total_seconds() * 1e6))
+
+    row = sql.rows("SELECT labels, agent_us, level, sessions, failed FROM usage_minute")
+    assert row == [
+        {
+            "labels": {"tier": "gold"},
+            "agent_us": [overlap_us(a, m) + overlap_us(b, m) for m in minutes],
+            "level": [sum(s < m < e for s, e in (a, b)) for m in minutes[:60]],
+            "sessions": [0] * 6 + [2] * 55,
+            "failed": [0] * 60 + [1],
+        }
+    ]
+    assert row[0]["agent_us"][-1] == 4111 * 10**6  # as usage_hour
+    assert sql.value("SELECT count(*) FROM insight_change") == 0

@@ -99,7 +99,8 @@ def mark(sql: Sql, hour_s: int) -> None:
 def reset(sql: Sql) -> None:
     sql.execute(
         "TRUNCATE agent, notification, agent_transition, history, history_job, pcu_minute,"
-        " pcu_hour, pcu_alarm, pcu_change, insight_change, usage_hour, usage_count CASCADE"
+        " pcu_hour, pcu_alarm, pcu_change, insight_change, usage_hour, usage_count, usage_minute"
+        " CASCADE"
     )
 
 
@@ -174,6 +175,8 @@ def test_the_rollup_equals_a_fold_from_scratch(sql: Sql) -> None:
     rollups = (
         "SELECT hour, labels, agent_us, sessions, failed FROM usage_hour ORDER BY 1, 2::text",
         "SELECT hour, sessions, failed FROM usage_count ORDER BY 1",
+        "SELECT hour, labels, agent_us, level, sessions, failed FROM usage_minute"
+        " ORDER BY 1, 2::text",
     )
 
     async def work(engine: AsyncEngine) -> tuple[list[Any], list[Any]]:
@@ -182,6 +185,7 @@ def test_the_rollup_equals_a_fold_from_scratch(sql: Sql) -> None:
         kept = [sql.rows(query) for query in rollups]
         sql.execute("DELETE FROM usage_hour")
         sql.execute("DELETE FROM usage_count")
+        sql.execute("DELETE FROM usage_minute")
         sql.execute(
             "INSERT INTO insight_change (app_id, kind, hour)"
             " SELECT app_id, 'usage', h FROM agent,"
@@ -242,6 +246,41 @@ def test_starts_and_failed_stops_beside_bucket_edges_inside_a_minute_count_once(
     grouped = expected(items, start * S, end * S, HOUR, grouped=True, now=end * S)
     assert run(sql.url, work) == [plain, grouped, plain, grouped]
     assert [point[1][0][2:] for point in plain] == [(2, 0), (2, 3), (1, 1)]  # sessions, failed
+
+
+@pytest.mark.parametrize("offset", [37, 20 * 60, 20 * 60 + 37])  # first minute, on a minute, not
+def test_agent_time_by_label_beside_bucket_edges_inside_a_minute(sql: Sql, offset: int) -> None:
+    """Grouped by a label from an odd second, each bucket edge cuts a folded hour inside a
+    minute: intervals starting, ending or empty at that minute's first instant, ending or held
+    inside the part before the edge, held from the hour before, longer than a day or running,
+    each count their exact overlap with the buckets on either side, folded or not."""
+    reset(sql)
+    edge = BASE_S + 3600 + offset  # hourly buckets from `offset` s past an hour
+    minute = edge - offset % 60  # the first instant of the minute the edge cuts
+    items = [
+        Session("from-minute", minute, minute + 100, False, "gold"),
+        Session("empty", minute, minute, True, "gold"),
+        Session("from-last-hour", minute - 3000, minute + offset % 60 // 2, False, "silver"),
+        Session("ends-at-minute", minute - 50, minute, True, "silver"),
+        Session("inside", minute + 1, minute + 1 + offset % 60 // 2, False, None),
+        Session("empty-inside", minute + 2, minute + 2, True, "silver"),
+        Session("longer-than-a-day", minute - 2 * 86_400, minute + 20, False, "gold"),
+        Session("starts-a-day", minute + 3, minute + 3 + 86_400 + 60, False, "silver"),
+        Session("running", minute - 10, None, False, "silver"),
+    ]
+    bodies = [body for session in items for body in session.deliveries()]
+    start, end = edge - 3600, edge + 2 * 3600
+
+    async def work(engine: AsyncEngine) -> list[Any]:
+        await ingest_all(engine, bodies)
+        answers = [await read(engine, start * S, end * S, HOUR, LABEL)]  # from the agents
+        await fold_all(engine)
+        answers.append(await read(engine, start * S, end * S, HOUR, LABEL))  # folded
+        assert sql.count("usage_minute") > 0
+        return answers
+
+    grouped = expected(items, start * S, end * S, HOUR, grouped=True, now=end * S)
+    assert run(sql.url, work) == [grouped, grouped]
 
 
 def test_a_mark_committed_after_the_folds_snapshot_survives_it(sql: Sql) -> None:

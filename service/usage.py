@@ -220,9 +220,15 @@ FOLD_SQL: Final = f"""
         WHERE u.app_id = %(app)s AND u.hour = p.s
           AND NOT EXISTS (SELECT FROM computed AS c WHERE c.hour = u.hour AND c.labels = u.labels)
     ),
+    by_minute AS (
+        SELECT hour, labels, k, sum(agent_us) AS agent_us, sum(level) AS level,
+               sum(sessions) AS sessions, sum(failed) AS failed
+        FROM ({_BY_MINUTE}) AS f
+        GROUP BY 1, 2, 3
+    ),
     per_minute AS (
-        SELECT pos AS hour, grp AS k, sum(sessions) AS sessions, sum(failed) AS failed
-        FROM ({_counts(_minute_of("a.active_from"), _minute_of("a.stopped_at"))}) AS f
+        SELECT hour, k, sum(sessions) AS sessions, sum(failed) AS failed
+        FROM by_minute WHERE sessions > 0 OR failed > 0
         GROUP BY 1, 2
     ),
     running AS (
@@ -249,12 +255,6 @@ FOLD_SQL: Final = f"""
         DELETE FROM usage_count AS u USING piece AS p
         WHERE u.app_id = %(app)s AND u.hour = p.s
           AND NOT EXISTS (SELECT FROM counted AS c WHERE c.hour = u.hour)
-    ),
-    by_minute AS (
-        SELECT hour, labels, k, sum(agent_us) AS agent_us, sum(level) AS level,
-               sum(sessions) AS sessions, sum(failed) AS failed
-        FROM ({_BY_MINUTE}) AS f
-        GROUP BY 1, 2, 3
     ),
     minute_running AS (
         SELECT s.hour, s.labels, k.k, coalesce(m.level, 0) AS level,

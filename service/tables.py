@@ -487,17 +487,22 @@ usage_count: Final = Table(
 
 
 # Usage per app, hour and label set by minute, to cut an hour at any second when grouping by a
-# label (`service.usage`): for k = 0..60 (array index k + 1), `agent_us[k]` the overlap (µs) of
-# the intervals `usage_hour` counts with minutes [0, k) of the hour, `sessions[k]` and
-# `failed[k]` the starts and FAILED stops in them; for k = 0..59, `level[k]` how many of those
-# intervals hold minute k's first instant inside (started before it, end after it). The same
-# rows as `usage_hour` (a label set with anything in the hour), written by the same fold.
+# label (`service.usage`), over the minutes from `first` to the last one in which the label set
+# has anything (an interval, a start, a FAILED stop), index i + 1 for minute first + i:
+# `agent_us` the overlap (µs) of the intervals `usage_hour` counts with the hour's minutes up
+# to and including that one, `sessions` and `failed` the starts and FAILED stops in them,
+# `level` how many of those intervals hold the minute's first instant inside (started before
+# it, end after it). Before `first` all are 0; after the last minute the sums stay and the
+# level is 0. So a row's size follows the label set's minutes: a label with a value per agent
+# (a user id) costs a few minutes a row, not 60. The same rows as `usage_hour` (a label set
+# with anything in the hour), written by the same fold.
 usage_minute: Final = Table(
     "usage_minute",
     metadata,
     Column("app_id", Text, nullable=False),
     _timestamp("hour", nullable=False),
     Column("labels", JSONB, nullable=False),
+    Column("first", Integer, nullable=False),
     Column("agent_us", ARRAY(BigInteger), nullable=False),
     Column("level", ARRAY(Integer), nullable=False),
     Column("sessions", ARRAY(Integer), nullable=False),

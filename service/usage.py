@@ -257,28 +257,30 @@ FOLD_SQL: Final = f"""
           AND NOT EXISTS (SELECT FROM counted AS c WHERE c.hour = u.hour)
     ),
     minute_running AS (
-        SELECT s.hour, s.labels, k.k, coalesce(m.level, 0) AS level,
+        SELECT s.hour, s.labels, s.first, k.k, coalesce(m.level, 0) AS level,
                sum(coalesce(m.agent_us, 0)) OVER w AS agent_us,
                sum(coalesce(m.sessions, 0)) OVER w AS sessions,
                sum(coalesce(m.failed, 0)) OVER w AS failed
-        FROM (SELECT DISTINCT hour, labels FROM by_minute) AS s
-        CROSS JOIN generate_series(0, 59) AS k(k)
+        FROM (
+            SELECT hour, labels, min(k) AS first, max(k) AS last FROM by_minute GROUP BY 1, 2
+        ) AS s
+        CROSS JOIN LATERAL generate_series(s.first, s.last) AS k(k)
         LEFT JOIN by_minute AS m ON m.hour = s.hour AND m.labels = s.labels AND m.k = k.k
         WINDOW w AS (PARTITION BY s.hour, s.labels ORDER BY k.k)
     ),
     minutes AS (
-        SELECT hour, labels, ARRAY[0::bigint] || array_agg(agent_us::bigint ORDER BY k) AS agent_us,
+        SELECT hour, labels, first, array_agg(agent_us::bigint ORDER BY k) AS agent_us,
                array_agg(level::int ORDER BY k) AS level,
-               ARRAY[0] || array_agg(sessions::int ORDER BY k) AS sessions,
-               ARRAY[0] || array_agg(failed::int ORDER BY k) AS failed
-        FROM minute_running GROUP BY hour, labels
+               array_agg(sessions::int ORDER BY k) AS sessions,
+               array_agg(failed::int ORDER BY k) AS failed
+        FROM minute_running GROUP BY hour, labels, first
     ),
     minutes_written AS (
-        INSERT INTO usage_minute (app_id, hour, labels, agent_us, level, sessions, failed)
-        SELECT %(app)s, hour, labels, agent_us, level, sessions, failed FROM minutes
+        INSERT INTO usage_minute (app_id, hour, labels, first, agent_us, level, sessions, failed)
+        SELECT %(app)s, hour, labels, first, agent_us, level, sessions, failed FROM minutes
         ON CONFLICT (app_id, hour, labels) DO UPDATE
-        SET agent_us = excluded.agent_us, level = excluded.level, sessions = excluded.sessions,
-            failed = excluded.failed
+        SET first = excluded.first, agent_us = excluded.agent_us, level = excluded.level,
+            sessions = excluded.sessions, failed = excluded.failed
     ),
     minutes_cleared AS (
         DELETE FROM usage_minute AS u USING piece AS p
@@ -314,8 +316,9 @@ _READ_ROLLUP: Final = """
 
 # The figures of unmarked hours from their start to instants inside them, per cut `pos` and
 # group: sent as the hour, the minute k of the instant and its µs r into that minute. From
-# `usage_minute`, minutes [0, k) and the intervals holding minute k's first instant M (each
-# adds r); from the agents, the part [M, M + r) of the minute: a start at s there adds
+# `usage_minute`, minutes [0, k) (the row's figures through minute k - 1: none before its
+# first minute, its last ones after its last) and the intervals holding minute k's first
+# instant M (each adds r; none outside the row's minutes); from the agents, the part [M, M + r) of the minute: a start at s there adds
 # M + r - s (and a session), an end at e inside it takes M + r - e off, a FAILED stop there
 # counts. Only the intervals `usage_hour` counts (closed, not empty, at most a day) add time.
 _READ_CUTS: Final = f"""
@@ -334,10 +337,13 @@ _READ_CUTS: Final = f"""
     SELECT pos, grp, sum(agent_us)::bigint, sum(sessions)::int, sum(failed)::int
     FROM (
         SELECT c.pos, u.labels ->> %(key)s::text AS grp,
-               u.agent_us[c.k + 1] + u.level[c.k + 1] * c.r AS agent_us,
-               u.sessions[c.k + 1] AS sessions, u.failed[c.k + 1] AS failed
+               coalesce(u.agent_us[least(c.k - u.first, n.n)], 0)
+                   + coalesce(u.level[c.k - u.first + 1], 0) * c.r AS agent_us,
+               coalesce(u.sessions[least(c.k - u.first, n.n)], 0) AS sessions,
+               coalesce(u.failed[least(c.k - u.first, n.n)], 0) AS failed
         FROM cut AS c
         JOIN usage_minute AS u ON u.app_id = %(app)s AND u.hour = c.hour
+        CROSS JOIN LATERAL (SELECT cardinality(u.level) AS n) AS n
         UNION ALL
         SELECT c.pos, a.grp, a.agent_us, a.n, 0
         FROM cut AS c CROSS JOIN LATERAL (

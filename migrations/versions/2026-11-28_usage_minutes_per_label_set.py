@@ -45,6 +45,7 @@ def upgrade() -> None:
         sa.Column("app_id", sa.Text(), nullable=False),
         sa.Column("hour", sa.DateTime(timezone=True), nullable=False),
         sa.Column("labels", postgresql.JSONB(astext_type=sa.Text()), nullable=False),
+        sa.Column("first", sa.Integer(), nullable=False),
         sa.Column("agent_us", postgresql.ARRAY(sa.BigInteger()), nullable=False),
         sa.Column("level", postgresql.ARRAY(sa.Integer()), nullable=False),
         sa.Column("sessions", postgresql.ARRAY(sa.Integer()), nullable=False),

@@ -284,14 +284,16 @@ def test_hours_folded_before_the_minutes_per_label_set_are_marked_for_them(
     def overlap_us(interval: tuple[datetime, datetime], until: datetime) -> int:
         return max(0, int((min(interval[1], until) - max(interval[0], hour)).total_seconds() * 1e6))
 
-    row = sql.rows("SELECT labels, agent_us, level, sessions, failed FROM usage_minute")
+    # Minutes 5 (both start) to 59 (b fails), each with the figures up to and including it.
+    row = sql.rows("SELECT labels, first, agent_us, level, sessions, failed FROM usage_minute")
     assert row == [
         {
             "labels": {"tier": "gold"},
-            "agent_us": [overlap_us(a, m) + overlap_us(b, m) for m in minutes],
-            "level": [sum(s < m < e for s, e in (a, b)) for m in minutes[:60]],
-            "sessions": [0] * 6 + [2] * 55,
-            "failed": [0] * 60 + [1],
+            "first": 5,
+            "agent_us": [overlap_us(a, m) + overlap_us(b, m) for m in minutes[6:]],
+            "level": [sum(s < m < e for s, e in (a, b)) for m in minutes[5:60]],
+            "sessions": [2] * 55,
+            "failed": [0] * 54 + [1],
         }
     ]
     assert row[0]["agent_us"][-1] == 4111 * 10**6  # as usage_hour

@@ -175,7 +175,7 @@ def test_the_rollup_equals_a_fold_from_scratch(sql: Sql) -> None:
     rollups = (
         "SELECT hour, labels, agent_us, sessions, failed FROM usage_hour ORDER BY 1, 2::text",
         "SELECT hour, sessions, failed FROM usage_count ORDER BY 1",
-        "SELECT hour, labels, agent_us, level, sessions, failed FROM usage_minute"
+        "SELECT hour, labels, first, agent_us, level, sessions, failed FROM usage_minute"
         " ORDER BY 1, 2::text",
     )
 
@@ -253,7 +253,8 @@ def test_agent_time_by_label_beside_bucket_edges_inside_a_minute(sql: Sql, offse
     """Grouped by a label from an odd second, each bucket edge cuts a folded hour inside a
     minute: intervals starting, ending or empty at that minute's first instant, ending or held
     inside the part before the edge, held from the hour before, longer than a day or running,
-    each count their exact overlap with the buckets on either side, folded or not."""
+    or in a label set whose minutes all come before or after the edge's, each count their exact
+    overlap with the buckets on either side, folded or not."""
     reset(sql)
     edge = BASE_S + 3600 + offset  # hourly buckets from `offset` s past an hour
     minute = edge - offset % 60  # the first instant of the minute the edge cuts
@@ -266,6 +267,7 @@ def test_agent_time_by_label_beside_bucket_edges_inside_a_minute(sql: Sql, offse
         Session("empty-inside", minute + 2, minute + 2, True, "silver"),
         Session("longer-than-a-day", minute - 2 * 86_400, minute + 20, False, "gold"),
         Session("starts-a-day", minute + 3, minute + 3 + 86_400 + 60, False, "silver"),
+        Session("early", edge - offset + 60, edge - offset + 600, True, "bronze"),  # minutes 1-9
         Session("running", minute - 10, None, False, "silver"),
     ]
     bodies = [body for session in items for body in session.deliveries()]

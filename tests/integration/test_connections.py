@@ -185,13 +185,18 @@ def in_process(settings: config.Settings, **overrides: object) -> Iterator[int]:
 
 
 def seconds_until_closed(sock: socket.socket, *, trickle: bytes = b"") -> float:
-    """How long until the server hangs up, sending `trickle` a byte at a time meanwhile."""
+    """How long until the server hangs up, sending `trickle` a byte at a time meanwhile (a byte
+    sent after it closed makes the next read a reset: that is a hang-up too)."""
     started = time.monotonic()
     sock.settimeout(0.2)
     for byte in trickle:
-        with contextlib.suppress(TimeoutError):
+        try:
             if sock.recv(65536) == b"":
                 return time.monotonic() - started
+        except TimeoutError:
+            pass
+        except ConnectionResetError:
+            return time.monotonic() - started
         with contextlib.suppress(OSError):
             sock.send(bytes([byte]))
     sock.settimeout(10)

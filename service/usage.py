@@ -13,9 +13,9 @@ hours an agent's change touches (`marks()`, old and new, written with the change
 `insight_change`); `fold()` recomputes those hours from the agents and deletes the marks it saw.
 So for every hour without a mark, the rollup is what the agents say.
 
-The same fold writes `usage_minute`: per app, hour and label set, the agent time, starts and
-FAILED stops before each minute of the hour, and how many of those intervals hold each minute's
-first instant inside (the level). The figures of an unmarked hour from its start to any instant
+The same fold writes `usage_minute`: per app, hour and label set, over the minutes in which the
+label set has anything, the agent time, starts and FAILED stops up to each minute, and how many
+of those intervals hold each minute's first instant inside (the level). The figures of an unmarked hour from its start to any instant
 t inside it (a cut, `plan()`) are then the minutes before t's minute, plus the level at that
 minute's first instant M times t - M, plus the few agents that start, end or fail in [M, t)
 (index probes on start, end and FAILED stop).

@@ -15,10 +15,10 @@ So for every hour without a mark, the rollup is what the agents say.
 
 The same fold writes `usage_minute`: per app, hour and label set, over the minutes in which the
 label set has anything, the agent time, starts and FAILED stops up to each minute, and how many
-of those intervals hold each minute's first instant inside (the level). The figures of an unmarked hour from its start to any instant
-t inside it (a cut, `plan()`) are then the minutes before t's minute, plus the level at that
-minute's first instant M times t - M, plus the few agents that start, end or fail in [M, t)
-(index probes on start, end and FAILED stop).
+of those intervals hold each minute's first instant inside (the level). The figures of an
+unmarked hour from its start to any instant t inside it (a cut, `plan()`) are then the minutes
+before t's minute, plus the level at that minute's first instant M times t - M, plus the few
+agents that start, end or fail in [M, t) (index probes on start, end and FAILED stop).
 
 A read (`series()`, in one REPEATABLE READ snapshot) takes each whole unmarked hour of a bucket
 from `usage_hour`, the part of an unmarked hour as the difference of two cuts (the cut at the
@@ -318,9 +318,10 @@ _READ_ROLLUP: Final = """
 # group: sent as the hour, the minute k of the instant and its µs r into that minute. From
 # `usage_minute`, minutes [0, k) (the row's figures through minute k - 1: none before its
 # first minute, its last ones after its last) and the intervals holding minute k's first
-# instant M (each adds r; none outside the row's minutes); from the agents, the part [M, M + r) of the minute: a start at s there adds
-# M + r - s (and a session), an end at e inside it takes M + r - e off, a FAILED stop there
-# counts. Only the intervals `usage_hour` counts (closed, not empty, at most a day) add time.
+# instant M (each adds r; none outside the row's minutes); from the agents, the part
+# [M, M + r) of the minute: a start at s there adds M + r - s (and a session), an end at e
+# inside it takes M + r - e off, a FAILED stop there counts. Only the intervals `usage_hour`
+# counts (closed, not empty, at most a day) add time.
 _READ_CUTS: Final = f"""
     WITH sent AS (
         SELECT hour, k, r, pos, hour + k::bigint * {pcu.GRAIN_US} AS m_us

@@ -4,8 +4,9 @@
 before each minute of the hour and the agents holding each minute's first instant
 (`service.usage`): usage grouped by a label answers a bucket edge at any second from these and
 the few agents that start or end in the part of a minute before the edge, instead of reading
-the agents of every partial hour. Every hour `usage_hour` holds is marked here, so the folder
-rewrites it with its minutes (an hour marked already is not marked twice); until it has, reads compute those hours from the agents.
+the agents of every partial hour. Every hour `usage_hour` holds is marked here (an hour marked
+already is not marked twice), so the folder rewrites it with its minutes; until it has, reads
+compute those hours from the agents.
 
 Additive: the previous release keeps serving, but a fold it runs meanwhile leaves an hour
 without its minutes. To be exact for a rollout that overlapped such folds, mark the hours again

@@ -22,23 +22,33 @@ statement, so in one snapshot: a turn or label committed after it has a mark com
 too, which the statement cannot see, so it survives the fold and the hour is folded again. The
 rollups plus the marks are therefore always what the turns and labels say: a series of whole
 UTC-aligned hours or days with no label filter, or with exactly one `label.KEY=VALUE`, takes the
-rollup's rows for unmarked buckets and computes the marked ones from the turns; any other series
-(other steps, odd starts, several label pairs) is computed from the turns (`agent_turn` by app
-and end time, an index-only range scan), in one statement either way.
+rollup's rows for unmarked buckets and computes the marked ones from the turns, in one statement.
+
+An hour's row also holds its turns one by one (`by_turn`: end time and figures, in end-time
+order), so a series without a label filter whose buckets cut hours (a `from` off the step, a
+step other than an hour or a day, up to a day) takes every unmarked hour's turns from its row and
+the marked ones from `agent_turn`, in one statement, and ranks each bucket's figures here
+(`_from_hours`): a month of hourly buckets from an odd second reads 720 rows instead of every
+turn of the month. Any other series (steps over a day, label filters that do not fit a rollup)
+is computed by PostgreSQL from the turns (`agent_turn` by app and end time, an index-only range
+scan), in one statement.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
+import numpy as np
 import psycopg
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service import db, events, queries
+from service import db, events, pcu, queries
 
 # What the rollups hold: hours and days, aligned on UTC (Unix time has no leap seconds).
 WIDTHS: Final = (3600, 86_400)
@@ -146,6 +156,60 @@ _FROM_LABEL_ROLLUP: Final = text(
     )
 )
 
+# One turn `t` as an hour row's `by_turn` holds it (25 bytes, big-endian, `TURN`): its `end_at`
+# in µs since the epoch (exact: `extract` answers a numeric), a byte with a bit set for each
+# figure it lacks (e2e, then the stages), and the four figures (0 where lacking; every int4 is a
+# figure a turn can hold, so none can stand for "none").
+_TURN: Final = """
+    int8send((extract(epoch FROM t.end_at) * 1000000)::int8)
+    || set_byte('\\x00'::bytea, 0, (t.e2e_latency_ms IS NULL)::int + 2 * (t.asr_ttlw IS NULL)::int
+                               + 4 * (t.llm_ttft IS NULL)::int + 8 * (t.tts_ttfb IS NULL)::int)
+    || int4send(coalesce(t.e2e_latency_ms, 0)) || int4send(coalesce(t.asr_ttlw, 0))
+    || int4send(coalesce(t.llm_ttft, 0)) || int4send(coalesce(t.tts_ttfb, 0))"""
+TURN: Final = np.dtype(
+    [
+        ("end_us", ">i8"),
+        ("lacks", "u1"),
+        ("e2e", ">i4"),
+        *((stage, ">i4") for stage in events.STAGES),
+    ]
+)
+# The largest bucket whose turns a read gathers in memory (`_from_hours`); a wider step is
+# computed by PostgreSQL from the turns.
+HOURS_STEP_MAX_S: Final = 86_400
+
+# Every hour of `[start, end)` with turns, in order, each as its turns (`by_turn`, only those in
+# `[start, end)` when computed here): the rollup's row where the hour has no mark and its row
+# holds them all (a row the previous release folded has none, or fewer than its count), else
+# computed from the turns. One statement, so one snapshot: the marks and the rollup agree.
+_FROM_HOURS: Final = f"""
+    WITH dirty AS (
+        SELECT DISTINCT hour FROM insight_change
+        WHERE app_id = %(app)s AND kind = 'latency' AND hour >= %(first)s AND hour < %(end)s
+    ),
+    kept AS MATERIALIZED (
+        SELECT at, by_turn, octet_length(by_turn) = turns * {TURN.itemsize} AS whole
+        FROM latency_bucket
+        WHERE app_id = %(app)s AND width = 3600 AND at >= %(first)s AND at < %(end)s
+          AND at NOT IN (SELECT hour FROM dirty)
+    ),
+    live AS (
+        SELECT hour AS at FROM dirty
+        UNION ALL
+        SELECT at FROM kept WHERE whole IS NOT TRUE
+    )
+    SELECT at, by_turn FROM kept WHERE whole
+    UNION ALL
+    SELECT l.at, p.by_turn FROM live AS l
+    CROSS JOIN LATERAL (
+        SELECT string_agg({_TURN}, '' ORDER BY t.end_at) AS by_turn FROM agent_turn AS t
+        WHERE t.app_id = %(app)s AND t.end_at >= greatest(l.at, %(start)s)
+          AND t.end_at < least(l.at + interval '1 hour', %(end)s)
+    ) AS p
+    WHERE p.by_turn IS NOT NULL
+    ORDER BY at"""
+
+
 # The label pairs of agent `a` a filter can select: its labels with a string value (`@>` with a
 # string never matches a number, an array or an object); `pairs()` in Python.
 _PAIRS: Final = """
@@ -201,7 +265,10 @@ FOLD_SQL: Final = f"""
     figure AS (
         SELECT g.width, g.at, f.* FROM target AS g
         CROSS JOIN LATERAL (
-            SELECT {_FIGURES} FROM agent_turn AS t
+            SELECT {_FIGURES},
+                   string_agg({_TURN}, '' ORDER BY t.end_at) FILTER (WHERE g.width = 3600)
+                       AS by_turn
+            FROM agent_turn AS t
             WHERE t.app_id = %(app)s AND t.end_at >= g.at
               AND t.end_at < g.at + g.width * interval '1 second'
         ) AS f
@@ -212,9 +279,10 @@ FOLD_SQL: Final = f"""
         WHERE b.app_id = %(app)s AND b.width = f.width AND b.at = f.at AND f.turns = 0
     ),
     written AS (
-        INSERT INTO latency_bucket (app_id, width, at, turns, e2e, asr_ttlw, llm_ttft, tts_ttfb)
-        SELECT %(app)s, width, at, {_STORED} FROM figure WHERE turns > 0
-        ON CONFLICT (app_id, width, at) DO UPDATE SET {_SET_FIGURES}
+        INSERT INTO latency_bucket (app_id, width, at, turns, e2e, asr_ttlw, llm_ttft, tts_ttfb,
+                                    by_turn)
+        SELECT %(app)s, width, at, {_STORED}, by_turn FROM figure WHERE turns > 0
+        ON CONFLICT (app_id, width, at) DO UPDATE SET {_SET_FIGURES}, by_turn = excluded.by_turn
     ),
     label_figure AS (
         SELECT g.width, g.at, f.* FROM target AS g
@@ -290,6 +358,8 @@ async def series(
     params: dict[str, Any] = {"app": app_id, "start": start, "end": end, "step": step_s}
     if labels:
         params["labels"] = json.dumps(dict(labels))
+    if not labels and step_s <= HOURS_STEP_MAX_S and not folded(start, step_s, labels):
+        return [_point(at, row) for at, row in await _from_hours(conn, params, grid, end)]
     if folded(start, step_s, labels):
         params["tail"] = grid[-1] if end - grid[-1] < step else None
         statement = _FROM_ROLLUP
@@ -303,6 +373,107 @@ async def series(
         statement = _FROM_LABELLED_TURNS if labels else _FROM_TURNS
     found = {row.at: row for row in await conn.execute(statement, params)}
     return [_point(at, found.get(at)) for at in grid]
+
+
+async def _from_hours(
+    conn: AsyncConnection, params: dict[str, Any], grid: list[datetime], end: datetime
+) -> list[tuple[datetime, Any]]:
+    """The buckets starting at `grid` (the last one ending at `end`), each with its row of
+    figures (as `_FIGURES`) or None, computed here from the turns of the hours they cover
+    (`_FROM_HOURS`, read in binary a few hours at a time: only the turns of the buckets at hand
+    are held; a month of an app with five million turns is 125 MB, which text would double)."""
+    edges = np.array([pcu.to_us(at) for at in grid] + [pcu.to_us(end)], dtype=np.int64)
+    held = _Turns.of([])
+    out: list[Any] = []
+    raw = await db.driver_connection(conn)
+    # JIT would compile the statement for most of a second on the pessimistic estimate of the
+    # hours computed from the turns (usually none, or the current one).
+    await raw.execute("SELECT set_config('jit', 'off', true)")
+    async with raw.cursor("latency_hours", binary=True) as cursor:
+        await cursor.execute(
+            _FROM_HOURS, params | {"first": grid[0].replace(minute=0, second=0, microsecond=0)}
+        )
+        while hours := await cursor.fetchmany(_HOURS_AT_ONCE):
+            held = _Turns.of([held, *(_Turns.decode(by_turn) for _, by_turn in hours)])
+            # The buckets ending by the end of the last hour read are complete: every later
+            # row is a later hour.
+            ready = int(np.searchsorted(edges[1:], pcu.to_us(hours[-1][0]) + _HOUR_US, "right"))
+            out += held.buckets(edges[len(out) : ready + 1])
+            held = held.since(int(edges[len(out)]))
+    out += held.buckets(edges[len(out) :])
+    return list(zip(grid, out, strict=True))
+
+
+# Hours fetched in one round trip (about 175 KB each for an app with a million sessions a month).
+_HOURS_AT_ONCE: Final = 24
+_HOUR_US: Final = 3_600_000_000
+# Each figure of a turn (in `TURN` and its bit in `lacks`) and the fractions a bucket answers.
+_FRACTIONS: Final = (("e2e", (0.5, 0.9, 0.99, 1.0)), *((s, (0.5, 0.9)) for s in events.STAGES))
+_Array = np.ndarray[Any, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class _Turns:
+    """Turns in end-time order: their end times, and per figure (`_FRACTIONS`) the end times and
+    values of those that have it."""
+
+    end_us: _Array
+    by_figure: tuple[tuple[_Array, _Array], ...]
+
+    @classmethod
+    def decode(cls, by_turn: bytes) -> _Turns:
+        turns = np.frombuffer(by_turn, dtype=TURN)
+        end_us = turns["end_us"].astype(np.int64)
+        figures = []
+        for bit, (name, _) in enumerate(_FRACTIONS):
+            has = (turns["lacks"] & (1 << bit)) == 0
+            figures.append((end_us[has], turns[name][has].astype(np.int32)))
+        return cls(end_us, tuple(figures))
+
+    @classmethod
+    def of(cls, parts: list[_Turns]) -> _Turns:
+        """`parts` one after the other."""
+        return cls(
+            np.concatenate([p.end_us for p in parts] or [np.empty(0, np.int64)]),
+            tuple(
+                (
+                    np.concatenate([p.by_figure[i][0] for p in parts] or [np.empty(0, np.int64)]),
+                    np.concatenate([p.by_figure[i][1] for p in parts] or [np.empty(0, np.int32)]),
+                )
+                for i in range(len(_FRACTIONS))
+            ),
+        )
+
+    def since(self, start_us: int) -> _Turns:
+        """The turns ending at `start_us` or later."""
+        return _Turns(
+            self.end_us[np.searchsorted(self.end_us, start_us) :],
+            tuple(
+                (ends[at:], values[at:])
+                for ends, values in self.by_figure
+                for at in [int(np.searchsorted(ends, start_us))]
+            ),
+        )
+
+    def buckets(self, edges: _Array) -> list[Any]:
+        """The row of figures (as `_FIGURES`) of each bucket [edges[i], edges[i + 1]), None for
+        one without turns: nearest-rank as PostgreSQL's `percentile_disc` ranks it (the value
+        at rank ⌈p·n⌉, at least 1, of the sorted figures, p and n as doubles)."""
+        counts = np.diff(np.searchsorted(self.end_us, edges)).tolist()
+        rows: list[Any] = [[None, count] if count else None for count in counts]
+        for (ends, values), (_, fractions) in zip(self.by_figure, _FRACTIONS, strict=True):
+            bounds = np.searchsorted(ends, edges).tolist()
+            for row, low, high in zip(rows, bounds, bounds[1:], strict=False):
+                if row is None:
+                    continue
+                if low == high:
+                    row.append(None)
+                    continue
+                chosen = values[low:high].copy()
+                ranks = [max(1, math.ceil(p * (high - low))) - 1 for p in fractions]
+                chosen.partition(ranks)
+                row.append([int(chosen[rank]) for rank in ranks])
+        return rows
 
 
 def _point(at: datetime, row: Any) -> dict[str, Any]:

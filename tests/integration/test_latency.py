@@ -207,6 +207,78 @@ def test_figures_are_nearest_rank_folded_or_not(database_url: str, sql: Sql) -> 
     run(sql.url, work)
 
 
+def test_buckets_that_cut_hours_take_each_hours_turns_from_its_row(
+    database_url: str, sql: Sql, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A series whose buckets cut hours reads the folded hours' turns from their rows, exact at
+    any instant: ties on a bucket's edge, a figure at either end of int4, turns lacking
+    figures; a row that does not hold all its hour's turns is computed from the turns."""
+    rng = random.Random(11)
+    odd = BASE + timedelta(hours=1, minutes=20, seconds=37)
+    step = timedelta(minutes=25)
+    on_edges = [
+        Turn("edges", i, odd + (i % 9) * step + (i % 3 - 1) * timedelta(milliseconds=1), e2e)
+        for i, e2e in enumerate([-(2**31), 2**31 - 1, 0, 7, None, 7, 3] * 4, start=1)
+    ]
+    ties = [
+        Turn("ties", i, odd + step, rng.choice([None, 40, 41]), {"tts_ttfb": 2**31 - 1 - i % 2})
+        for i in range(1, 30)
+    ]
+    # The only turn of its hour, on a bucket's edge: that hour is held for the next bucket.
+    alone = [Turn("alone", 1, BASE + timedelta(hours=7, minutes=30), 5, {"asr_ttlw": 6})]
+    agents = {
+        "edges": on_edges,
+        "ties": ties,
+        "alone": alone,
+        **{
+            f"agent-{i}": random_turns(rng, f"agent-{i}", 120, span=timedelta(hours=6))
+            for i in range(3)
+        },
+    }
+    everything = [t for turns in agents.values() for t in turns]
+    windows = [
+        (odd, odd + timedelta(hours=4), 1500),
+        (odd, odd + timedelta(hours=5, seconds=1), 3600),
+        (BASE + timedelta(seconds=1), BASE + timedelta(hours=6), 86_400),
+        (odd + timedelta(microseconds=999), odd + timedelta(hours=2), 60),
+        (BASE + timedelta(hours=7, minutes=5), BASE + timedelta(hours=8), 1500),
+    ]
+
+    async def work(engine: AsyncEngine) -> None:
+        async def answers() -> list[list[dict[str, Any]]]:
+            return [await read(engine, start, end, s) for start, end, s in windows]
+
+        await send_112(engine, agents)
+        await fold_all(engine)
+        whole = "octet_length(by_turn) = turns * 25"
+        assert sql.value(f"SELECT count(*) FROM latency_bucket WHERE width = 3600 AND {whole}") == 7
+        truth = [expected(everything, start, end, s) for start, end, s in windows]
+        assert await answers() == truth
+        for hours_at_once in (1, 2):  # buckets completed across fetches, an edge on each
+            monkeypatch.setattr(latency, "_HOURS_AT_ONCE", hours_at_once)
+            assert await answers() == truth
+        # ... which it does: the second hour's row given the first's turns changes the answer.
+        sql.execute(
+            "UPDATE latency_bucket AS b SET by_turn = a.by_turn, turns = a.turns"
+            " FROM latency_bucket AS a WHERE a.width = 3600 AND a.at = %(first)s"
+            " AND b.width = 3600 AND b.at = %(second)s",
+            first=BASE,
+            second=BASE + HOUR,
+        )
+        assert await answers() != truth
+        # A row holding fewer turns than its count, or none (folded by the previous release),
+        # is computed from the turns.
+        sql.execute(
+            "UPDATE latency_bucket SET turns = turns + 1 WHERE width = 3600 AND at = %(at)s",
+            at=BASE + HOUR,
+        )
+        assert await answers() == truth
+        sql.execute("UPDATE latency_bucket SET by_turn = NULL, turns = 1 WHERE width = 3600")
+        assert await answers() == truth
+
+    run(sql.url, work)
+
+
 def test_a_label_filter_takes_the_turns_of_the_agents_holding_it(
     database_url: str, sql: Sql
 ) -> None:
@@ -486,7 +558,13 @@ def test_late_turns_change_an_earlier_answer_before_and_after_a_fold(
         Turn("late", i, BASE + timedelta(hours=3, minutes=i), 5000 + i, {"asr_ttlw": 9})
         for i in range(1, 20)
     ]
-    windows = [(BASE, BASE + timedelta(days=2), 3600), (BASE, BASE + timedelta(days=2), 86_400)]
+    odd = BASE + timedelta(minutes=17, seconds=3)
+    windows = [
+        (BASE, BASE + timedelta(days=2), 3600),
+        (BASE, BASE + timedelta(days=2), 86_400),
+        (odd, odd + timedelta(days=2), 3600),  # every hour cut, from its own turns' rows
+        (odd, odd + timedelta(hours=30), 1800),
+    ]
 
     async def work(engine: AsyncEngine) -> None:
         async def answers() -> list[list[dict[str, Any]]]:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import numpy as np
 import psycopg
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -298,3 +299,61 @@ def test_hours_folded_before_the_minutes_per_label_set_are_marked_for_them(
     ]
     assert row[0]["agent_us"][-1] == 4111 * 10**6  # as usage_hour
     assert sql.value("SELECT count(*) FROM insight_change") == 0
+
+
+def test_hours_folded_before_their_turns_were_kept_by_turn_are_filled(
+    empty_database_url: str,
+) -> None:
+    """The revision that adds `latency_bucket.by_turn` fills it for every hour row from the
+    turns, exactly as the folder writes it; day rows have none."""
+    schema.upgrade(empty_database_url, "8f3a61c0d2b4")
+    sql = Sql(empty_database_url)
+    sql.execute("INSERT INTO agent (app_id, agent_id) VALUES ('app', 'a'), ('app', 'b')")
+    sql.execute(
+        "INSERT INTO agent_turn (app_id, agent_id, turn_id, end_at, e2e_latency_ms, asr_ttlw,"
+        " llm_ttft, tts_ttfb, data, source) VALUES"
+        " ('app', 'a', 1, '2026-01-01T10:50:00.000001Z', -2147483648, 5, NULL, 2147483647,"
+        " '{}', 'api'),"
+        " ('app', 'b', 1, '2026-01-01T10:05:00Z', NULL, NULL, 0, 9, '{}', 'api'),"
+        " ('app', 'b', 2, '2026-01-01T11:00:00Z', 1, 2, 3, 4, '{}', 'api'),"
+        " ('app', 'b', 3, NULL, 500, NULL, NULL, NULL, '{}', 'api')"
+    )
+    day = datetime(2026, 1, 1, tzinfo=UTC)
+    ten, eleven = day + timedelta(hours=10), day + timedelta(hours=11)
+    # As the previous release's folder left them (the figures are not the point here).
+    sql.execute(
+        "INSERT INTO latency_bucket (app_id, width, at, turns, e2e, asr_ttlw, llm_ttft, tts_ttfb)"
+        " SELECT 'app', w, at, n, '{1,1,1,1}', '{1,1}', '{1,1}', '{1,1}'"
+        " FROM (VALUES (3600, %(ten)s::timestamptz, 2), (3600, %(eleven)s, 1),"
+        " (86400, %(day)s, 3)) AS v(w, at, n)",
+        ten=ten,
+        eleven=eleven,
+        day=day,
+    )
+
+    schema.upgrade(empty_database_url)
+
+    def by_turn() -> dict[tuple[int, datetime], bytes | None]:
+        rows = sql.rows("SELECT width, at, by_turn FROM latency_bucket")
+        return {(row["width"], row["at"]): row["by_turn"] for row in rows}
+
+    filled = by_turn()
+    assert filled[(86400, day)] is None
+    us = 1_767_261_600 * 10**6  # 10:00
+    assert np.frombuffer(filled[(3600, ten)] or b"", latency.TURN).tolist() == [
+        (us + 5 * 60 * 10**6, 0b0011, 0, 0, 0, 9),
+        (us + 50 * 60 * 10**6 + 1, 0b0100, -(2**31), 5, 0, 2**31 - 1),
+    ]
+    assert np.frombuffer(filled[(3600, eleven)] or b"", latency.TURN).tolist() == [
+        (us + 3600 * 10**6, 0, 1, 2, 3, 4)
+    ]
+    # The folder writes the same.
+    sql.execute(
+        "INSERT INTO insight_change (app_id, kind, hour) VALUES ('app', 'latency', %(h)s),"
+        " ('app', 'latency', %(h1)s)",
+        h=ten,
+        h1=eleven,
+    )
+    with psycopg.connect(sql.url, autocommit=True) as conn:
+        conn.execute(latency.FOLD_SQL, {"app": "app"})
+    assert by_turn() == filled

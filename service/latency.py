@@ -36,14 +36,13 @@ scan), in one statement.
 
 from __future__ import annotations
 
+import asyncio
+import bisect
 import json
-import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
-import numpy as np
 import psycopg
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -156,24 +155,20 @@ _FROM_LABEL_ROLLUP: Final = text(
     )
 )
 
-# One turn `t` as an hour row's `by_turn` holds it (25 bytes, big-endian, `TURN`): its `end_at`
-# in µs since the epoch (exact: `extract` answers a numeric), a byte with a bit set for each
-# figure it lacks (e2e, then the stages), and the four figures (0 where lacking; every int4 is a
-# figure a turn can hold, so none can stand for "none").
+# One turn `t` as an hour row's `by_turn` holds it (`TURN_BYTES`, big-endian,
+# `latency_ranks.TURN`): its `end_at` in µs since the epoch (exact: `extract` answers a
+# numeric), a byte with a bit set for each figure it lacks (e2e, then the stages), and the four
+# figures (0 where lacking; every int4 is a figure a turn can hold, so none can stand for "none").
 _TURN: Final = """
     int8send((extract(epoch FROM t.end_at) * 1000000)::int8)
     || set_byte('\\x00'::bytea, 0, (t.e2e_latency_ms IS NULL)::int + 2 * (t.asr_ttlw IS NULL)::int
                                + 4 * (t.llm_ttft IS NULL)::int + 8 * (t.tts_ttfb IS NULL)::int)
     || int4send(coalesce(t.e2e_latency_ms, 0)) || int4send(coalesce(t.asr_ttlw, 0))
     || int4send(coalesce(t.llm_ttft, 0)) || int4send(coalesce(t.tts_ttfb, 0))"""
-TURN: Final = np.dtype(
-    [
-        ("end_us", ">i8"),
-        ("lacks", "u1"),
-        ("e2e", ">i4"),
-        *((stage, ">i4") for stage in events.STAGES),
-    ]
-)
+TURN_BYTES: Final = 25
+# Hours fetched in one round trip (about 175 KB each for an app with a million sessions a month).
+HOURS_AT_ONCE: Final = 24
+HOUR_US: Final = 3_600_000_000
 # The largest bucket whose turns a read gathers in memory (`_from_hours`); a wider step is
 # computed by PostgreSQL from the turns.
 HOURS_STEP_MAX_S: Final = 86_400
@@ -188,7 +183,7 @@ _FROM_HOURS: Final = f"""
         WHERE app_id = %(app)s AND kind = 'latency' AND hour >= %(first)s AND hour < %(end)s
     ),
     kept AS MATERIALIZED (
-        SELECT at, by_turn, octet_length(by_turn) = turns * {TURN.itemsize} AS whole
+        SELECT at, by_turn, octet_length(by_turn) = turns * {TURN_BYTES} AS whole
         FROM latency_bucket
         WHERE app_id = %(app)s AND width = 3600 AND at >= %(first)s AND at < %(end)s
           AND at NOT IN (SELECT hour FROM dirty)
@@ -382,8 +377,10 @@ async def _from_hours(
     figures (as `_FIGURES`) or None, computed here from the turns of the hours they cover
     (`_FROM_HOURS`, read in binary a few hours at a time: only the turns of the buckets at hand
     are held; a month of an app with five million turns is 125 MB, which text would double)."""
-    edges = np.array([pcu.to_us(at) for at in grid] + [pcu.to_us(end)], dtype=np.int64)
-    held = _Turns.of([])
+    from service import latency_ranks  # numpy: imported on the first such read, not at start
+
+    edges = [pcu.to_us(at) for at in grid] + [pcu.to_us(end)]
+    held = latency_ranks.Turns.of([])
     out: list[Any] = []
     raw = await db.driver_connection(conn)
     # JIT would compile the statement for most of a second on the pessimistic estimate of the
@@ -393,87 +390,19 @@ async def _from_hours(
         await cursor.execute(
             _FROM_HOURS, params | {"first": grid[0].replace(minute=0, second=0, microsecond=0)}
         )
-        while hours := await cursor.fetchmany(_HOURS_AT_ONCE):
-            held = _Turns.of([held, *(_Turns.decode(by_turn) for _, by_turn in hours)])
+        while hours := await cursor.fetchmany(HOURS_AT_ONCE):
             # The buckets ending by the end of the last hour read are complete: every later
-            # row is a later hour.
-            ready = int(np.searchsorted(edges[1:], pcu.to_us(hours[-1][0]) + _HOUR_US, "right"))
-            out += held.buckets(edges[len(out) : ready + 1])
-            held = held.since(int(edges[len(out)]))
-    out += held.buckets(edges[len(out) :])
+            # row is a later hour. (In a thread: the event loop keeps serving meanwhile.)
+            ready = bisect.bisect_right(edges, pcu.to_us(hours[-1][0]) + HOUR_US, lo=1) - 1
+            held, answered = await asyncio.to_thread(
+                latency_ranks.advance,
+                held,
+                [turns for _, turns in hours],
+                edges[len(out) : ready + 1],
+            )
+            out += answered
+    out += await asyncio.to_thread(held.buckets, edges[len(out) :])
     return list(zip(grid, out, strict=True))
-
-
-# Hours fetched in one round trip (about 175 KB each for an app with a million sessions a month).
-_HOURS_AT_ONCE: Final = 24
-_HOUR_US: Final = 3_600_000_000
-# Each figure of a turn (in `TURN` and its bit in `lacks`) and the fractions a bucket answers.
-_FRACTIONS: Final = (("e2e", (0.5, 0.9, 0.99, 1.0)), *((s, (0.5, 0.9)) for s in events.STAGES))
-_Array = np.ndarray[Any, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class _Turns:
-    """Turns in end-time order: their end times, and per figure (`_FRACTIONS`) the end times and
-    values of those that have it."""
-
-    end_us: _Array
-    by_figure: tuple[tuple[_Array, _Array], ...]
-
-    @classmethod
-    def decode(cls, by_turn: bytes) -> _Turns:
-        turns = np.frombuffer(by_turn, dtype=TURN)
-        end_us = turns["end_us"].astype(np.int64)
-        figures = []
-        for bit, (name, _) in enumerate(_FRACTIONS):
-            has = (turns["lacks"] & (1 << bit)) == 0
-            figures.append((end_us[has], turns[name][has].astype(np.int32)))
-        return cls(end_us, tuple(figures))
-
-    @classmethod
-    def of(cls, parts: list[_Turns]) -> _Turns:
-        """`parts` one after the other."""
-        return cls(
-            np.concatenate([p.end_us for p in parts] or [np.empty(0, np.int64)]),
-            tuple(
-                (
-                    np.concatenate([p.by_figure[i][0] for p in parts] or [np.empty(0, np.int64)]),
-                    np.concatenate([p.by_figure[i][1] for p in parts] or [np.empty(0, np.int32)]),
-                )
-                for i in range(len(_FRACTIONS))
-            ),
-        )
-
-    def since(self, start_us: int) -> _Turns:
-        """The turns ending at `start_us` or later."""
-        return _Turns(
-            self.end_us[np.searchsorted(self.end_us, start_us) :],
-            tuple(
-                (ends[at:], values[at:])
-                for ends, values in self.by_figure
-                for at in [int(np.searchsorted(ends, start_us))]
-            ),
-        )
-
-    def buckets(self, edges: _Array) -> list[Any]:
-        """The row of figures (as `_FIGURES`) of each bucket [edges[i], edges[i + 1]), None for
-        one without turns: nearest-rank as PostgreSQL's `percentile_disc` ranks it (the value
-        at rank ⌈p·n⌉, at least 1, of the sorted figures, p and n as doubles)."""
-        counts = np.diff(np.searchsorted(self.end_us, edges)).tolist()
-        rows: list[Any] = [[None, count] if count else None for count in counts]
-        for (ends, values), (_, fractions) in zip(self.by_figure, _FRACTIONS, strict=True):
-            bounds = np.searchsorted(ends, edges).tolist()
-            for row, low, high in zip(rows, bounds, bounds[1:], strict=False):
-                if row is None:
-                    continue
-                if low == high:
-                    row.append(None)
-                    continue
-                chosen = values[low:high].copy()
-                ranks = [max(1, math.ceil(p * (high - low))) - 1 for p in fractions]
-                chosen.partition(ranks)
-                row.append([int(chosen[rank]) for rank in ranks])
-        return rows
 
 
 def _point(at: datetime, row: Any) -> dict[str, Any]:

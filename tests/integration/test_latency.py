@@ -255,7 +255,7 @@ def test_buckets_that_cut_hours_take_each_hours_turns_from_its_row(
         truth = [expected(everything, start, end, s) for start, end, s in windows]
         assert await answers() == truth
         for hours_at_once in (1, 2):  # buckets completed across fetches, an edge on each
-            monkeypatch.setattr(latency, "_HOURS_AT_ONCE", hours_at_once)
+            monkeypatch.setattr(latency, "HOURS_AT_ONCE", hours_at_once)
             assert await answers() == truth
         # ... which it does: the second hour's row given the first's turns changes the answer.
         sql.execute(

@@ -9,7 +9,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine
 
-from service import error_hours, latency, schema, tables, usage
+from service import error_hours, latency, latency_ranks, schema, tables, usage
 from tests.factories import Sql
 
 
@@ -339,12 +339,13 @@ def test_hours_folded_before_their_turns_were_kept_by_turn_are_filled(
 
     filled = by_turn()
     assert filled[(86400, day)] is None
+    assert latency_ranks.TURN.itemsize == latency.TURN_BYTES
     us = 1_767_261_600 * 10**6  # 10:00
-    assert np.frombuffer(filled[(3600, ten)] or b"", latency.TURN).tolist() == [
+    assert np.frombuffer(filled[(3600, ten)] or b"", latency_ranks.TURN).tolist() == [
         (us + 5 * 60 * 10**6, 0b0011, 0, 0, 0, 9),
         (us + 50 * 60 * 10**6 + 1, 0b0100, -(2**31), 5, 0, 2**31 - 1),
     ]
-    assert np.frombuffer(filled[(3600, eleven)] or b"", latency.TURN).tolist() == [
+    assert np.frombuffer(filled[(3600, eleven)] or b"", latency_ranks.TURN).tolist() == [
         (us + 3600 * 10**6, 0, 1, 2, 3, 4)
     ]
     # The folder writes the same.

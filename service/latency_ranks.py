@@ -33,7 +33,8 @@ Array = np.ndarray[Any, Any]
 def advance(held: Turns, hours: list[bytes], edges: Sequence[int]) -> tuple[Turns, list[Any]]:
     """The figures of the buckets between `edges` (µs), complete once `hours` (`by_turn`) are
     added to `held`, and the turns the next buckets may take (from the last edge on)."""
-    held = Turns.of([held, *(Turns.decode(turns) for turns in hours)])
+    # (The hours follow one another: decoded at once, as one run of turns in end-time order.)
+    held = Turns.of([held, Turns.decode(b"".join(hours))])
     return held.since(edges[-1]), held.buckets(edges)
 
 

@@ -255,13 +255,13 @@ def mutate(data: st.DataObject, document: dict[str, Any]) -> None:
     key = path[-1]
     action = data.draw(st.sampled_from(("replace", "remove", "add", "wrap", "retype")))
     if action == "replace":
-        parent[key] = data.draw(values)
+        parent[key] = copy.deepcopy(data.draw(values))  # (constants: see `body`)
     elif action == "retype":
         parent[key] = retyped(data, parent[key])
     elif action == "remove":
         del parent[key]
     elif action == "add" and isinstance(parent, dict):
-        parent[data.draw(st.text(max_size=10))] = data.draw(values)
+        parent[data.draw(st.text(max_size=10))] = copy.deepcopy(data.draw(values))
     elif action == "wrap":
         parent[key] = data.draw(st.sampled_from(([parent[key]], {"value": parent[key]})))
 
@@ -341,7 +341,9 @@ def body(data: st.DataObject) -> bytes:
     if data.draw(st.integers(0, 3)) == 0:
         meaningful(data, payload)
     if data.draw(st.integers(0, 5)) == 0:
-        payload["agent_id"] = data.draw(st.sampled_from(HOSTILE_AGENT_IDS))
+        # (A copy: a later mutation may change a dict or list in place, and the next example
+        # must draw the same constants.)
+        payload["agent_id"] = copy.deepcopy(data.draw(st.sampled_from(HOSTILE_AGENT_IDS)))
     for _ in range(data.draw(st.integers(0, 3))):
         mutate(data, document)
     return damage(data, serialise(data, document))

@@ -353,14 +353,14 @@ async def series(
     params: dict[str, Any] = {"app": app_id, "start": start, "end": end, "step": step_s}
     if labels:
         params["labels"] = json.dumps(dict(labels))
-    if not labels and step_s <= HOURS_STEP_MAX_S and not folded(start, step_s, labels):
-        return [_point(at, row) for at, row in await _from_hours(conn, params, grid, end)]
     if folded(start, step_s, labels):
         params["tail"] = grid[-1] if end - grid[-1] < step else None
         statement = _FROM_ROLLUP
         if labels:
             [(params["key"], params["value"])] = labels.items()
             statement = _FROM_LABEL_ROLLUP
+    elif not labels and step_s <= HOURS_STEP_MAX_S:
+        return [_point(at, row) for at, row in await _from_hours(conn, params, grid, end)]
     else:
         # (`at + step` may lie past year 9999, where Python's datetime ends)
         untils = [at + step if end - at > step else end for at in grid]

@@ -1,7 +1,7 @@
 """Turn latency: each hour's turns, one by one, in its rollup row (`latency_bucket.by_turn`).
 
 An hour's row of `latency_bucket` also holds its turns' end times and figures in end-time order
-(`service.latency.TURN`), so a series whose buckets cut hours (a `from` off the hour, a step
+(`service.latency_ranks.TURN`), so a series whose buckets cut hours (a `from` off the hour, a step
 that is not an hour or a day) takes the exact percentiles of any part of an hour from the rollup
 instead of reading every turn of the range. Stored uncompressed (`EXTERNAL`): a read takes a
 month of these at once, and compressing would cost every read its decompression. The hour rows

@@ -106,6 +106,9 @@ def test_the_last_bucket_ends_at_to(client: TestClient) -> None:
         "from=9999-12-30T00:00:00Z&to=9999-12-31T23:59:59.999999Z&step=86400",
         "from=9999-12-31T00:00:00Z&to=9999-12-31T23:59:59Z&step=31622400",
         "from=9999-12-31T22:00:00Z&to=9999-12-31T23:30:00Z&step=3600",
+        # Buckets that cut hours (each hour's packed turns), at both ends.
+        "from=0001-01-01T00:00:01Z&to=0001-01-02T00:00:00Z&step=3600",
+        "from=9999-12-31T22:17:03.5Z&to=9999-12-31T23:59:59.999999Z&step=600",
     ],
 )
 def test_series_at_the_ends_of_the_calendar_are_answered(client: TestClient, query: str) -> None:

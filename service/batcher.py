@@ -3,7 +3,7 @@
 `Batcher.submit(delivery)` queues a verified delivery and waits for the commit of the group that
 holds it; the webhook answers 200 only then. A writer task (`writers`, one by default, each with
 its own PostgreSQL connection) takes whatever is queued, up to `max_group`, and applies it as one
-transaction (`ingest.apply_deliveries`: two round trips whatever the group's size, the commit's
+transaction (`ingest.apply_deliveries`: three round trips whatever the group's size, the commit's
 WAL flush shared by all). While one group commits, the next one gathers, so under load groups
 grow by themselves and a lone delivery is never kept waiting for company. One writer per process
 makes the largest groups: against two, the same rate at a quarter less CPU per notification

@@ -4,13 +4,14 @@ One write path for both. A group of notifications (`apply_deliveries`, one trans
 commits: the group commit of `service/batcher.py`) is applied in three floors, data flowing down
 and back once:
 
-1. Read and lock, in one round trip (`repositories.store_and_lock`): store every new delivery
+1. Read and lock, in one statement (`repositories.store_and_lock`): store every new delivery
    (dedupe on `(app_id, noticeId)`), create the agents they name that we do not know, and lock
    every agent the group touches, in key order.
 2. Decide, in pure code (`plan_delivery`, on `record.apply` and `lifecycle`): each notification
    in arrival order, each against the agent row the previous one left; what to write piles up in
    one `Plan`.
-3. Write the plan, one statement per table, in one round trip (`repositories.write`).
+3. Write the plan, one statement with a part per table, its COMMIT in the same round trip
+   (`repositories.write`).
 
 Nothing here waits on a lock held across a commit: PCU is recorded as changes (`rollup.changes`)
 that the folder folds off the request path. A notification whose decision fails is stored
@@ -139,8 +140,8 @@ async def apply_deliveries(
     *,
     wanted: Callable[[], bool] = lambda: True,
 ) -> list[Outcome] | None:
-    """Store and apply a group of deliveries, and commit: the transaction begins with the first
-    round trip and its COMMIT goes with the last, so a group costs two round trips.
+    """Store and apply a group of deliveries, and commit: three round trips whatever the group's
+    size (psycopg's `BEGIN`, the read, the write with the `COMMIT` pipelined behind it).
 
     Answers one outcome per delivery, in order (a repeat of a noticeId, stored before or earlier
     in the group, is a `duplicate`), or None, having written nothing, when `wanted()` says no

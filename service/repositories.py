@@ -3,8 +3,8 @@ connection and never commits.
 
 The write path (`ingest`) runs on psycopg directly, set-based: a group of notifications is one
 statement per table, its rows sent as arrays (`unnest`) or one JSON array (`jsonb_array_elements`)
-whatever their number, so a statement's size never depends on a payload's, and the statements
-of each floor go in one round trip (psycopg's pipeline mode). The worker's and reconciliation's
+whatever their number, so a statement's size never depends on a payload's; the write's COMMIT
+goes in its round trip (psycopg's pipeline mode). The worker's and reconciliation's
 own statements use the SQLAlchemy connection they hold (`db.driver_connection` reaches the psycopg
 one beneath when they share the write path's).
 

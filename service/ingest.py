@@ -152,8 +152,7 @@ async def apply_deliveries(
     for index, delivery in enumerate(deliveries):
         first.setdefault((delivery.app_id, delivery.note.notice_id), index)
     unique = [deliveries[i] for i in sorted(first.values())]
-    keys = sorted({d.key for d in unique if d.key is not None})
-    stored, rows = await repositories.store_and_lock(conn, unique, keys)
+    stored, rows = await repositories.store_and_lock(conn, unique)
     plan = Plan(rows)
     outcomes: list[Outcome] = []
     for index, delivery in enumerate(deliveries):

@@ -92,7 +92,9 @@ _TYPES: Final = {
 _NULLS: Final = ", ".join(f"NULL::{_TYPES[c]} AS {c}" for c in record.COLUMNS[2:])
 
 # The read floor in one statement: the new notifications stored (kind 'n', with app_id and
-# notice_id), the unknown agents created (kind 'c') and the known ones locked (kind 'l'). Append
+# notice_id), the unknown agents created (kind 'c') and the known ones locked (kind 'l'): only
+# the agents of notifications stored now (`keys` holds each with its noticeId), so a repeated
+# noticeId naming another agent leaves no agent behind that nothing was recorded for. Append
 # runs its branches in order, so a group inserts its notifications, then its agents, then locks
 # rows, each in key order: the same order as every other group, so none waits on another in a
 # cycle. A key another group is inserting makes ours wait and then do nothing; that agent is then
@@ -109,7 +111,9 @@ _STORE_AND_LOCK: Final = f"""
         RETURNING app_id, notice_id
     ),
     wanted AS (
-        SELECT k->>0 AS app_id, k->>1 AS agent_id FROM json_array_elements(%(keys)s::json) AS k
+        SELECT DISTINCT k->>0 AS app_id, k->>1 AS agent_id
+        FROM json_array_elements(%(keys)s::json) AS k
+        JOIN stored AS s ON s.app_id = k->>0 AND s.notice_id = k->>2
     ),
     created AS (
         INSERT INTO agent (app_id, agent_id, state)
@@ -178,12 +182,13 @@ def _json(value: Any) -> str:
 
 
 async def store_and_lock(
-    conn: Raw, deliveries: Sequence[Delivery], keys: Sequence[Key]
+    conn: Raw, deliveries: Sequence[Delivery]
 ) -> tuple[set[tuple[str, str]], dict[Key, AgentRow]]:
-    """Store the deliveries (unique noticeIds) and create and lock the agents `keys` (sorted):
-    one statement, one round trip (two when another group created one of the agents at the same
-    moment). Answers the (app_id, noticeId) stored now and the locked rows."""
-    params = {"notes": _notifications(deliveries), "keys": _json(keys)}
+    """Store the deliveries (unique noticeIds) and create and lock the agents of those stored
+    now: one statement, one round trip (two when another group created one of the agents at the
+    same moment). Answers the (app_id, noticeId) stored now and the locked rows."""
+    named = sorted({(*d.key, d.note.notice_id) for d in deliveries if d.key is not None})
+    params = {"notes": _notifications(deliveries), "keys": _json(named)}
     cursor = conn.cursor(row_factory=dict_row)
     await cursor.execute(_STORE_AND_LOCK, params)
     stored: set[tuple[str, str]] = set()
@@ -194,6 +199,13 @@ async def store_and_lock(
         else:
             found = _agent_row(row)
             rows[found.key] = found
+    keys = sorted(
+        {
+            (app_id, agent_id)
+            for app_id, agent_id, notice_id in named
+            if (app_id, notice_id) in stored
+        }
+    )
     missing = [key for key in keys if key not in rows]
     if missing:
         rows |= await lock_agents(conn, missing)

@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 
 from service import config
 from service.app import create_app
-from tests.factories import APP_ID, SECRET, Sql, deliver, payload, post
+from tests.factories import APP_ID, SECRET, Sql, deliver, payload, post, reader_headers
 
 TABLES = ("notification", "agent", "agent_transition", "agent_error", "history", "history_job")
 
@@ -50,6 +50,25 @@ def test_a_repeated_notice_id_is_a_duplicate_and_changes_nothing(
     assert (response.status_code, response.json()) == (200, {"status": "duplicate"})
     assert stored(sql) == before
     assert sql.value("SELECT state FROM agent") == "RUNNING"
+
+
+def test_a_repeated_notice_id_naming_another_agent_creates_no_agent(
+    client: TestClient, sql: Sql
+) -> None:
+    first = deliver(101, payload("a1", start_ts=1751400000), notice_id="n-1")
+    assert post(client, first).json() == {"status": "accepted"}
+    before = stored(sql)
+    # The same noticeId over another agent: still the notification already stored, so nothing of
+    # it is applied, and no row of an agent nothing was recorded for appears.
+    for agent_id in ("a2", 9007199254740993):
+        again = deliver(
+            101, payload("a1", start_ts=1751400000) | {"agent_id": agent_id}, notice_id="n-1"
+        )
+        response = post(client, again)
+        assert (response.status_code, response.json()) == (200, {"status": "duplicate"})
+        assert stored(sql) == before
+    assert sql.rows("SELECT agent_id FROM agent") == [{"agent_id": "a1"}]
+    assert client.get("/v1/agents/a2", headers=reader_headers()).status_code == 404
 
 
 @pytest.mark.parametrize(

@@ -93,8 +93,10 @@ _NULLS: Final = ", ".join(f"NULL::{_TYPES[c]} AS {c}" for c in record.COLUMNS[2:
 
 # The read floor in one statement: the new notifications stored (kind 'n', with app_id and
 # notice_id), the unknown agents created (kind 'c') and the known ones locked (kind 'l'): only
-# the agents of notifications stored now (`keys` holds each with its noticeId), so a repeated
-# noticeId naming another agent leaves no agent behind that nothing was recorded for. Append
+# the agents of notifications stored now, and of those only the ones stored `accepted` (the
+# others name no agent to apply to: `outcome_of`), so a repeated noticeId naming another agent
+# leaves no agent behind that nothing was recorded for. A key twice is inserted once (the second
+# does nothing) and locked once. Append
 # runs its branches in order, so a group inserts its notifications, then its agents, then locks
 # rows, each in key order: the same order as every other group, so none waits on another in a
 # cycle. A key another group is inserting makes ours wait and then do nothing; that agent is then
@@ -108,12 +110,10 @@ _STORE_AND_LOCK: Final = f"""
             AS n(a text, n text, p int, t int, g text, o text, q text, e timestamptz, m bigint,
                  r timestamptz, b text, x text)
         ON CONFLICT (app_id, notice_id) DO NOTHING
-        RETURNING app_id, notice_id
+        RETURNING app_id, notice_id, agent_id, outcome
     ),
     wanted AS (
-        SELECT DISTINCT k->>0 AS app_id, k->>1 AS agent_id
-        FROM json_array_elements(%(keys)s::json) AS k
-        JOIN stored AS s ON s.app_id = k->>0 AND s.notice_id = k->>2
+        SELECT app_id, agent_id FROM stored WHERE outcome = 'accepted' AND agent_id IS NOT NULL
     ),
     created AS (
         INSERT INTO agent (app_id, agent_id, state)
@@ -187,8 +187,7 @@ async def store_and_lock(
     """Store the deliveries (unique noticeIds) and create and lock the agents of those stored
     now: one statement, one round trip (two when another group created one of the agents at the
     same moment). Answers the (app_id, noticeId) stored now and the locked rows."""
-    named = sorted({(*d.key, d.note.notice_id) for d in deliveries if d.key is not None})
-    params = {"notes": _notifications(deliveries), "keys": _json(named)}
+    params = {"notes": _notifications(deliveries)}
     cursor = conn.cursor(row_factory=dict_row)
     await cursor.execute(_STORE_AND_LOCK, params)
     stored: set[tuple[str, str]] = set()
@@ -199,12 +198,9 @@ async def store_and_lock(
         else:
             found = _agent_row(row)
             rows[found.key] = found
+    # The agents the statement was to lock: those of the deliveries stored now that name one.
     keys = sorted(
-        {
-            (app_id, agent_id)
-            for app_id, agent_id, notice_id in named
-            if (app_id, notice_id) in stored
-        }
+        {d.key for d in deliveries if d.key is not None and (d.app_id, d.note.notice_id) in stored}
     )
     missing = [key for key in keys if key not in rows]
     if missing:

@@ -5,8 +5,8 @@ commits: the group commit of `service/batcher.py`) is applied in three floors, d
 and back once:
 
 1. Read and lock, in one statement (`repositories.store_and_lock`): store every new delivery
-   (dedupe on `(app_id, noticeId)`), create the agents they name that we do not know, and lock
-   every agent the group touches, in key order.
+   (dedupe on `(app_id, noticeId)`), create the agents the deliveries stored now name that we
+   do not know, and lock those agents, in key order (a duplicate touches no agent).
 2. Decide, in pure code (`plan_delivery`, on `record.apply` and `lifecycle`): each notification
    in arrival order, each against the agent row the previous one left; what to write piles up in
    one `Plan`.

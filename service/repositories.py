@@ -1,12 +1,12 @@
 """Write-side statements (and the reads reconciliation decides on). Each takes the caller's
 connection and never commits.
 
-The write path (`ingest`) runs on psycopg directly, set-based: a group of notifications is one
-statement per table, its rows sent as arrays (`unnest`) or one JSON array (`jsonb_array_elements`)
-whatever their number, so a statement's size never depends on a payload's; the write's COMMIT
-goes in its round trip (psycopg's pipeline mode). The worker's and reconciliation's
-own statements use the SQLAlchemy connection they hold (`db.driver_connection` reaches the psycopg
-one beneath when they share the write path's).
+The write path (`ingest`) runs on psycopg directly, set-based: a group of notifications is read
+in one statement and written in one, a part per table, its rows sent as arrays (`unnest`) or one
+JSON array (`jsonb_array_elements`) whatever their number, so a statement's size never depends
+on a payload's; the write's COMMIT goes in its round trip (psycopg's pipeline mode). The
+worker's and reconciliation's own statements use the SQLAlchemy connection they hold
+(`db.driver_connection` reaches the psycopg one beneath when they share the write path's).
 
 Dedupe and serialisation are Postgres's job: notifications are stored with `INSERT … ON CONFLICT
 DO NOTHING RETURNING`; agents are created and locked (`FOR UPDATE`) in key order, so two groups

@@ -82,9 +82,9 @@ class Turns:
         )
 
     def buckets(self, edges: Sequence[int]) -> list[Any]:
-        """The row of figures (as `latency._FIGURES`) of each bucket [edges[i], edges[i + 1]), None for
-        one without turns: nearest-rank as PostgreSQL's `percentile_disc` ranks it (the value
-        at rank ⌈p·n⌉, at least 1, of the sorted figures, p and n as doubles)."""
+        """The row of figures (as `latency._FIGURES`) of each bucket [edges[i], edges[i + 1]),
+        None for one without turns: nearest-rank as PostgreSQL's `percentile_disc` ranks it (the
+        value at rank ⌈p·n⌉, at least 1, of the sorted figures, p and n as doubles)."""
         bounds_us = np.asarray(edges, dtype=np.int64)
         counts = np.diff(np.searchsorted(self.end_us, bounds_us)).tolist()
         rows: list[Any] = [[None, count] if count else None for count in counts]

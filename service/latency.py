@@ -380,7 +380,7 @@ async def _from_hours(
     from service import latency_ranks  # numpy: imported on the first such read, not at start
 
     edges = [pcu.to_us(at) for at in grid] + [pcu.to_us(end)]
-    held = latency_ranks.Turns.of([])
+    held: list[latency_ranks.Turns] = []
     out: list[Any] = []
     raw = await db.driver_connection(conn)
     # JIT would compile the statement for most of a second on the pessimistic estimate of the
@@ -401,7 +401,7 @@ async def _from_hours(
                 edges[len(out) : ready + 1],
             )
             out += answered
-    out += await asyncio.to_thread(held.buckets, edges[len(out) :])
+    out += await asyncio.to_thread(latency_ranks.buckets, held, edges[len(out) :])
     return list(zip(grid, out, strict=True))
 
 

@@ -30,12 +30,52 @@ FRACTIONS: Final = (("e2e", (0.5, 0.9, 0.99, 1.0)), *((s, (0.5, 0.9)) for s in e
 Array = np.ndarray[Any, Any]
 
 
-def advance(held: Turns, hours: list[bytes], edges: Sequence[int]) -> tuple[Turns, list[Any]]:
-    """The figures of the buckets between `edges` (µs), complete once `hours` (`by_turn`) are
-    added to `held`, and the turns the next buckets may take (from the last edge on)."""
+def advance(
+    held: Sequence[Turns], hours: list[bytes], edges: Sequence[int]
+) -> tuple[list[Turns], list[Any]]:
+    """The figures of the buckets between `edges` (µs), complete once `hours` (`by_turn`, the
+    hours after those `held` came from) are added to `held`, and what the next buckets may take
+    (the turns from the last edge on, as views of what was decoded: nothing is copied twice)."""
     # (The hours follow one another: decoded at once, as one run of turns in end-time order.)
-    held = Turns.of([held, Turns.decode(b"".join(hours))])
-    return held.since(edges[-1]), held.buckets(edges)
+    runs = [*held, Turns.decode(b"".join(hours))]
+    kept = [run.since(edges[-1]) for run in runs]
+    return [run for run in kept if len(run.end_us)], buckets(runs, edges)
+
+
+def buckets(runs: Sequence[Turns], edges: Sequence[int]) -> list[Any]:
+    """The row of figures (as `latency._FIGURES`) of each bucket [edges[i], edges[i + 1]) of the
+    turns of `runs` (one after the other in end-time order), None for one without turns:
+    nearest-rank as PostgreSQL's `percentile_disc` ranks it (the value at rank ⌈p·n⌉, at least
+    1, of the sorted figures, p and n as doubles)."""
+    bounds_us = np.asarray(edges, dtype=np.int64)
+    counts = sum(
+        (np.diff(np.searchsorted(run.end_us, bounds_us)) for run in runs),
+        np.zeros(len(edges) - 1, dtype=np.int64),
+    ).tolist()
+    rows: list[Any] = [[None, count] if count else None for count in counts]
+    for figure, (_, fractions) in enumerate(FRACTIONS):
+        # Per run, where each edge falls among the turns with this figure.
+        parts = [
+            (values, np.searchsorted(ends, bounds_us).tolist())
+            for ends, values in (run.by_figure[figure] for run in runs)
+        ]
+        for index, row in enumerate(rows):
+            if row is None:
+                continue
+            pieces = [
+                values[bounds[index] : bounds[index + 1]]
+                for values, bounds in parts
+                if bounds[index] < bounds[index + 1]
+            ]
+            if not pieces:
+                row.append(None)
+                continue
+            # (A sort of a few thousand int32 takes about as long as a selection of four ranks,
+            # with vector instructions where the CPU has them, and no copy beforehand.)
+            chosen = np.sort(pieces[0] if len(pieces) == 1 else np.concatenate(pieces))
+            n = len(chosen)
+            row.append([int(chosen[max(1, math.ceil(p * n)) - 1]) for p in fractions])
+    return rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,28 +90,20 @@ class Turns:
     def decode(cls, by_turn: bytes) -> Turns:
         turns = np.frombuffer(by_turn, dtype=TURN)
         end_us = turns["end_us"].astype(np.int64)
+        lacks = turns["lacks"]
         figures = []
         for bit, (name, _) in enumerate(FRACTIONS):
-            has = (turns["lacks"] & (1 << bit)) == 0
-            figures.append((end_us[has], turns[name][has].astype(np.int32)))
+            values = turns[name].astype(np.int32)
+            lacking = lacks & (1 << bit)
+            if lacking.any():
+                has = lacking == 0
+                figures.append((end_us[has], values[has]))
+            else:  # (usually: every turn has every figure)
+                figures.append((end_us, values))
         return cls(end_us, tuple(figures))
 
-    @classmethod
-    def of(cls, parts: list[Turns]) -> Turns:
-        """`parts` one after the other."""
-        return cls(
-            np.concatenate([p.end_us for p in parts] or [np.empty(0, np.int64)]),
-            tuple(
-                (
-                    np.concatenate([p.by_figure[i][0] for p in parts] or [np.empty(0, np.int64)]),
-                    np.concatenate([p.by_figure[i][1] for p in parts] or [np.empty(0, np.int32)]),
-                )
-                for i in range(len(FRACTIONS))
-            ),
-        )
-
     def since(self, start_us: int) -> Turns:
-        """The turns ending at `start_us` or later."""
+        """The turns ending at `start_us` or later (views, not copies)."""
         return Turns(
             self.end_us[np.searchsorted(self.end_us, start_us) :],
             tuple(
@@ -80,24 +112,3 @@ class Turns:
                 for at in [int(np.searchsorted(ends, start_us))]
             ),
         )
-
-    def buckets(self, edges: Sequence[int]) -> list[Any]:
-        """The row of figures (as `latency._FIGURES`) of each bucket [edges[i], edges[i + 1]),
-        None for one without turns: nearest-rank as PostgreSQL's `percentile_disc` ranks it (the
-        value at rank ⌈p·n⌉, at least 1, of the sorted figures, p and n as doubles)."""
-        bounds_us = np.asarray(edges, dtype=np.int64)
-        counts = np.diff(np.searchsorted(self.end_us, bounds_us)).tolist()
-        rows: list[Any] = [[None, count] if count else None for count in counts]
-        for (ends, values), (_, fractions) in zip(self.by_figure, FRACTIONS, strict=True):
-            bounds = np.searchsorted(ends, bounds_us).tolist()
-            for row, low, high in zip(rows, bounds, bounds[1:], strict=False):
-                if row is None:
-                    continue
-                if low == high:
-                    row.append(None)
-                    continue
-                chosen = values[low:high].copy()
-                ranks = [max(1, math.ceil(p * (high - low))) - 1 for p in fractions]
-                chosen.partition(ranks)
-                row.append([int(chosen[rank]) for rank in ranks])
-        return rows

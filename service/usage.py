@@ -378,6 +378,14 @@ _READ_CUTS: Final = f"""
     ) AS f
     GROUP BY pos, grp"""
 
+# A read's settings (for its transaction), answering its snapshot's now(). JIT would compile its
+# statements for a second on their (pessimistic) row estimates, while running them takes
+# milliseconds; the default `work_mem` (4 MB) made the cuts' sort of a month of hourly buckets
+# by label value spill to disk.
+_SETTINGS: Final = """
+    SELECT now() FROM set_config('jit', 'off', true) AS jit,
+                      set_config('work_mem', '16MB', true) AS work_mem"""
+
 # Hours of [s, e) with marks not folded yet.
 _MARKED: Final = f"""
     SELECT DISTINCT {_us("hour")} FROM insight_change
@@ -509,9 +517,7 @@ async def series(
     """Usage per `step` over `[start, end)` (µs), grouped by the label `key` (None: one group).
 
     `conn` must hold one snapshot for all its statements (`concurrency.snapshot`)."""
-    # JIT would compile these statements for a second on their (pessimistic) row estimates,
-    # while running them takes milliseconds.
-    now = pcu.to_us(await conn.scalar(text("SELECT now() FROM set_config('jit', 'off', true)")))
+    now = pcu.to_us(await conn.scalar(text(_SETTINGS)))
     raw = await db.driver_connection(conn)
     grid = pcu.buckets(start, end, step)
     bounds = {"app": app_id, "s": pcu.from_us(start - start % HOUR_US), "e": pcu.from_us(end)}

@@ -155,18 +155,62 @@ _FROM_LABEL_ROLLUP: Final = text(
     )
 )
 
-# One turn `t` as an hour row's `by_turn` holds it (`TURN_BYTES`, big-endian,
-# `latency_ranks.TURN`): its `end_at` in µs since the epoch (exact: `extract` answers a
-# numeric), a byte with a bit set for each figure it lacks (e2e, then the stages), and the four
-# figures (0 where lacking; every int4 is a figure a turn can hold, so none can stand for "none").
-_TURN: Final = """
-    int8send((extract(epoch FROM t.end_at) * 1000000)::int8)
-    || set_byte('\\x00'::bytea, 0, (t.e2e_latency_ms IS NULL)::int + 2 * (t.asr_ttlw IS NULL)::int
-                               + 4 * (t.llm_ttft IS NULL)::int + 8 * (t.tts_ttfb IS NULL)::int)
-    || int4send(coalesce(t.e2e_latency_ms, 0)) || int4send(coalesce(t.asr_ttlw, 0))
-    || int4send(coalesce(t.llm_ttft, 0)) || int4send(coalesce(t.tts_ttfb, 0))"""
-TURN_BYTES: Final = 25
-# Hours fetched in one round trip (about 175 KB each for an app with a million sessions a month).
+# An hour's turns `t` as its row's `by_turn` holds them (`latency_ranks.decode` reads it): an
+# aggregate over the turns of the hour starting at `<hour>`, each aggregate filtered by `<only>`.
+# Column after column, big-endian, in end-time order:
+# - a byte 2 (the format: the one before, 25 bytes a turn, began with a zero byte), and a byte of
+#   flags: bit f set when figure f (e2e, then the stages) is kept in 16 bits (every value of the
+#   hour in [0, 65535]), bit 4 set when some turn lacks a figure;
+# - each turn's `end_at` as µs since the hour's start (uint32: an hour is 3.6·10⁹ µs; `extract`
+#   answers a numeric, so exact);
+# - with bit 4, a byte per turn with a bit set for each figure it lacks;
+# - each figure's values, uint16 or int4 (0 where lacking; every int4 is a figure a turn can
+#   hold, so none can stand for "none").
+# So a turn takes 12 bytes when its hour's figures fit 16 bits and none lacks, 21 at most, and
+# the length of a row says how many turns it holds.
+_FIGURE_COLUMNS: Final = ("e2e_latency_ms", *events.STAGES)
+# Per turn, a bit for each figure it lacks; whether a figure of the hour fits 16 bits.
+_LACKS: Final = " + ".join(
+    f"{1 << bit} * (t.{column} IS NULL)::int" for bit, column in enumerate(_FIGURE_COLUMNS)
+)
+_NARROW: Final = "coalesce(min(t.{0}) <only> >= 0 AND max(t.{0}) <only> <= 65535, true)"
+_FLAGS: Final = " + ".join(
+    [f"{1 << bit} * ({_NARROW.format(c)})::int" for bit, c in enumerate(_FIGURE_COLUMNS)]
+    + [f"16 * coalesce(bool_or(({_LACKS}) > 0) <only>, false)::int"]
+)
+_IN_ORDER: Final = "'' ORDER BY t.end_at) <only>"
+_PACKED: Final = (
+    f"set_byte(set_byte('\\x0000'::bytea, 0, 2), 1, {_FLAGS})"
+    "\n    || string_agg(substring(int8send((extract(epoch FROM t.end_at - <hour>) * 1000000)::int8)"
+    f" FROM 5), {_IN_ORDER}"
+    f"\n    || coalesce(CASE WHEN bool_or(({_LACKS}) > 0) <only>"
+    f" THEN string_agg(set_byte('\\x00'::bytea, 0, {_LACKS}), {_IN_ORDER} END, '')"
+    + "".join(
+        f"\n    || CASE WHEN {_NARROW.format(column)}"
+        f" THEN string_agg(substring(int4send(coalesce(t.{column}, 0)) FROM 3), {_IN_ORDER}"
+        f" ELSE string_agg(int4send(coalesce(t.{column}, 0)), {_IN_ORDER} END"
+        for column in _FIGURE_COLUMNS
+    )
+)
+
+
+def packed(hour: str, *, only: str = "") -> str:
+    """`_PACKED` for the hour starting at the SQL expression `hour`, each aggregate `only`."""
+    return _PACKED.replace("<hour>", hour).replace("<only>", only)
+
+
+# Whether a row's `by_turn` (its first two bytes `head`) holds its `turns` in this format: a row
+# of the previous format, or one folded before rows held turns, is computed from the turns
+# instead. (`head` is one TOAST chunk read, as `by_turn` is stored uncompressed.)
+_FLAGS_OF: Final = "get_byte(head, 1)"
+PACKED_WHOLE: Final = f"""CASE WHEN octet_length(head) = 2 THEN
+            get_byte(head, 0) = 2
+            AND octet_length(by_turn) = 2 + turns * (
+                20 + ({_FLAGS_OF} >> 4 & 1)
+                - 2 * (({_FLAGS_OF} & 1) + ({_FLAGS_OF} >> 1 & 1) + ({_FLAGS_OF} >> 2 & 1)
+                       + ({_FLAGS_OF} >> 3 & 1)))
+        END"""
+# Hours fetched in one round trip (about 84 KB each for an app with a million sessions a month).
 HOURS_AT_ONCE: Final = 24
 HOUR_US: Final = 3_600_000_000
 # The largest bucket whose turns a read gathers in memory (`_from_hours`); a wider step is
@@ -183,10 +227,13 @@ _FROM_HOURS: Final = f"""
         WHERE app_id = %(app)s AND kind = 'latency' AND hour >= %(first)s AND hour < %(end)s
     ),
     kept AS MATERIALIZED (
-        SELECT at, by_turn, octet_length(by_turn) = turns * {TURN_BYTES} AS whole
-        FROM latency_bucket
-        WHERE app_id = %(app)s AND width = 3600 AND at >= %(first)s AND at < %(end)s
-          AND at NOT IN (SELECT hour FROM dirty)
+        SELECT at, by_turn, {PACKED_WHOLE} AS whole
+        FROM (
+            SELECT at, by_turn, turns, substring(by_turn FROM 1 FOR 2) AS head
+            FROM latency_bucket
+            WHERE app_id = %(app)s AND width = 3600 AND at >= %(first)s AND at < %(end)s
+              AND at NOT IN (SELECT hour FROM dirty)
+        ) AS b
     ),
     live AS (
         SELECT hour AS at FROM dirty
@@ -197,7 +244,7 @@ _FROM_HOURS: Final = f"""
     UNION ALL
     SELECT l.at, p.by_turn FROM live AS l
     CROSS JOIN LATERAL (
-        SELECT string_agg({_TURN}, '' ORDER BY t.end_at) AS by_turn FROM agent_turn AS t
+        SELECT {packed("l.at")} AS by_turn FROM agent_turn AS t
         WHERE t.app_id = %(app)s AND t.end_at >= greatest(l.at, %(start)s)
           AND t.end_at < least(l.at + interval '1 hour', %(end)s)
     ) AS p
@@ -261,8 +308,9 @@ FOLD_SQL: Final = f"""
         SELECT g.width, g.at, f.* FROM target AS g
         CROSS JOIN LATERAL (
             SELECT {_FIGURES},
-                   string_agg({_TURN}, '' ORDER BY t.end_at) FILTER (WHERE g.width = 3600)
-                       AS by_turn
+                   CASE WHEN g.width = 3600 THEN
+                       {packed("g.at", only="FILTER (WHERE g.width = 3600)")}
+                   END AS by_turn
             FROM agent_turn AS t
             WHERE t.app_id = %(app)s AND t.end_at >= g.at
               AND t.end_at < g.at + g.width * interval '1 second'
@@ -376,7 +424,7 @@ async def _from_hours(
     """The buckets starting at `grid` (the last one ending at `end`), each with its row of
     figures (as `_FIGURES`) or None, computed here from the turns of the hours they cover
     (`_FROM_HOURS`, read in binary a few hours at a time: only the turns of the buckets at hand
-    are held; a month of an app with five million turns is 125 MB, which text would double)."""
+    are held; a month of an app with five million turns is 60 MB, which text would double)."""
     from service import latency_ranks  # numpy: imported on the first such read, not at start
 
     edges = [pcu.to_us(at) for at in grid] + [pcu.to_us(end)]
@@ -397,7 +445,7 @@ async def _from_hours(
             held, answered = await asyncio.to_thread(
                 latency_ranks.advance,
                 held,
-                [turns for _, turns in hours],
+                [(pcu.to_us(at), turns) for at, turns in hours],
                 edges[len(out) : ready + 1],
             )
             out += answered

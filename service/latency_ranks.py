@@ -13,31 +13,21 @@ import numpy as np
 
 from service import events
 
-# One turn as `by_turn` holds it (`latency._TURN` writes it): `end_at` in µs since the epoch, a
-# byte with a bit set for each figure it lacks (e2e, then the stages), the four figures
-# (`latency.TURN_BYTES` in all).
-TURN: Final = np.dtype(
-    [
-        ("end_us", ">i8"),
-        ("lacks", "u1"),
-        ("e2e", ">i4"),
-        *((stage, ">i4") for stage in events.STAGES),
-    ]
-)
-
-# Each figure of a turn (in `TURN` and its bit in `lacks`) and the fractions a bucket answers.
+# Each figure of a turn (in the order `by_turn` holds them, which is also their bit among the
+# flags and in a turn's byte of figures it lacks) and the fractions a bucket answers.
 FRACTIONS: Final = (("e2e", (0.5, 0.9, 0.99, 1.0)), *((s, (0.5, 0.9)) for s in events.STAGES))
 Array = np.ndarray[Any, Any]
 
 
 def advance(
-    held: Sequence[Turns], hours: list[bytes], edges: Sequence[int]
+    held: Sequence[Turns], hours: Sequence[tuple[int, bytes]], edges: Sequence[int]
 ) -> tuple[list[Turns], list[Any]]:
-    """The figures of the buckets between `edges` (µs), complete once `hours` (`by_turn`, the
-    hours after those `held` came from) are added to `held`, and what the next buckets may take
-    (the turns from the last edge on, as views of what was decoded: nothing is copied twice)."""
-    # (The hours follow one another: decoded at once, as one run of turns in end-time order.)
-    runs = [*held, Turns.decode(b"".join(hours))]
+    """The figures of the buckets between `edges` (µs), complete once `hours` (each its start in
+    µs and its `by_turn`, the hours after those `held` came from) are added to `held`, and what
+    the next buckets may take (the turns from the last edge on, as views of what was decoded:
+    nothing is copied twice)."""
+    # (The hours follow one another: one run of turns in end-time order.)
+    runs = [*held, Turns.decode(hours)]
     kept = [run.since(edges[-1]) for run in runs]
     return [run for run in kept if len(run.end_us)], buckets(runs, edges)
 
@@ -87,19 +77,42 @@ class Turns:
     by_figure: tuple[tuple[Array, Array], ...]
 
     @classmethod
-    def decode(cls, by_turn: bytes) -> Turns:
-        turns = np.frombuffer(by_turn, dtype=TURN)
-        end_us = turns["end_us"].astype(np.int64)
-        lacks = turns["lacks"]
+    def decode(cls, hours: Sequence[tuple[int, bytes]]) -> Turns:
+        """The turns of `hours` (each its start in µs and its `by_turn`, as `latency._PACKED`
+        writes it), one hour after the other."""
+        ends: list[Array] = []
+        lacks: list[Array | None] = []  # per hour, its turns' bytes of figures lacking, if any
+        columns: list[list[Array]] = [[] for _ in FRACTIONS]
+        for start_us, packed in hours:
+            flags = packed[1]
+            lacking = flags >> 4 & 1
+            widths = [2 if flags >> bit & 1 else 4 for bit in range(len(FRACTIONS))]
+            n = (len(packed) - 2) // (4 + lacking + sum(widths))
+            ends.append(np.frombuffer(packed, ">u4", n, 2).astype(np.int64) + start_us)
+            at = 2 + 4 * n
+            lacks.append(np.frombuffer(packed, "u1", n, at) if lacking else None)
+            at += n * lacking
+            for column, width in zip(columns, widths, strict=True):
+                column.append(np.frombuffer(packed, ">u2" if width == 2 else ">i4", n, at))
+                at += width * n
+        end_us = np.concatenate(ends or [np.empty(0, np.int64)])
+        # (Usually no turn lacks a figure, and no hour holds a byte per turn for it.)
+        lacks_of = None
+        if any(found is not None for found in lacks):
+            lacks_of = np.concatenate(
+                [
+                    np.zeros(len(e), np.uint8) if found is None else found
+                    for found, e in zip(lacks, ends, strict=True)
+                ]
+            )
         figures = []
-        for bit, (name, _) in enumerate(FRACTIONS):
-            values = turns[name].astype(np.int32)
-            lacking = lacks & (1 << bit)
-            if lacking.any():
-                has = lacking == 0
-                figures.append((end_us[has], values[has]))
-            else:  # (usually: every turn has every figure)
+        for bit, column in enumerate(columns):
+            values = np.concatenate(column or [np.empty(0, np.int32)]).astype(np.int32)
+            has = None if lacks_of is None else (lacks_of & (1 << bit)) == 0
+            if has is None or has.all():
                 figures.append((end_us, values))
+            else:
+                figures.append((end_us[has], values[has]))
         return cls(end_us, tuple(figures))
 
     def since(self, start_us: int) -> Turns:

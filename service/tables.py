@@ -525,10 +525,10 @@ def _latency_figures() -> tuple[Column[object], ...]:
 
 # Turn latency per app and UTC-aligned bucket (`width` 3600 or 86400 s, `at` its start): the
 # turns ending in it and nearest-rank percentiles: `e2e` [p50, p90, p99, max], each stage
-# [p50, p90] (NULL where no turn reported it). An hour's row also holds its turns' figures one by
-# one in end-time order (`by_turn`, `service.latency_ranks.TURN`), so any part of the hour can be
-# answered exactly without reading the turns; stored uncompressed (the migration), as the read
-# takes a month of them at once.
+# [p50, p90] (NULL where no turn reported it). An hour's row also holds its turns' end times and
+# figures in end-time order (`by_turn`, packed by column: `service.latency._PACKED`), so any part
+# of the hour can be answered exactly without reading the turns; stored uncompressed (the
+# migration), as the read takes a month of them at once.
 latency_bucket: Final = Table(
     "latency_bucket",
     metadata,

@@ -250,8 +250,11 @@ def test_buckets_that_cut_hours_take_each_hours_turns_from_its_row(
 
         await send_112(engine, agents)
         await fold_all(engine)
-        whole = "octet_length(by_turn) = turns * 25"
-        assert sql.value(f"SELECT count(*) FROM latency_bucket WHERE width = 3600 AND {whole}") == 7
+        whole = sql.value(
+            "SELECT count(*) FROM (SELECT turns, by_turn, substring(by_turn FROM 1 FOR 2) AS head"
+            f" FROM latency_bucket WHERE width = 3600) AS b WHERE {latency.PACKED_WHOLE}"
+        )
+        assert whole == 7
         truth = [expected(everything, start, end, s) for start, end, s in windows]
         assert await answers() == truth
         for hours_at_once in (1, 2):  # buckets completed across fetches, an edge on each
@@ -271,6 +274,21 @@ def test_buckets_that_cut_hours_take_each_hours_turns_from_its_row(
         sql.execute(
             "UPDATE latency_bucket SET turns = turns + 1 WHERE width = 3600 AND at = %(at)s",
             at=BASE + HOUR,
+        )
+        assert await answers() == truth
+        # A row in the previous format (25 bytes a turn; the previous release folds so during
+        # a rollout) is computed from the turns too.
+        sql.execute(
+            "UPDATE latency_bucket AS b SET turns = p.turns, by_turn = p.by_turn FROM ("
+            "  SELECT date_trunc('hour', t.end_at, 'UTC') AS at, count(*)::int AS turns,"
+            "         string_agg(int8send((extract(epoch FROM t.end_at) * 1000000)::int8)"
+            "                    || '\\x00'::bytea || int4send(coalesce(t.e2e_latency_ms, 0))"
+            "                    || int4send(coalesce(t.asr_ttlw, 0))"
+            "                    || int4send(coalesce(t.llm_ttft, 0))"
+            "                    || int4send(coalesce(t.tts_ttfb, 0)), '' ORDER BY t.end_at)"
+            "                    AS by_turn"
+            "  FROM agent_turn AS t GROUP BY 1) AS p"
+            " WHERE b.width = 3600 AND b.at = p.at"
         )
         assert await answers() == truth
         sql.execute("UPDATE latency_bucket SET by_turn = NULL, turns = 1 WHERE width = 3600")

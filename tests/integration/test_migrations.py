@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Final
 
 import numpy as np
 import psycopg
@@ -9,7 +10,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine
 
-from service import error_hours, latency, latency_ranks, schema, tables, usage
+from service import error_hours, events, latency, latency_ranks, schema, tables, usage
 from tests.factories import Sql
 
 
@@ -301,11 +302,18 @@ def test_hours_folded_before_the_minutes_per_label_set_are_marked_for_them(
     assert sql.value("SELECT count(*) FROM insight_change") == 0
 
 
-def test_hours_folded_before_their_turns_were_kept_by_turn_are_filled(
+# `by_turn` as revision cece28fbc7d9 wrote it: 25 bytes a turn, `end_at` in µs since the epoch.
+_TURN_25: Final = np.dtype(
+    [("end_us", ">i8"), ("lacks", "u1"), ("e2e", ">i4"), *((s, ">i4") for s in events.STAGES)]
+)
+
+
+def test_hours_folded_before_their_turns_were_kept_by_turn_are_filled_then_packed(
     empty_database_url: str,
 ) -> None:
     """The revision that adds `latency_bucket.by_turn` fills it for every hour row from the
-    turns, exactly as the folder writes it; day rows have none."""
+    turns (day rows have none); the next one packs them by column as the folder now writes
+    them, and its downgrade restores the first form."""
     schema.upgrade(empty_database_url, "8f3a61c0d2b4")
     sql = Sql(empty_database_url)
     sql.execute("INSERT INTO agent (app_id, agent_id) VALUES ('app', 'a'), ('app', 'b')")
@@ -315,8 +323,9 @@ def test_hours_folded_before_their_turns_were_kept_by_turn_are_filled(
         " ('app', 'a', 1, '2026-01-01T10:50:00.000001Z', -2147483648, 5, NULL, 2147483647,"
         " '{}', 'api'),"
         " ('app', 'b', 1, '2026-01-01T10:05:00Z', NULL, NULL, 0, 9, '{}', 'api'),"
-        " ('app', 'b', 2, '2026-01-01T11:00:00Z', 1, 2, 3, 4, '{}', 'api'),"
-        " ('app', 'b', 3, NULL, 500, NULL, NULL, NULL, '{}', 'api')"
+        " ('app', 'b', 2, '2026-01-01T11:00:00Z', 1, 2, 3, 65535, '{}', 'api'),"
+        " ('app', 'b', 3, NULL, 500, NULL, NULL, NULL, '{}', 'api'),"
+        " ('app', 'b', 4, '2026-01-01T11:59:59.999999Z', 65536, 0, 7, 8, '{}', 'api')"
     )
     day = datetime(2026, 1, 1, tzinfo=UTC)
     ten, eleven = day + timedelta(hours=10), day + timedelta(hours=11)
@@ -324,31 +333,60 @@ def test_hours_folded_before_their_turns_were_kept_by_turn_are_filled(
     sql.execute(
         "INSERT INTO latency_bucket (app_id, width, at, turns, e2e, asr_ttlw, llm_ttft, tts_ttfb)"
         " SELECT 'app', w, at, n, '{1,1,1,1}', '{1,1}', '{1,1}', '{1,1}'"
-        " FROM (VALUES (3600, %(ten)s::timestamptz, 2), (3600, %(eleven)s, 1),"
-        " (86400, %(day)s, 3)) AS v(w, at, n)",
+        " FROM (VALUES (3600, %(ten)s::timestamptz, 2), (3600, %(eleven)s, 2),"
+        " (86400, %(day)s, 4)) AS v(w, at, n)",
         ten=ten,
         eleven=eleven,
         day=day,
     )
 
-    schema.upgrade(empty_database_url)
-
     def by_turn() -> dict[tuple[int, datetime], bytes | None]:
         rows = sql.rows("SELECT width, at, by_turn FROM latency_bucket")
         return {(row["width"], row["at"]): row["by_turn"] for row in rows}
 
+    schema.upgrade(empty_database_url, "cece28fbc7d9")
     filled = by_turn()
     assert filled[(86400, day)] is None
-    assert latency_ranks.TURN.itemsize == latency.TURN_BYTES
     us = 1_767_261_600 * 10**6  # 10:00
-    assert np.frombuffer(filled[(3600, ten)] or b"", latency_ranks.TURN).tolist() == [
+    assert np.frombuffer(filled[(3600, ten)] or b"", _TURN_25).tolist() == [
         (us + 5 * 60 * 10**6, 0b0011, 0, 0, 0, 9),
         (us + 50 * 60 * 10**6 + 1, 0b0100, -(2**31), 5, 0, 2**31 - 1),
     ]
-    assert np.frombuffer(filled[(3600, eleven)] or b"", latency_ranks.TURN).tolist() == [
-        (us + 3600 * 10**6, 0, 1, 2, 3, 4)
+    assert np.frombuffer(filled[(3600, eleven)] or b"", _TURN_25).tolist() == [
+        (us + 3600 * 10**6, 0, 1, 2, 3, 65535),
+        (us + 2 * 3600 * 10**6 - 1, 0, 65536, 0, 7, 8),
     ]
-    # The folder writes the same.
+
+    schema.upgrade(empty_database_url)
+    packed = by_turn()
+    assert packed[(86400, day)] is None
+    # Flags: bit f for figure f in 16 bits, bit 4 for a byte per turn of figures lacking.
+    assert (packed[(3600, ten)] or b"")[:2] == bytes([2, 0b10110])
+    assert (packed[(3600, eleven)] or b"")[:2] == bytes([2, 0b01110])
+    assert [len(packed[(3600, at)] or b"") for at in (ten, eleven)] == [
+        2 + 2 * (4 + 1 + 4 + 2 + 2 + 4),
+        2 + 2 * (4 + 4 + 2 + 2 + 2),
+    ]
+    turns = latency_ranks.Turns.decode(
+        [(us, packed[(3600, ten)] or b""), (us + 3600 * 10**6, packed[(3600, eleven)] or b"")]
+    )
+    assert turns.end_us.tolist() == [
+        us + 5 * 60 * 10**6,
+        us + 50 * 60 * 10**6 + 1,
+        us + 3600 * 10**6,
+        us + 2 * 3600 * 10**6 - 1,
+    ]
+    assert [values.tolist() for _, values in turns.by_figure] == [
+        [-(2**31), 1, 65536],
+        [5, 2, 0],
+        [0, 3, 7],
+        [9, 2**31 - 1, 65535, 8],
+    ]
+    assert [ends.tolist() for ends, _ in turns.by_figure][:2] == [
+        [us + 50 * 60 * 10**6 + 1, us + 3600 * 10**6, us + 2 * 3600 * 10**6 - 1],
+        [us + 50 * 60 * 10**6 + 1, us + 3600 * 10**6, us + 2 * 3600 * 10**6 - 1],
+    ]
+    # The folder writes the same, and a read takes these rows as holding their turns.
     sql.execute(
         "INSERT INTO insight_change (app_id, kind, hour) VALUES ('app', 'latency', %(h)s),"
         " ('app', 'latency', %(h1)s)",
@@ -357,4 +395,14 @@ def test_hours_folded_before_their_turns_were_kept_by_turn_are_filled(
     )
     with psycopg.connect(sql.url, autocommit=True) as conn:
         conn.execute(latency.FOLD_SQL, {"app": "app"})
+    assert by_turn() == packed
+    whole = sql.value(
+        "SELECT count(*) FROM (SELECT turns, by_turn, substring(by_turn FROM 1 FOR 2) AS head"
+        f" FROM latency_bucket WHERE width = 3600) AS b WHERE {latency.PACKED_WHOLE}"
+    )
+    assert whole == 2
+
+    from alembic import command
+
+    command.downgrade(schema.alembic_config(empty_database_url), "cece28fbc7d9")
     assert by_turn() == filled

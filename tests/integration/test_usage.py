@@ -82,9 +82,7 @@ async def read(
 ) -> list[tuple[int, list[tuple[str | None, int, int, int]]]]:
     async with concurrency.snapshot(engine) as conn:
         points = await usage.series(conn, app_id=APP_ID, start=start, end=end, step=step, key=key)
-    return [
-        (p.start, [(g.key, g.agent_us, g.sessions, g.failed) for g in p.groups]) for p in points
-    ]
+    return [(p.start, list(p.groups)) for p in points]
 
 
 def mark(sql: Sql, hour_s: int) -> None:

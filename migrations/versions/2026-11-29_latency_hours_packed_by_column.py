@@ -7,7 +7,11 @@ the hour's start (uint32), a byte per turn of figures lacking only when some tur
 lacks one, and each figure's values in 16 bits when all the hour's fit [0, 65535], else int4:
 12 bytes a turn as latencies usually are, 21 at most (`service.latency._PACKED`). A read of a
 month from an odd second fetches every hour's row, and reading them out of TOAST was most of
-its database time. Every hour row is repacked here from the turns.
+its database time. Every hour row is repacked here from the turns, in one statement: 35 s for
+a month of 5,000,000 turns on PostgreSQL 15 (about 7 µs a turn; 16 and later sort once for the
+columns' ordered aggregates), so a database of up to ~80,000,000 turns stays within the migrate
+Job's 600 s deadline (`deploy/kubernetes/base/migrate-job.yaml`); run `convoai-ledger migrate`
+by hand for more.
 
 During the rollout, the previous release reads a repacked row as one that does not hold its
 turns (its length is never 25 bytes a turn) and computes that hour from the turns, and a row it
